@@ -1,0 +1,231 @@
+"""The OpenAPI 3.1 description of the contract, generated from the pydantic models.
+
+Served locally at ``/dev/openapi.json``; ``python -m dev.openapi`` prints it.
+``tests/test_openapi.py`` checks that every route the functions serve is described here and
+every route described here is served.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
+
+from shared import schemas
+
+ERROR_STATUSES = {
+    "400": "Malformed input (e.g. invalid JSON).",
+    "401": "Missing, malformed or expired token (with WWW-Authenticate: Bearer).",
+    "404": "No such chat, or it belongs to someone else.",
+    "413": "Body too large.",
+    "422": "Well-formed input that fails validation; detail names the field.",
+    "429": "Rate limited (with Retry-After).",
+    "503": "A dependency is down (with Retry-After).",
+}
+
+SSE_EVENTS: list[type[BaseModel]] = [
+    schemas.StartEvent,
+    schemas.ChunkEvent,
+    schemas.DoneEvent,
+    schemas.ErrorEvent,
+]
+
+MODELS: list[type[BaseModel]] = [
+    schemas.ErrorBody,
+    schemas.CreateChatRequest,
+    schemas.RenameChatRequest,
+    schemas.Chat,
+    schemas.CreatedChat,
+    schemas.Message,
+    schemas.DeletedChat,
+    schemas.ChatRequest,
+    *SSE_EVENTS,
+    schemas.UploadUrlRequest,
+    schemas.UploadUrlResponse,
+    schemas.WebhookAck,
+]
+
+
+def _ref(model: type[BaseModel]) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{model.__name__}"}
+
+
+def _json_content(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"application/json": {"schema": schema}}
+
+
+def _errors(*statuses: str) -> dict[str, Any]:
+    return {
+        status: {"description": ERROR_STATUSES[status], "content": _json_content(_ref(schemas.ErrorBody))}
+        for status in statuses
+    }
+
+
+def _query_parameters(model: type[BaseModel]) -> list[dict[str, Any]]:
+    schema = model.model_json_schema()
+    return [
+        {
+            "name": name,
+            "in": "query",
+            "required": False,
+            "description": prop.get("description", ""),
+            "schema": {key: value for key, value in prop.items() if key != "description"},
+        }
+        for name, prop in schema["properties"].items()
+    ]
+
+
+CHAT_ID = {"name": "chat_id", "in": "path", "required": True, "schema": {"type": "string", "format": "uuid"}}
+NEXT_CURSOR_HEADERS = {
+    "X-Next-Cursor": {"description": "Present when there is a next page.", "schema": {"type": "string"}},
+    "Link": {"description": 'rel="next" URL of the next page.', "schema": {"type": "string"}},
+}
+BEARER = [{"clerkSession": []}]
+
+
+def _paths() -> dict[str, Any]:
+    return {
+        "/api/chats": {
+            "get": {
+                "operationId": "listChats",
+                "summary": "The caller's chats, most recently active first.",
+                "security": BEARER,
+                "parameters": _query_parameters(schemas.ChatListQuery),
+                "responses": {
+                    "200": {
+                        "description": "A page of chats.",
+                        "headers": NEXT_CURSOR_HEADERS,
+                        "content": _json_content({"type": "array", "items": _ref(schemas.Chat)}),
+                    },
+                    **_errors("400", "401", "422", "503"),
+                },
+            }
+        },
+        "/api/chats/create": {
+            "post": {
+                "operationId": "createChat",
+                "summary": 'Create a chat (untitled ones are "New Chat").',
+                "security": BEARER,
+                "requestBody": {"required": False, "content": _json_content(_ref(schemas.CreateChatRequest))},
+                "responses": {
+                    "200": {"description": "The new chat.", "content": _json_content(_ref(schemas.CreatedChat))},
+                    **_errors("400", "401", "413", "422", "503"),
+                },
+            }
+        },
+        "/api/chats/{chat_id}": {
+            "parameters": [CHAT_ID],
+            "get": {
+                "operationId": "listMessages",
+                "summary": "The chat's messages, oldest first (the newest page by default).",
+                "security": BEARER,
+                "parameters": _query_parameters(schemas.MessageListQuery),
+                "responses": {
+                    "200": {
+                        "description": "A page of messages.",
+                        "headers": NEXT_CURSOR_HEADERS,
+                        "content": _json_content({"type": "array", "items": _ref(schemas.Message)}),
+                    },
+                    **_errors("401", "404", "422", "503"),
+                },
+            },
+            "patch": {
+                "operationId": "renameChat",
+                "summary": "Rename a chat; a user's title is never replaced by a generated one.",
+                "security": BEARER,
+                "requestBody": {"required": True, "content": _json_content(_ref(schemas.RenameChatRequest))},
+                "responses": {
+                    "200": {"description": "The updated chat.", "content": _json_content(_ref(schemas.Chat))},
+                    **_errors("400", "401", "404", "413", "422", "503"),
+                },
+            },
+            "delete": {
+                "operationId": "deleteChat",
+                "summary": "Delete a chat, its messages, summaries and the media only it used.",
+                "security": BEARER,
+                "responses": {
+                    "200": {"description": "Deleted.", "content": _json_content(_ref(schemas.DeletedChat))},
+                    **_errors("401", "404", "503"),
+                },
+            },
+        },
+        "/chat": {
+            "post": {
+                "operationId": "sendMessage",
+                "summary": "Send the last message of `messages` and stream the answer (SSE).",
+                "security": BEARER,
+                "requestBody": {"required": True, "content": _json_content(_ref(schemas.ChatRequest))},
+                "responses": {
+                    "200": {
+                        "description": (
+                            "Server-Sent Events, one JSON object per `data:` line: `start`, "
+                            "`chunk`..., then `done` or `error`. Comment lines (`: ...`) are heartbeats."
+                        ),
+                        "content": {
+                            "text/event-stream": {
+                                "schema": {"oneOf": [_ref(event) for event in SSE_EVENTS]},
+                                "x-sse-data": True,
+                            }
+                        },
+                    },
+                    **_errors("400", "401", "404", "413", "422", "429", "503"),
+                },
+            }
+        },
+        "/api/upload-url": {
+            "post": {
+                "operationId": "createUploadUrl",
+                "summary": "A signed URL the browser PUTs one file to.",
+                "security": BEARER,
+                "requestBody": {"required": True, "content": _json_content(_ref(schemas.UploadUrlRequest))},
+                "responses": {
+                    "200": {"description": "Where and how to upload.", "content": _json_content(_ref(schemas.UploadUrlResponse))},
+                    **_errors("400", "401", "413", "422", "429", "503"),
+                },
+            }
+        },
+        "/clerk-webhook": {
+            "post": {
+                "operationId": "clerkWebhook",
+                "summary": "Clerk user lifecycle events through Svix (svix-id, svix-timestamp, svix-signature).",
+                "parameters": [
+                    {"name": header, "in": "header", "required": True, "schema": {"type": "string"}}
+                    for header in ("svix-id", "svix-timestamp", "svix-signature")
+                ],
+                "requestBody": {"required": True, "content": _json_content({"type": "object"})},
+                "responses": {
+                    "200": {"description": "Processed, or already processed.", "content": _json_content(_ref(schemas.WebhookAck))},
+                    **_errors("400", "413", "503"),
+                },
+            }
+        },
+    }
+
+
+def build_openapi() -> dict[str, Any]:
+    _, definitions = models_json_schema(
+        [(model, "validation") for model in MODELS],
+        ref_template="#/components/schemas/{model}",
+    )
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Raven backend",
+            "version": "1.0.0",
+            "description": "The HTTP contract of ../shared/contract.md.",
+        },
+        "servers": [{"url": "http://localhost:8000", "description": "make dev"}],
+        "paths": _paths(),
+        "components": {
+            "schemas": definitions.get("$defs", {}),
+            "securitySchemes": {
+                "clerkSession": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT (Clerk, RS256)"}
+            },
+        },
+    }
+
+
+if __name__ == "__main__":
+    print(json.dumps(build_openapi(), indent=2))

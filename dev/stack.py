@@ -1,0 +1,241 @@
+"""The whole backend on one machine: ``make dev`` (``python -m dev.stack``).
+
+Starts, with no account or cloud needed:
+
+1. PostgreSQL 16 from the ``pgserver`` wheel, its data in ``.data/pg`` (kept across restarts),
+   and applies the migrations (``alembic upgrade head``);
+2. each function as it runs in the cloud: ``functions-framework`` with its own entry point, in
+   its own process, on its own port;
+3. the router (:mod:`dev.router`) on http://localhost:8000, which serves every path of the
+   contract plus the local-only ``/dev`` endpoints.
+
+Configuration: ``.env.example``, then ``.env``, then the process environment, then what the
+stack itself provides (database URL, JWKS URL, issuer). Ctrl-C stops everything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from werkzeug.serving import make_server
+
+from dev.bundle import REPO_ROOT, function_names
+from dev.router import Router
+from dev.tokens import LocalSigner
+
+logger = logging.getLogger("raven.stack")
+
+FUNCTION_THREADS = "16"  # like Cloud Run's concurrency: one open SSE stream holds one thread
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """KEY=VALUE lines; blank lines and # comments skipped; no shell expansion."""
+    values: dict[str, str] = {}
+    if not path.exists():
+        return values
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#") or "=" not in line:
+            continue
+        key, _, value = line.partition("=")
+        values[key.strip()] = value.strip().strip('"').strip("'")
+    return values
+
+
+def start_postgres(data_dir: Path) -> str:
+    """Start (or reuse) the embedded PostgreSQL; returns its unix-socket DATABASE_URL."""
+    import pgserver
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    # cleanup_mode="stop": the server stops when this process exits; the data stays.
+    server = pgserver.get_server(data_dir, cleanup_mode="stop")
+    return f"postgresql://postgres@/postgres?host={server.pgdata}"
+
+
+def migrate(env: dict[str, str]) -> None:
+    subprocess.run(
+        [sys.executable, "-m", "alembic", "upgrade", "head"],
+        cwd=REPO_ROOT,
+        env=env,
+        check=True,
+    )
+
+
+def http_answers(url: str) -> bool:
+    """Whether anything answers HTTP at ``url`` (any status counts: the process is up)."""
+    try:
+        with urllib.request.urlopen(url, timeout=2):
+            return True
+    except urllib.error.HTTPError:
+        return True
+    except OSError:
+        return False
+
+
+def postgres_answers(database_url: str) -> Callable[[], bool]:
+    def check() -> bool:
+        import pg8000.dbapi
+
+        from shared.db import connect_kwargs_from_url
+
+        try:
+            connection = pg8000.dbapi.connect(timeout=2, **connect_kwargs_from_url(database_url))
+        except Exception:  # noqa: BLE001 - any failure means "not up"
+            return False
+        connection.close()
+        return True
+
+    return check
+
+
+class LocalStack:
+    """The processes of the local backend, started in order and stopped together."""
+
+    def __init__(self, data_dir: Path, port: int, quiet: bool = False) -> None:
+        self.data_dir = data_dir
+        self.port = port
+        self.base_url = f"http://localhost:{port}"
+        self.quiet = quiet
+        self.processes: dict[str, subprocess.Popen[bytes]] = {}
+        self.function_urls: dict[str, str] = {}
+        self._server: Any = None
+
+    def environment(self, database_url: str) -> dict[str, str]:
+        env = read_env_file(REPO_ROOT / ".env.example")
+        env.update(read_env_file(REPO_ROOT / ".env"))
+        env.update(os.environ)
+        env.update(
+            {
+                "DATABASE_URL": env.get("DATABASE_URL") or database_url,
+                "CLERK_JWKS_URL": f"http://127.0.0.1:{self.port}/dev/.well-known/jwks.json",
+                "CLERK_ISSUER": f"{self.base_url}/dev",
+                "PYTHONPATH": str(REPO_ROOT),
+                "PYTHONUNBUFFERED": "1",
+                "THREADS": FUNCTION_THREADS,
+            }
+        )
+        # A token or key that points verification elsewhere would bypass the local signer.
+        env.pop("CLERK_JWT_KEY", None)
+        return env
+
+    def start(self) -> None:
+        started = time.monotonic()
+        database_url = start_postgres(self.data_dir / "pg")
+        env = self.environment(database_url)
+        migrate(env)
+        signer = LocalSigner(self.data_dir / "dev-signing-key.pem", issuer=f"{self.base_url}/dev")
+        for name in function_names():
+            port = free_port()
+            self.function_urls[name] = f"http://127.0.0.1:{port}"
+            self.processes[name] = subprocess.Popen(
+                [
+                    sys.executable, "-m", "functions_framework",
+                    "--target", name,
+                    "--source", str(REPO_ROOT / "functions" / name / "main.py"),
+                    "--host", "127.0.0.1",
+                    "--port", str(port),
+                ],
+                cwd=REPO_ROOT,
+                env={**env, "PORT": str(port)},
+                stdout=subprocess.DEVNULL if self.quiet else None,
+            )
+        health_checks: dict[str, Callable[[], bool]] = {"postgres": postgres_answers(env["DATABASE_URL"])}
+        for name, url in self.function_urls.items():
+            health_checks[name] = lambda url=url: http_answers(url + "/__healthz")
+
+        from dev.openapi import build_openapi
+
+        router = Router(self.function_urls, signer, health_checks, build_openapi)
+        self._server = make_server("0.0.0.0", self.port, router, threaded=True)
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        self.wait_healthy(timeout=60)
+        logger.info("stack ready in %.1f s", time.monotonic() - started)
+
+    def wait_healthy(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for name, process in self.processes.items():
+                if process.poll() is not None:
+                    raise RuntimeError(f"{name} exited with {process.returncode} during start")
+            try:
+                with urllib.request.urlopen(f"{self.base_url}/dev/healthz", timeout=2):
+                    return
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError(f"the stack was not healthy within {timeout} s")
+
+    def stop(self) -> None:
+        for process in self.processes.values():
+            process.terminate()
+        for process in self.processes.values():
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        if self._server is not None:
+            self._server.shutdown()
+
+
+def banner(base_url: str) -> str:
+    return f"""
+Raven backend is running at {base_url}
+
+  Every path of ../shared/contract.md is served here; the API description is at
+  {base_url}/dev/openapi.json and the health check at {base_url}/dev/healthz.
+
+  Try it:
+    TOKEN=$(curl -s -X POST {base_url}/dev/token -H 'Content-Type: application/json' \\
+              -d '{{"sub": "user_demo", "first_name": "Ada"}}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')
+    curl -s -X POST {base_url}/api/chats/create -H "Authorization: Bearer $TOKEN" -d '{{"title": "Hello"}}'
+    curl -s {base_url}/api/chats -H "Authorization: Bearer $TOKEN"
+
+  Ctrl-C stops everything; the data stays in .data/.
+"""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
+    parser.add_argument("--data-dir", type=Path, default=REPO_ROOT / ".data")
+    parser.add_argument("--quiet", action="store_true", help="hide the functions' request logs")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="[stack] %(message)s")
+
+    stack = LocalStack(args.data_dir.resolve(), args.port, quiet=args.quiet)
+    stopping = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    try:
+        stack.start()
+        print(banner(stack.base_url), flush=True)
+        while not stopping.is_set():
+            for name, process in stack.processes.items():
+                if process.poll() is not None:
+                    raise RuntimeError(f"{name} stopped unexpectedly ({process.returncode})")
+            stopping.wait(1)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stack.stop()
+
+
+if __name__ == "__main__":
+    main()

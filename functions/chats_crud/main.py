@@ -1,0 +1,97 @@
+"""chats_crud: list, create, read, rename and delete chats (the contract's "Chats" section).
+
+| call                          | handler        |
+|-------------------------------|----------------|
+| GET    /api/chats             | list_chats     |
+| POST   /api/chats/create      | create_chat    |
+| GET    /api/chats/{chat_id}   | read_chat      |
+| PATCH  /api/chats/{chat_id}   | rename_chat    |
+| DELETE /api/chats/{chat_id}   | delete_chat    |
+
+Both lists page with a cursor: a response that has more carries ``X-Next-Cursor`` and a
+``Link: <...>; rel="next"`` header; pass the value back as ``cursor`` (chats) or ``before``
+(messages). Without paging parameters the calls answer as the frontend expects.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import urlencode
+
+import functions_framework
+from flask import Request, Response
+
+from shared import chats
+from shared.auth import AuthenticatedUser
+from shared.runtime import database, make_api, start_function
+from shared.schemas import (
+    ChatListQuery,
+    CreateChatRequest,
+    MessageListQuery,
+    RenameChatRequest,
+)
+from shared.web import Route, json_response, parse_json, validate
+
+start_function()
+
+
+def _paged(body: object, request: Request, cursor_name: str, cursor: object | None) -> Response:
+    if cursor is None:
+        return json_response(body)
+    query = {**request.args.to_dict(), cursor_name: str(cursor)}
+    return json_response(
+        body,
+        headers={
+            "X-Next-Cursor": str(cursor),
+            "Link": f'<{request.path}?{urlencode(query)}>; rel="next"',
+        },
+    )
+
+
+def list_chats(request: Request, user: AuthenticatedUser) -> Response:
+    query = validate(ChatListQuery, request.args.to_dict(), where="query.")
+    rows, next_cursor = chats.list_chats(database(), user.id, query.limit, query.cursor)
+    return _paged([chats.chat_object(row) for row in rows], request, "cursor", next_cursor)
+
+
+def create_chat(request: Request, user: AuthenticatedUser) -> Response:
+    body = parse_json(request, CreateChatRequest)
+    with database().transaction() as tx:
+        row = chats.create_chat(tx, user.id, body.title)
+    chat = chats.chat_object(row)
+    return json_response({"chat_id": chat["chatId"], **chat})
+
+
+def read_chat(request: Request, user: AuthenticatedUser, chat_id: str) -> Response:
+    query = validate(MessageListQuery, request.args.to_dict(), where="query.")
+    rows, older = chats.list_messages(
+        database(), user.id, chats.parse_chat_id(chat_id), query.limit, query.before
+    )
+    return _paged([chats.message_object(row) for row in rows], request, "before", older)
+
+
+def rename_chat(request: Request, user: AuthenticatedUser, chat_id: str) -> Response:
+    body = parse_json(request, RenameChatRequest)
+    row = chats.rename_chat(database(), user.id, chats.parse_chat_id(chat_id), body.title)
+    return json_response(chats.chat_object(row))
+
+
+def delete_chat(request: Request, user: AuthenticatedUser, chat_id: str) -> Response:
+    chats.delete_chat(database(), user.id, chats.parse_chat_id(chat_id))
+    return json_response({"message": "Chat deleted"})
+
+
+API = make_api(
+    [
+        Route("GET", "/api/chats", list_chats),
+        Route("POST", "/api/chats/create", create_chat),
+        Route("GET", "/api/chats/<chat_id>", read_chat),
+        Route("PATCH", "/api/chats/<chat_id>", rename_chat),
+        Route("DELETE", "/api/chats/<chat_id>", delete_chat),
+    ]
+)
+
+
+@functions_framework.http
+def chats_crud(request: Request) -> Response:
+    """Entry point: every request goes through the shared HTTP pipeline to a handler above."""
+    return API.handle(request)

@@ -1,0 +1,279 @@
+"""Clerk session tokens: verification with pyjwt, and the user they name.
+
+Clerk signs session tokens and JWT-template tokens with the instance's RSA key (RS256).
+The public key comes from one of, in order of preference:
+
+* ``CLERK_JWT_KEY``: the PEM Clerk shows as "JWT public key" (networkless verification,
+  https://clerk.com/docs/backend-requests/manual-jwt);
+* ``CLERK_JWKS_URL``: the instance's JWKS, e.g. ``https://<instance>/.well-known/jwks.json``;
+* ``CLERK_SECRET_KEY`` alone: the Backend API's JWKS, ``https://api.clerk.com/v1/jwks``.
+
+JWKS are cached per instance and refetched once when a token names an unknown ``kid`` (Clerk
+rotated its key), but never more often than every :data:`JWKS_MIN_REFETCH_SECONDS`, so
+tokens with made-up ``kid`` values cannot turn us into a load generator against Clerk.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+import urllib.request
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import jwt
+
+from shared.db import Database
+from shared.errors import ServiceUnavailable, Unauthorized
+from shared.settings import Settings, SettingsError
+
+logger = logging.getLogger(__name__)
+
+CLERK_BACKEND_JWKS_URL = "https://api.clerk.com/v1/jwks"
+JWKS_MIN_REFETCH_SECONDS = 15.0  # at most four fetches a minute
+JWKS_TTL_SECONDS = 3600.0
+JWKS_FETCH_TIMEOUT_SECONDS = 5.0
+ALGORITHM = "RS256"
+MAX_SUB_LENGTH = 255
+
+
+@dataclass(frozen=True)
+class AuthenticatedUser:
+    """The caller, as the verified token names them. ``id`` is the token's ``sub``."""
+
+    id: str
+    email: str | None = None
+    first_name: str | None = None
+    last_name: str | None = None
+
+    @property
+    def display_name(self) -> str | None:
+        name = " ".join(part for part in (self.first_name, self.last_name) if part)
+        return name or None
+
+
+class KeySource(Protocol):
+    def key_for(self, kid: str | None) -> Any | None:
+        """The verification key for a token's ``kid``, or None when there is none."""
+
+
+class StaticKey:
+    """One PEM public key; every token is checked against it whatever its ``kid``."""
+
+    def __init__(self, pem: str) -> None:
+        from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
+        from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+        # Secret Manager and .env files often carry the PEM's newlines as "\\n".
+        text = pem.replace("\\n", "\n").strip()
+        try:
+            key = load_pem_public_key(text.encode())
+        except ValueError:
+            key = None
+        if not isinstance(key, RSAPublicKey):
+            raise SettingsError("CLERK_JWT_KEY: not an RSA public key in PEM form")
+        self._key = key
+
+    def key_for(self, kid: str | None) -> Any:
+        return self._key
+
+
+class JwksKeys:
+    """Keys from a JWKS URL, cached, refetched on an unknown ``kid`` at a bounded rate."""
+
+    def __init__(self, url: str, headers: dict[str, str] | None = None) -> None:
+        self._url = url
+        self._headers = {"Accept": "application/json", **(headers or {})}
+        self._keys: dict[str | None, Any] = {}
+        self._fetched_at = 0.0
+        self._attempted_at = float("-inf")
+        self._lock = threading.Lock()
+
+    def key_for(self, kid: str | None) -> Any | None:
+        now = time.monotonic()
+        key = self._keys.get(kid)
+        if key is not None and now - self._fetched_at < JWKS_TTL_SECONDS:
+            return key
+        with self._lock:
+            key = self._keys.get(kid)
+            fresh = time.monotonic() - self._fetched_at < JWKS_TTL_SECONDS
+            if key is not None and fresh:
+                return key  # another thread refreshed while we waited
+            if time.monotonic() - self._attempted_at >= JWKS_MIN_REFETCH_SECONDS:
+                self._refresh()
+            return self._keys.get(kid)
+
+    def _refresh(self) -> None:
+        self._attempted_at = time.monotonic()
+        request = urllib.request.Request(self._url, headers=self._headers)
+        try:
+            with urllib.request.urlopen(request, timeout=JWKS_FETCH_TIMEOUT_SECONDS) as response:
+                document = json.load(response)
+            key_set = jwt.PyJWKSet.from_dict(document)
+        except (OSError, ValueError, jwt.exceptions.PyJWTError) as error:
+            logger.warning("JWKS fetch failed", extra={"error": type(error).__name__})
+            if not self._keys:
+                raise ServiceUnavailable(
+                    "Cannot verify tokens right now: the signing keys are unavailable",
+                    code="auth_keys_unavailable",
+                ) from error
+            return  # keep verifying with the keys we have
+        self._keys = {key.key_id: key for key in key_set.keys if key.key_type == "RSA"}
+        self._fetched_at = time.monotonic()
+        logger.info("JWKS fetched", extra={"keys": len(self._keys)})
+
+
+def key_source_from_settings(settings: Settings) -> KeySource:
+    if settings.clerk_jwt_key:
+        return StaticKey(settings.clerk_jwt_key)
+    if settings.clerk_jwks_url:
+        return JwksKeys(settings.clerk_jwks_url)
+    if settings.clerk_secret_key:
+        return JwksKeys(
+            CLERK_BACKEND_JWKS_URL, {"Authorization": f"Bearer {settings.clerk_secret_key}"}
+        )
+    raise SettingsError(
+        "Missing required environment variable: CLERK_JWT_KEY, CLERK_JWKS_URL or "
+        "CLERK_SECRET_KEY (one of them, to verify Clerk session tokens)"
+    )
+
+
+class TokenVerifier:
+    """Verifies Clerk session JWTs: RS256 only, expiry with leeway, issuer and ``azp``."""
+
+    def __init__(
+        self,
+        keys: KeySource,
+        *,
+        issuer: str | None,
+        allowed_origins: list[str],
+        leeway_seconds: int,
+    ) -> None:
+        self._keys = keys
+        self._issuer = issuer
+        self._allowed_parties = None if "*" in allowed_origins else set(allowed_origins)
+        self._leeway = leeway_seconds
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> TokenVerifier:
+        return cls(
+            key_source_from_settings(settings),
+            issuer=settings.clerk_issuer,
+            allowed_origins=settings.allowed_origins,
+            leeway_seconds=settings.jwt_leeway_seconds,
+        )
+
+    def verify(self, token: str) -> AuthenticatedUser:
+        """Return the user a valid token names.
+
+        Raises:
+            Unauthorized: the token is malformed, forged, expired, or not for us.
+            ServiceUnavailable: the signing keys cannot be fetched.
+        """
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.exceptions.DecodeError:
+            raise Unauthorized("Malformed token", code="invalid_token") from None
+        if header.get("alg") != ALGORITHM:
+            raise Unauthorized("Token must be signed with RS256", code="invalid_token")
+        key = self._keys.key_for(header.get("kid"))
+        if key is None:
+            raise Unauthorized("Token is signed by an unknown key", code="invalid_token")
+        try:
+            claims = jwt.decode(
+                token,
+                key,
+                algorithms=[ALGORITHM],
+                issuer=self._issuer,
+                leeway=self._leeway,
+                options={"require": ["exp", "sub"], "verify_aud": False},
+            )
+        except jwt.exceptions.ExpiredSignatureError:
+            raise Unauthorized("Token has expired", code="token_expired") from None
+        except jwt.exceptions.ImmatureSignatureError:
+            raise Unauthorized("Token is not valid yet", code="invalid_token") from None
+        except jwt.exceptions.InvalidIssuerError:
+            raise Unauthorized("Token has the wrong issuer", code="invalid_token") from None
+        except jwt.exceptions.InvalidSignatureError:
+            raise Unauthorized("Token signature is invalid", code="invalid_token") from None
+        except jwt.exceptions.InvalidTokenError as error:
+            raise Unauthorized(f"Invalid token: {error}", code="invalid_token") from None
+
+        party = claims.get("azp")
+        if party is not None and self._allowed_parties is not None:
+            if party.rstrip("/") not in self._allowed_parties:
+                raise Unauthorized("Token was issued for another origin", code="invalid_token")
+        sub = claims.get("sub")
+        if not isinstance(sub, str) or not sub or len(sub) > MAX_SUB_LENGTH:
+            raise Unauthorized("Token has no valid subject", code="invalid_token")
+        return AuthenticatedUser(
+            id=sub,
+            email=_optional_str(claims.get("email")),
+            first_name=_optional_str(claims.get("first_name") or claims.get("given_name")),
+            last_name=_optional_str(claims.get("last_name") or claims.get("family_name")),
+        )
+
+
+def _optional_str(value: Any) -> str | None:
+    return value[:320] if isinstance(value, str) and value else None
+
+
+def bearer_token(authorization: str | None) -> str:
+    """The token of an ``Authorization: Bearer <token>`` header."""
+    if not authorization:
+        raise Unauthorized("Missing Authorization header", code="missing_token")
+    scheme, _, token = authorization.strip().partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthorized("Authorization header must be 'Bearer <token>'", code="missing_token")
+    return token.strip()
+
+
+class KnownUsers:
+    """Creates the user row the first time a ``sub`` is seen (Clerk's webhook may lag).
+
+    Remembers, per instance, which users exist so the check costs a database round trip only
+    once per user per :data:`ttl` seconds rather than on every request.
+    """
+
+    def __init__(self, db: Database, ttl: float = 600.0, capacity: int = 10_000) -> None:
+        self._db = db
+        self._ttl = ttl
+        self._capacity = capacity
+        self._seen: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def ensure(self, user: AuthenticatedUser) -> None:
+        now = time.monotonic()
+        seen_at = self._seen.get(user.id)
+        if seen_at is not None and now - seen_at < self._ttl:
+            return
+        # Fill in only what is missing: profile data from Clerk's webhook wins over claims.
+        with self._db.transaction() as tx:
+            tx.execute(
+                """
+                INSERT INTO users (id, email, first_name, last_name)
+                VALUES (:id, :email, :first_name, :last_name)
+                ON CONFLICT (id) DO UPDATE SET
+                    email = COALESCE(users.email, EXCLUDED.email),
+                    first_name = COALESCE(users.first_name, EXCLUDED.first_name),
+                    last_name = COALESCE(users.last_name, EXCLUDED.last_name)
+                WHERE users.email IS NULL AND EXCLUDED.email IS NOT NULL
+                   OR users.first_name IS NULL AND EXCLUDED.first_name IS NOT NULL
+                   OR users.last_name IS NULL AND EXCLUDED.last_name IS NOT NULL
+                """,
+                id=user.id,
+                email=user.email,
+                first_name=user.first_name,
+                last_name=user.last_name,
+            )
+        with self._lock:
+            if len(self._seen) >= self._capacity:
+                self._seen.clear()
+            self._seen[user.id] = now
+
+    def forget(self, user_id: str) -> None:
+        """Drop a user from the cache, e.g. after their row turned out to be gone."""
+        with self._lock:
+            self._seen.pop(user_id, None)

@@ -1,0 +1,234 @@
+"""Chats and their messages in Postgres: the queries chats_crud and chat_stream share.
+
+Every query is scoped by the owner's id, so another user's chat is indistinguishable from
+one that does not exist (the contract's 404, never 403). Lists are keyset-paged so a page
+costs the same whether the user has ten chats or ten thousand.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import uuid
+from collections.abc import Callable
+from datetime import datetime, timezone
+from typing import Any
+
+import pg8000.exceptions
+
+from shared.db import Database, Row, Transaction, sqlstate
+from shared.errors import BadRequest, NotFound, Unauthorized
+from shared.schemas import DEFAULT_TITLE
+
+FOREIGN_KEY_VIOLATION = "23503"
+
+CHAT_COLUMNS = "id, user_id, title, title_source, created_at, updated_at"
+
+# Signs a stored media part into a URL the browser can GET, or None where it cannot.
+MediaUrlSigner = Callable[[dict[str, Any]], str | None]
+
+
+def chat_not_found() -> NotFound:
+    return NotFound("Chat not found", code="chat_not_found")
+
+
+def parse_chat_id(text: str | None) -> uuid.UUID:
+    """A chat id from a path or body; a malformed one is a chat that does not exist."""
+    try:
+        return uuid.UUID(str(text))
+    except ValueError:
+        raise chat_not_found() from None
+
+
+# --- the wire shapes ---------------------------------------------------------------------
+
+
+def chat_object(row: Row) -> dict[str, Any]:
+    return {
+        "chatId": str(row["id"]),
+        "userId": row["user_id"],
+        "title": row["title"],
+        "createdAt": row["created_at"].timestamp(),
+        "updatedAt": row["updated_at"].timestamp(),
+    }
+
+
+def message_object(row: Row, sign: MediaUrlSigner | None = None) -> dict[str, Any]:
+    parts = []
+    for part in row["parts"]:
+        if part.get("type") == "text":
+            parts.append({"type": "text", "text": part.get("text", "")})
+        else:
+            parts.append(
+                {
+                    "type": part.get("type"),
+                    "mime_type": part.get("mime_type"),
+                    "media_url": sign(part) if sign else None,
+                }
+            )
+    first_media = next((part for part in parts if part["type"] != "text"), None)
+    return {
+        "messageId": str(row["id"]),
+        "role": row["role"],
+        "content": row["content"],
+        "timestamp": row["created_at"].timestamp(),
+        "media_type": first_media["mime_type"] if first_media else None,
+        "media_url": first_media["media_url"] if first_media else None,
+        "parts": parts,
+        "status": row["status"],
+    }
+
+
+# --- chats -------------------------------------------------------------------------------
+
+
+def _encode_chat_cursor(row: Row) -> str:
+    micros = int(row["updated_at"].timestamp() * 1_000_000)
+    return base64.urlsafe_b64encode(f"{micros}:{row['id']}".encode()).decode().rstrip("=")
+
+
+def _decode_chat_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        micros, chat_id = base64.urlsafe_b64decode(padded).decode().split(":", 1)
+        updated_at = datetime.fromtimestamp(int(micros) / 1_000_000, tz=timezone.utc)
+        return updated_at, uuid.UUID(chat_id)
+    except (ValueError, binascii.Error, UnicodeDecodeError, OverflowError):
+        raise BadRequest("cursor is not one this API returned", code="invalid_cursor") from None
+
+
+def list_chats(
+    db: Database, user_id: str, limit: int, cursor: str | None
+) -> tuple[list[Row], str | None]:
+    """A page of the user's chats, most recently active first, and the next page's cursor."""
+    if cursor is None:
+        rows = db.fetch_all(
+            f"SELECT {CHAT_COLUMNS} FROM chats WHERE user_id = :user_id "
+            "ORDER BY updated_at DESC, id DESC LIMIT :limit",
+            user_id=user_id,
+            limit=limit + 1,
+        )
+    else:
+        updated_at, chat_id = _decode_chat_cursor(cursor)
+        rows = db.fetch_all(
+            f"SELECT {CHAT_COLUMNS} FROM chats WHERE user_id = :user_id "
+            "AND (updated_at, id) < (:updated_at, :chat_id) "
+            "ORDER BY updated_at DESC, id DESC LIMIT :limit",
+            user_id=user_id,
+            updated_at=updated_at,
+            chat_id=chat_id,
+            limit=limit + 1,
+        )
+    if len(rows) <= limit:
+        return rows, None
+    return rows[:limit], _encode_chat_cursor(rows[limit - 1])
+
+
+def create_chat(tx: Transaction, user_id: str, title: str | None) -> Row:
+    """Insert a chat; a missing or blank title is the contract's "New Chat"."""
+    try:
+        row = tx.fetch_one(
+            f"INSERT INTO chats (id, user_id, title, title_source) "
+            f"VALUES (:id, :user_id, :title, :title_source) RETURNING {CHAT_COLUMNS}",
+            id=uuid.uuid4(),
+            user_id=user_id,
+            title=title or DEFAULT_TITLE,
+            title_source="user" if title else "default",
+        )
+    except pg8000.exceptions.DatabaseError as error:
+        if sqlstate(error) == FOREIGN_KEY_VIOLATION:
+            raise Unauthorized("This account no longer exists", code="user_deleted") from None
+        raise
+    assert row is not None
+    return row
+
+
+def rename_chat(db: Database, user_id: str, chat_id: uuid.UUID, title: str) -> Row:
+    """Set a title chosen by the user; it wins over any generated one from then on."""
+    with db.transaction() as tx:
+        row = tx.fetch_one(
+            f"UPDATE chats SET title = :title, title_source = 'user' "
+            f"WHERE id = :chat_id AND user_id = :user_id RETURNING {CHAT_COLUMNS}",
+            title=title,
+            chat_id=chat_id,
+            user_id=user_id,
+        )
+    if row is None:
+        raise chat_not_found()
+    return row
+
+
+def delete_chat(db: Database, user_id: str, chat_id: uuid.UUID) -> None:
+    """Delete a chat with its messages, summaries and the media no other chat uses.
+
+    One transaction: the rows go at once (messages, summaries and media links by cascade),
+    and each object only this chat referenced is queued in ``storage_deletions`` for the
+    bucket worker, so a crash between the two cannot leave an orphaned object unrecorded.
+    """
+    with db.transaction() as tx:
+        owned = tx.fetch_one(
+            "SELECT id FROM chats WHERE id = :chat_id AND user_id = :user_id FOR UPDATE",
+            chat_id=chat_id,
+            user_id=user_id,
+        )
+        if owned is None:
+            raise chat_not_found()
+        tx.execute(
+            """
+            WITH doomed AS (
+                DELETE FROM uploads u
+                USING chat_uploads link
+                WHERE link.chat_id = :chat_id AND u.id = link.upload_id
+                  AND NOT EXISTS (
+                      SELECT 1 FROM chat_uploads other
+                      WHERE other.upload_id = link.upload_id AND other.chat_id <> :chat_id)
+                RETURNING u.bucket, u.object_name
+            )
+            INSERT INTO storage_deletions (bucket, object_name)
+            SELECT bucket, object_name FROM doomed
+            """,
+            chat_id=chat_id,
+        )
+        tx.execute("DELETE FROM chats WHERE id = :chat_id", chat_id=chat_id)
+
+
+# --- messages ----------------------------------------------------------------------------
+
+MESSAGE_COLUMNS = "id, position, role, content, parts, status, token_count, created_at"
+
+
+def list_messages(
+    db: Database, user_id: str, chat_id: uuid.UUID, limit: int, before: int | None
+) -> tuple[list[Row], int | None]:
+    """The newest ``limit`` messages before position ``before``, oldest first.
+
+    One round trip: the ownership check and the page come from one statement, so a chat
+    that is not the caller's is a 404 exactly like one that does not exist.
+
+    Returns:
+        The messages, and the ``before`` value of the next (older) page, if there is one.
+    """
+    rows = db.fetch_all(
+        """
+        SELECT c.id AS owned_chat, m.id, m.position, m.role, m.content, m.parts, m.status,
+               m.token_count, m.created_at
+        FROM chats c
+        LEFT JOIN LATERAL (
+            SELECT * FROM messages
+            WHERE chat_id = c.id AND position < :before
+            ORDER BY position DESC
+            LIMIT :limit
+        ) m ON true
+        WHERE c.id = :chat_id AND c.user_id = :user_id
+        """,
+        chat_id=chat_id,
+        user_id=user_id,
+        before=before if before is not None else 2**31 - 1,
+        limit=limit,
+    )
+    if not rows:
+        raise chat_not_found()
+    messages = sorted((row for row in rows if row["id"] is not None), key=lambda r: r["position"])
+    oldest = messages[0]["position"] if messages else 0
+    has_older = len(messages) == limit and oldest > 0
+    return messages, (oldest if has_older else None)

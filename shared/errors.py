@@ -1,0 +1,104 @@
+"""The errors an endpoint raises; :mod:`shared.web` turns each into the contract's JSON error.
+
+Every error body is ``{"detail": "<for people>", "code": "<for programs>"}`` with the status
+``../shared/contract.md`` gives: 400/422 bad input, 401 bad token, 404 unknown *or someone
+else's* resource, 413 too large, 429 rate limited and 503 dependency down (both with
+``Retry-After``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class ApiError(Exception):
+    """An error the client is told about, as JSON with ``detail`` and ``code``."""
+
+    status = 400
+    code = "bad_request"
+
+    def __init__(
+        self,
+        detail: str,
+        *,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        if code is not None:
+            self.code = code
+        self.headers = dict(headers or {})
+        self.extra = dict(extra or {})
+
+    def body(self) -> dict[str, Any]:
+        return {"detail": self.detail, "code": self.code, **self.extra}
+
+
+class BadRequest(ApiError):
+    status = 400
+    code = "bad_request"
+
+
+class Unauthorized(ApiError):
+    status = 401
+    code = "unauthorized"
+
+    def __init__(self, detail: str, *, code: str | None = None) -> None:
+        # RFC 6750 section 3: a 401 for a bearer-protected resource names the scheme.
+        error = "invalid_request" if code == "missing_token" else "invalid_token"
+        super().__init__(
+            detail, code=code, headers={"WWW-Authenticate": f'Bearer error="{error}"'}
+        )
+
+
+class NotFound(ApiError):
+    status = 404
+    code = "not_found"
+
+
+class MethodNotAllowed(ApiError):
+    status = 405
+    code = "method_not_allowed"
+
+
+class Conflict(ApiError):
+    status = 409
+    code = "conflict"
+
+
+class PayloadTooLarge(ApiError):
+    status = 413
+    code = "payload_too_large"
+
+
+class UnprocessableEntity(ApiError):
+    status = 422
+    code = "validation_error"
+
+
+class RateLimited(ApiError):
+    status = 429
+    code = "rate_limited"
+
+    def __init__(self, detail: str, *, retry_after: int, code: str | None = None) -> None:
+        super().__init__(
+            detail,
+            code=code,
+            headers={"Retry-After": str(max(1, retry_after))},
+            extra={"retry_after": max(1, retry_after)},
+        )
+
+
+class NotImplementedYet(ApiError):
+    status = 501
+    code = "not_implemented"
+
+
+class ServiceUnavailable(ApiError):
+    status = 503
+    code = "service_unavailable"
+
+    def __init__(self, detail: str, *, retry_after: int = 5, code: str | None = None) -> None:
+        super().__init__(detail, code=code, headers={"Retry-After": str(retry_after)})

@@ -1,0 +1,168 @@
+"""The wire contract as pydantic models: request bodies, response objects and SSE events.
+
+``../shared/contract.md`` fixes the field names; these models are the single place the code
+spells them, and ``dev/openapi.py`` builds the OpenAPI description from them.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+MAX_TITLE_CHARS = 200
+DEFAULT_TITLE = "New Chat"
+
+Title = Annotated[str, StringConstraints(strip_whitespace=True, max_length=MAX_TITLE_CHARS)]
+
+
+class RequestModel(BaseModel):
+    """A request body: unknown fields (such as the frontend's ``user_id``) are ignored."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+# --- errors ------------------------------------------------------------------------------
+
+
+class ErrorBody(BaseModel):
+    detail: str = Field(description="Human-readable; the frontend shows it.")
+    code: str = Field(description="Machine-readable, e.g. chat_not_found.")
+
+
+# --- chats -------------------------------------------------------------------------------
+
+
+class CreateChatRequest(RequestModel):
+    title: Title | None = Field(
+        None, description=f'Optional; a missing, null or blank title becomes "{DEFAULT_TITLE}".'
+    )
+
+
+class RenameChatRequest(RequestModel):
+    title: Annotated[
+        str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_TITLE_CHARS)
+    ]
+
+
+class ChatListQuery(RequestModel):
+    limit: int = Field(100, ge=1, le=200, description="Chats per page.")
+    cursor: str | None = Field(None, description="X-Next-Cursor of the previous page.")
+
+
+class MessageListQuery(RequestModel):
+    limit: int = Field(500, ge=1, le=1000, description="Messages per page (the newest ones).")
+    before: int | None = Field(
+        None, ge=0, description="Only messages before this position: X-Next-Cursor of the page."
+    )
+
+
+class Chat(BaseModel):
+    chatId: str
+    userId: str
+    title: str
+    createdAt: float = Field(description="Unix epoch seconds.")
+    updatedAt: float = Field(description="Last activity, Unix epoch seconds.")
+
+
+class CreatedChat(Chat):
+    chat_id: str
+
+
+class MessagePart(BaseModel):
+    type: str = Field(description='"text", or a media kind such as "image", "video", "audio".')
+    text: str | None = None
+    mime_type: str | None = None
+    media_url: str | None = Field(None, description="Short-lived signed GET URL for media.")
+
+
+class Message(BaseModel):
+    messageId: str
+    role: Literal["user", "assistant"]
+    content: str
+    timestamp: float
+    media_type: str | None
+    media_url: str | None
+    parts: list[MessagePart]
+    status: Literal["complete", "incomplete"] = Field(
+        description="incomplete: the answer was cut short (model failure or disconnect)."
+    )
+
+
+class DeletedChat(BaseModel):
+    message: str
+
+
+# --- POST /chat --------------------------------------------------------------------------
+
+
+class ChatPartIn(RequestModel):
+    text: str = Field(description="The text, or for media the uploaded object's reference.")
+    type: str = Field("text", min_length=1, max_length=32)
+    mimeType: str | None = Field(None, max_length=255)
+
+
+class ChatMessageIn(RequestModel):
+    role: Literal["user", "assistant"]
+    parts: list[ChatPartIn] = Field(min_length=1, max_length=32)
+
+
+class ChatRequest(RequestModel):
+    chatId: str | None = None
+    messages: list[ChatMessageIn] = Field(min_length=1)
+
+
+class StartEvent(BaseModel):
+    type: Literal["start"]
+    chat_id: str
+    message_id: str = Field(description="Id of the stored user message.")
+
+
+class ChunkEvent(BaseModel):
+    type: Literal["chunk"]
+    content: str
+
+
+class Usage(BaseModel):
+    input_tokens: int
+    output_tokens: int
+    total_tokens: int
+
+
+class DoneEvent(BaseModel):
+    type: Literal["done"]
+    message_id: str = Field(description="Id of the stored assistant message.")
+    usage: Usage | None = None
+
+
+class ErrorEvent(BaseModel):
+    type: Literal["error"]
+    detail: str
+    message_id: str | None = Field(None, description="The partial answer kept, if any.")
+
+
+# --- uploads -----------------------------------------------------------------------------
+
+
+class UploadUrlRequest(RequestModel):
+    filename: str = Field(min_length=1, max_length=1024)
+    contentType: str = Field(min_length=1, max_length=255)
+    size: int | None = Field(None, ge=0)
+
+
+class UploadUrlResponse(BaseModel):
+    url: str = Field(description="Signed URL to PUT the file to.")
+    gcs_url: str = Field(description="What a chat message's media part refers to.")
+    gs_uri: str
+    method: Literal["PUT"]
+    headers: dict[str, str] = Field(description="Every header the PUT must carry.")
+    expires_at: float
+    upload_id: str
+    max_bytes: int
+
+
+# --- Clerk webhook ---------------------------------------------------------------------------
+
+
+class WebhookAck(BaseModel):
+    message: str

@@ -1,0 +1,215 @@
+"""HTTP plumbing every function shares: routing, CORS, limits, JSON errors, access logs.
+
+A function's entry point hands its request to :meth:`Api.handle`, which
+
+1. binds the request's trace id to every log line (``traceparent`` / ``X-Cloud-Trace-Context``);
+2. answers CORS preflights for the allowed origins and adds CORS headers to every answer;
+3. refuses bodies over the size limit with 413 before reading them;
+4. matches the path against the function's routes (404/405 as JSON otherwise);
+5. authenticates the caller when the route requires it (the user is the token's ``sub``);
+6. calls the route's plain handler with explicit arguments;
+7. turns an :class:`~shared.errors.ApiError` into ``{"detail", "code"}`` JSON, and anything
+   unexpected into a 500 whose details go to the log only, never to the client;
+8. writes one structured access-log line with status and latency (no bodies, no tokens).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from flask import Request, Response
+from pydantic import BaseModel, ValidationError
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+from werkzeug.routing import Map, Rule
+
+from shared.errors import (
+    ApiError,
+    BadRequest,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    UnprocessableEntity,
+)
+from shared.log import bind_trace, trace_from_headers
+
+logger = logging.getLogger("raven.http")
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
+Handler = Callable[..., Response]
+
+CORS_ALLOWED_HEADERS = "Authorization, Content-Type"
+CORS_EXPOSED_HEADERS = "Link, X-Next-Cursor, Retry-After"
+CORS_MAX_AGE_SECONDS = "600"
+
+
+@dataclass(frozen=True)
+class Route:
+    """One endpoint: ``handler(request, [user,] **path_args)``; ``user`` when ``auth`` is on."""
+
+    method: str
+    path: str
+    handler: Handler
+    auth: bool = True
+
+
+def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    """A JSON response, compact, UTF-8."""
+    payload = json.dumps(body, separators=(",", ":"), ensure_ascii=False)
+    return Response(payload, status=status, headers=headers, mimetype="application/json")
+
+
+def error_response(error: ApiError) -> Response:
+    return json_response(error.body(), error.status, error.headers)
+
+
+def parse_json(request: Request, model: type[ModelT]) -> ModelT:
+    """Parse and validate a JSON body; 400 for malformed JSON, 422 naming the bad field."""
+    raw = request.get_data(cache=True)
+    if not raw.strip():
+        data: Any = {}
+    else:
+        try:
+            data = json.loads(raw)
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise BadRequest(f"Request body is not valid JSON: {error}", code="invalid_json") from None
+    if not isinstance(data, dict):
+        raise UnprocessableEntity("Request body must be a JSON object")
+    return validate(model, data)
+
+
+def validate(model: type[ModelT], data: Any, where: str = "") -> ModelT:
+    """Validate data against a model; a failure is a 422 whose detail names each bad field."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as error:
+        raise UnprocessableEntity(describe_validation_error(error, where)) from None
+
+
+def describe_validation_error(error: ValidationError, where: str = "") -> str:
+    problems = []
+    for issue in error.errors(include_url=False, include_input=False):
+        location = ".".join(str(part) for part in issue["loc"]) or "body"
+        problems.append(f"{where}{location}: {issue['msg']}")
+    return "; ".join(problems[:5])
+
+
+class Api:
+    """The routes of one function, and the pipeline every request goes through."""
+
+    def __init__(
+        self,
+        routes: list[Route],
+        *,
+        allowed_origins: list[str],
+        max_body_bytes: int,
+        authenticate: Callable[[Request], Any] | None = None,
+    ) -> None:
+        self._routes = Map(
+            [Rule(route.path, endpoint=route, methods=[route.method]) for route in routes],
+            strict_slashes=False,
+            merge_slashes=False,
+        )
+        self.routes = routes
+        self._origins = set(allowed_origins)
+        self._any_origin = "*" in self._origins
+        self._methods = ", ".join(sorted({route.method for route in routes}))
+        self._max_body_bytes = max_body_bytes
+        self._authenticate = authenticate
+
+    def handle(self, request: Request) -> Response:
+        started = time.perf_counter()
+        bind_trace(
+            trace_from_headers(
+                request.headers.get("traceparent"), request.headers.get("X-Cloud-Trace-Context")
+            )
+        )
+        user_id: str | None = None
+        try:
+            if request.method == "OPTIONS":
+                response = self._preflight(request)
+            else:
+                request.max_content_length = self._max_body_bytes
+                if (request.content_length or 0) > self._max_body_bytes:
+                    raise PayloadTooLarge(
+                        f"Request body is larger than {self._max_body_bytes} bytes"
+                    )
+                route, path_args = self._match(request)
+                if route.auth:
+                    if self._authenticate is None:
+                        raise AssertionError("a route requires auth but the Api has none")
+                    user = self._authenticate(request)
+                    user_id = user.id
+                    response = route.handler(request, user, **path_args)
+                else:
+                    response = route.handler(request, **path_args)
+        except ApiError as error:
+            response = error_response(error)
+        except RequestEntityTooLarge:
+            response = error_response(
+                PayloadTooLarge(f"Request body is larger than {self._max_body_bytes} bytes")
+            )
+        except Exception:
+            logger.exception("unhandled error", extra={"path": request.path})
+            response = json_response(
+                {"detail": "Internal server error", "code": "internal_error"}, 500
+            )
+        self._add_cors_headers(request, response)
+        self._log(request, response, started, user_id)
+        return response
+
+    def _match(self, request: Request) -> tuple[Route, dict[str, Any]]:
+        adapter = self._routes.bind("", path_info=request.path)
+        try:
+            route, path_args = adapter.match(method=request.method)
+        except HTTPException as error:
+            if error.code == 405:
+                raise MethodNotAllowed(f"{request.method} is not allowed on {request.path}") from None
+            raise NotFound(f"No such endpoint: {request.method} {request.path}") from None
+        return route, path_args
+
+    def _origin_allowed(self, origin: str | None) -> bool:
+        return bool(origin) and (self._any_origin or origin in self._origins)
+
+    def _preflight(self, request: Request) -> Response:
+        origin = request.headers.get("Origin")
+        if not self._origin_allowed(origin):
+            return json_response({"detail": "Origin not allowed", "code": "origin_not_allowed"}, 403)
+        return Response(
+            status=204,
+            headers={
+                "Access-Control-Allow-Methods": self._methods,
+                "Access-Control-Allow-Headers": CORS_ALLOWED_HEADERS,
+                "Access-Control-Max-Age": CORS_MAX_AGE_SECONDS,
+            },
+        )
+
+    def _add_cors_headers(self, request: Request, response: Response) -> None:
+        origin = request.headers.get("Origin")
+        response.vary.add("Origin")
+        if origin and self._origin_allowed(origin):
+            response.headers["Access-Control-Allow-Origin"] = origin
+            response.headers["Access-Control-Expose-Headers"] = CORS_EXPOSED_HEADERS
+
+    @staticmethod
+    def _log(request: Request, response: Response, started: float, user_id: str | None) -> None:
+        latency = time.perf_counter() - started
+        severity = logging.ERROR if response.status_code >= 500 else logging.INFO
+        logger.log(
+            severity,
+            f"{request.method} {request.path} {response.status_code}",
+            extra={
+                "httpRequest": {
+                    "requestMethod": request.method,
+                    "requestUrl": request.path,
+                    "status": response.status_code,
+                    "latency": f"{latency:.6f}s",
+                    "userAgent": request.headers.get("User-Agent", "")[:200],
+                },
+                "user": user_id,
+            },
+        )
