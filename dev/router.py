@@ -117,7 +117,9 @@ class Router:
 
     def _healthz(self) -> Response:
         status = {name: bool(check()) for name, check in self._health_checks.items()}
-        return _json({"ok": all(status.values()), "parts": status}, 200 if all(status.values()) else 503)
+        return _json(
+            {"ok": all(status.values()), "parts": status}, 200 if all(status.values()) else 503
+        )
 
     def _proxy(self, request: Request, base_url: str) -> Response:
         target = urlsplit(base_url)
@@ -126,7 +128,9 @@ class Router:
         }
         headers["X-Forwarded-For"] = request.remote_addr or "127.0.0.1"
         path = request.full_path if request.query_string else request.path
-        connection = http.client.HTTPConnection(target.hostname, target.port, timeout=3600)
+        connection = http.client.HTTPConnection(
+            target.hostname or "127.0.0.1", target.port, timeout=3600
+        )
         try:
             connection.request(request.method, path, body=request.get_data(), headers=headers)
             upstream = connection.getresponse()

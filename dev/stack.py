@@ -16,6 +16,7 @@ stack itself provides (database URL, JWKS URL, issuer). Ctrl-C stops everything.
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import signal
@@ -61,13 +62,17 @@ def read_env_file(path: Path) -> dict[str, str]:
     return values
 
 
-def start_postgres(data_dir: Path) -> str:
-    """Start (or reuse) the embedded PostgreSQL; returns its unix-socket DATABASE_URL."""
+def start_postgres(data_dir: Path) -> Any:
+    """Start (or reuse) the embedded PostgreSQL whose data lives in ``data_dir``."""
     import pgserver
 
     data_dir.mkdir(parents=True, exist_ok=True)
     # cleanup_mode="stop": the server stops when this process exits; the data stays.
-    server = pgserver.get_server(data_dir, cleanup_mode="stop")
+    return pgserver.get_server(data_dir, cleanup_mode="stop")
+
+
+def postgres_url(server: Any) -> str:
+    """The unix-socket DATABASE_URL of a pgserver (libpq's ``?host=`` form)."""
     return f"postgresql://postgres@/postgres?host={server.pgdata}"
 
 
@@ -110,19 +115,39 @@ def postgres_answers(database_url: str) -> Callable[[], bool]:
 class LocalStack:
     """The processes of the local backend, started in order and stopped together."""
 
-    def __init__(self, data_dir: Path, port: int, quiet: bool = False) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        port: int,
+        *,
+        log_to_files: bool = False,
+        env_overrides: dict[str, str] | None = None,
+    ) -> None:
+        """
+        Args:
+            data_dir: where the database, the dev signing key and logs live.
+            port: the router's port.
+            log_to_files: write each function's logs to ``data_dir/logs/<name>.log`` instead
+                of this terminal (the tests read them).
+            env_overrides: settings that win over .env.example, .env and the environment.
+        """
         self.data_dir = data_dir
         self.port = port
         self.base_url = f"http://localhost:{port}"
-        self.quiet = quiet
+        self.log_dir = data_dir / "logs" if log_to_files else None
+        self.env_overrides = dict(env_overrides or {})
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
         self.function_urls: dict[str, str] = {}
+        self.env: dict[str, str] = {}
+        self.signer = LocalSigner(data_dir / "dev-signing-key.pem", issuer=f"{self.base_url}/dev")
         self._server: Any = None
+        self._postgres: Any = None
 
     def environment(self, database_url: str) -> dict[str, str]:
         env = read_env_file(REPO_ROOT / ".env.example")
         env.update(read_env_file(REPO_ROOT / ".env"))
         env.update(os.environ)
+        env.update(self.env_overrides)
         env.update(
             {
                 "DATABASE_URL": env.get("DATABASE_URL") or database_url,
@@ -139,32 +164,43 @@ class LocalStack:
 
     def start(self) -> None:
         started = time.monotonic()
-        database_url = start_postgres(self.data_dir / "pg")
-        env = self.environment(database_url)
+        self._postgres = start_postgres(self.data_dir / "pg")
+        env = self.env = self.environment(postgres_url(self._postgres))
         migrate(env)
-        signer = LocalSigner(self.data_dir / "dev-signing-key.pem", issuer=f"{self.base_url}/dev")
+        if self.log_dir is not None:
+            self.log_dir.mkdir(parents=True, exist_ok=True)
         for name in function_names():
             port = free_port()
             self.function_urls[name] = f"http://127.0.0.1:{port}"
+            log = None if self.log_dir is None else (self.log_dir / f"{name}.log").open("ab")
             self.processes[name] = subprocess.Popen(
                 [
-                    sys.executable, "-m", "functions_framework",
-                    "--target", name,
-                    "--source", str(REPO_ROOT / "functions" / name / "main.py"),
-                    "--host", "127.0.0.1",
-                    "--port", str(port),
+                    sys.executable,
+                    "-m",
+                    "functions_framework",
+                    "--target",
+                    name,
+                    "--source",
+                    str(REPO_ROOT / "functions" / name / "main.py"),
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(port),
                 ],
                 cwd=REPO_ROOT,
                 env={**env, "PORT": str(port)},
-                stdout=subprocess.DEVNULL if self.quiet else None,
+                stdout=log,
+                stderr=log,
             )
-        health_checks: dict[str, Callable[[], bool]] = {"postgres": postgres_answers(env["DATABASE_URL"])}
+        health_checks: dict[str, Callable[[], bool]] = {
+            "postgres": postgres_answers(env["DATABASE_URL"])
+        }
         for name, url in self.function_urls.items():
-            health_checks[name] = lambda url=url: http_answers(url + "/__healthz")
+            health_checks[name] = functools.partial(http_answers, url + "/__healthz")
 
         from dev.openapi import build_openapi
 
-        router = Router(self.function_urls, signer, health_checks, build_openapi)
+        router = Router(self.function_urls, self.signer, health_checks, build_openapi)
         self._server = make_server("0.0.0.0", self.port, router, threaded=True)
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
         self.wait_healthy(timeout=60)
@@ -193,6 +229,9 @@ class LocalStack:
                 process.kill()
         if self._server is not None:
             self._server.shutdown()
+            self._server.server_close()
+        if self._postgres is not None:
+            self._postgres.cleanup()
 
 
 def banner(base_url: str) -> str:
@@ -203,9 +242,10 @@ Raven backend is running at {base_url}
   {base_url}/dev/openapi.json and the health check at {base_url}/dev/healthz.
 
   Try it:
-    TOKEN=$(curl -s -X POST {base_url}/dev/token -H 'Content-Type: application/json' \\
-              -d '{{"sub": "user_demo", "first_name": "Ada"}}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')
-    curl -s -X POST {base_url}/api/chats/create -H "Authorization: Bearer $TOKEN" -d '{{"title": "Hello"}}'
+    TOKEN=$(curl -s -X POST {base_url}/dev/token -d '{{"sub": "user_demo", "first_name": "Ada"}}' \\
+            | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')
+    curl -s -X POST {base_url}/api/chats/create -H "Authorization: Bearer $TOKEN" \\
+         -d '{{"title": "Hello"}}'
     curl -s {base_url}/api/chats -H "Authorization: Bearer $TOKEN"
 
   Ctrl-C stops everything; the data stays in .data/.
@@ -213,14 +253,18 @@ Raven backend is running at {base_url}
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
     parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
     parser.add_argument("--data-dir", type=Path, default=REPO_ROOT / ".data")
-    parser.add_argument("--quiet", action="store_true", help="hide the functions' request logs")
+    parser.add_argument(
+        "--log-to-files", action="store_true", help="write function logs to <data-dir>/logs/"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="[stack] %(message)s")
 
-    stack = LocalStack(args.data_dir.resolve(), args.port, quiet=args.quiet)
+    stack = LocalStack(args.data_dir.resolve(), args.port, log_to_files=args.log_to_files)
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
     try:

@@ -202,9 +202,9 @@ class TokenVerifier:
             raise Unauthorized(f"Invalid token: {error}", code="invalid_token") from None
 
         party = claims.get("azp")
-        if party is not None and self._allowed_parties is not None:
-            if party.rstrip("/") not in self._allowed_parties:
-                raise Unauthorized("Token was issued for another origin", code="invalid_token")
+        allowed = self._allowed_parties
+        if party is not None and allowed is not None and str(party).rstrip("/") not in allowed:
+            raise Unauthorized("Token was issued for another origin", code="invalid_token")
         sub = claims.get("sub")
         if not isinstance(sub, str) or not sub or len(sub) > MAX_SUB_LENGTH:
             raise Unauthorized("Token has no valid subject", code="invalid_token")

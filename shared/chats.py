@@ -11,7 +11,7 @@ import base64
 import binascii
 import uuid
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import pg8000.exceptions
@@ -91,7 +91,7 @@ def _decode_chat_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
         micros, chat_id = base64.urlsafe_b64decode(padded).decode().split(":", 1)
-        updated_at = datetime.fromtimestamp(int(micros) / 1_000_000, tz=timezone.utc)
+        updated_at = datetime.fromtimestamp(int(micros) / 1_000_000, tz=UTC)
         return updated_at, uuid.UUID(chat_id)
     except (ValueError, binascii.Error, UnicodeDecodeError, OverflowError):
         raise BadRequest("cursor is not one this API returned", code="invalid_cursor") from None

@@ -20,6 +20,7 @@ reached raises :class:`DatabaseUnavailable`, a 503 with ``Retry-After``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
@@ -155,10 +156,9 @@ class _Connection:
         self.raw.execute_simple(sql)
 
     def close(self) -> None:
-        try:
+        # Closing a broken socket may fail; the connection is discarded either way.
+        with contextlib.suppress(Exception):
             self.raw.close()
-        except Exception:  # noqa: BLE001 - closing a broken socket may fail; it is discarded anyway
-            pass
 
 
 def _adapt(value: Any) -> Any:

@@ -48,9 +48,7 @@ class Unauthorized(ApiError):
     def __init__(self, detail: str, *, code: str | None = None) -> None:
         # RFC 6750 section 3: a 401 for a bearer-protected resource names the scheme.
         error = "invalid_request" if code == "missing_token" else "invalid_token"
-        super().__init__(
-            detail, code=code, headers={"WWW-Authenticate": f'Bearer error="{error}"'}
-        )
+        super().__init__(detail, code=code, headers={"WWW-Authenticate": f'Bearer error="{error}"'})
 
 
 class NotFound(ApiError):

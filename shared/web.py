@@ -15,6 +15,7 @@ A function's entry point hands its request to :meth:`Api.handle`, which
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import time
@@ -24,7 +25,7 @@ from typing import Any, TypeVar
 
 from flask import Request, Response
 from pydantic import BaseModel, ValidationError
-from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+from werkzeug.exceptions import HTTPException
 from werkzeug.routing import Map, Rule
 
 from shared.errors import (
@@ -76,7 +77,9 @@ def parse_json(request: Request, model: type[ModelT]) -> ModelT:
         try:
             data = json.loads(raw)
         except (UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise BadRequest(f"Request body is not valid JSON: {error}", code="invalid_json") from None
+            raise BadRequest(
+                f"Request body is not valid JSON: {error}", code="invalid_json"
+            ) from None
     if not isinstance(data, dict):
         raise UnprocessableEntity("Request body must be a JSON object")
     return validate(model, data)
@@ -133,11 +136,7 @@ class Api:
             if request.method == "OPTIONS":
                 response = self._preflight(request)
             else:
-                request.max_content_length = self._max_body_bytes
-                if (request.content_length or 0) > self._max_body_bytes:
-                    raise PayloadTooLarge(
-                        f"Request body is larger than {self._max_body_bytes} bytes"
-                    )
+                self._limit_body(request)
                 route, path_args = self._match(request)
                 if route.auth:
                     if self._authenticate is None:
@@ -149,10 +148,6 @@ class Api:
                     response = route.handler(request, **path_args)
         except ApiError as error:
             response = error_response(error)
-        except RequestEntityTooLarge:
-            response = error_response(
-                PayloadTooLarge(f"Request body is larger than {self._max_body_bytes} bytes")
-            )
         except Exception:
             logger.exception("unhandled error", extra={"path": request.path})
             response = json_response(
@@ -162,15 +157,40 @@ class Api:
         self._log(request, response, started, user_id)
         return response
 
+    def _limit_body(self, request: Request) -> None:
+        """Refuse a body over the limit (413) without reading more of it than the limit.
+
+        A declared Content-Length is checked before any byte is read. A chunked body is read
+        up to one byte past the limit and then handed on as if it had a Content-Length.
+        (werkzeug's own ``max_content_length`` is not used: functions-framework drains the
+        body after every request and that drain would raise again, turning a 413 into a 500.)
+        """
+        too_large = PayloadTooLarge(f"Request body is larger than {self._max_body_bytes} bytes")
+        if request.content_length is not None:
+            if request.content_length > self._max_body_bytes:
+                raise too_large
+            return
+        if request.environ.get("HTTP_TRANSFER_ENCODING", "").lower() != "chunked":
+            return
+        body = request.environ["wsgi.input"].read(self._max_body_bytes + 1)
+        if len(body) > self._max_body_bytes:
+            raise too_large
+        request.environ["wsgi.input"] = io.BytesIO(body)
+        request.environ["CONTENT_LENGTH"] = str(len(body))
+        request.environ.pop("HTTP_TRANSFER_ENCODING", None)
+
     def _match(self, request: Request) -> tuple[Route, dict[str, Any]]:
         adapter = self._routes.bind("", path_info=request.path)
         try:
-            route, path_args = adapter.match(method=request.method)
+            route_endpoint, path_args = adapter.match(method=request.method)
         except HTTPException as error:
             if error.code == 405:
-                raise MethodNotAllowed(f"{request.method} is not allowed on {request.path}") from None
+                raise MethodNotAllowed(
+                    f"{request.method} is not allowed on {request.path}"
+                ) from None
             raise NotFound(f"No such endpoint: {request.method} {request.path}") from None
-        return route, path_args
+        assert isinstance(route_endpoint, Route)
+        return route_endpoint, dict(path_args)
 
     def _origin_allowed(self, origin: str | None) -> bool:
         return bool(origin) and (self._any_origin or origin in self._origins)
@@ -178,7 +198,9 @@ class Api:
     def _preflight(self, request: Request) -> Response:
         origin = request.headers.get("Origin")
         if not self._origin_allowed(origin):
-            return json_response({"detail": "Origin not allowed", "code": "origin_not_allowed"}, 403)
+            return json_response(
+                {"detail": "Origin not allowed", "code": "origin_not_allowed"}, 403
+            )
         return Response(
             status=204,
             headers={

@@ -1,0 +1,137 @@
+"""Fixtures: the real local stack, a direct database handle, and API clients per user.
+
+The suite runs against the same stack ``make dev`` runs: an embedded PostgreSQL, every
+function in its own functions-framework process, and the router in front. Requests go over
+HTTP exactly as the frontend sends them; assertions about stored state read Postgres.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pg8000.dbapi
+import pytest
+import requests
+
+from dev.stack import LocalStack, free_port
+from shared.db import Database, connect_kwargs_from_url
+
+# Settings every test process agrees on; anything not here comes from .env.example.
+TEST_ENV = {
+    "ENVIRONMENT": "test",
+    "ALLOWED_ORIGINS": "http://localhost:3000,https://app.example.com",
+    "MAX_REQUEST_BYTES": "65536",
+}
+FRONTEND_ORIGIN = "http://localhost:3000"
+
+
+class ApiClient:
+    """Calls the stack as the frontend does, as one user (or anonymously with no token)."""
+
+    def __init__(self, base_url: str, token: str | None = None, user_id: str | None = None):
+        self.base_url = base_url
+        self.token = token
+        self.user_id = user_id
+        self.session = requests.Session()
+
+    def request(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+        headers = {"Origin": FRONTEND_ORIGIN, **kwargs.pop("headers", {})}
+        if self.token is not None:
+            headers.setdefault("Authorization", f"Bearer {self.token}")
+        return self.session.request(
+            method, self.base_url + path, headers=headers, timeout=30, **kwargs
+        )
+
+    def get(self, path: str, **kwargs: Any) -> requests.Response:
+        return self.request("GET", path, **kwargs)
+
+    def post(self, path: str, **kwargs: Any) -> requests.Response:
+        return self.request("POST", path, **kwargs)
+
+    def patch(self, path: str, **kwargs: Any) -> requests.Response:
+        return self.request("PATCH", path, **kwargs)
+
+    def delete(self, path: str, **kwargs: Any) -> requests.Response:
+        return self.request("DELETE", path, **kwargs)
+
+    def create_chat(self, title: str | None = None) -> dict[str, Any]:
+        response = self.post("/api/chats/create", json={"title": title})
+        assert response.status_code == 200, response.text
+        return dict(response.json())
+
+
+def assert_error(response: requests.Response, status: int, code: str | None = None) -> dict:
+    """The contract's error shape: the status, JSON with a human ``detail`` and a ``code``."""
+    assert response.status_code == status, (response.status_code, response.text)
+    assert response.headers["Content-Type"].startswith("application/json")
+    body = response.json()
+    assert isinstance(body["detail"], str) and body["detail"]
+    assert "Traceback" not in response.text
+    if code is not None:
+        assert body["code"] == code, body
+    return dict(body)
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    data_dir = tmp_path_factory.mktemp("stack")
+    local = LocalStack(data_dir, free_port(), log_to_files=True, env_overrides=TEST_ENV)
+    local.start()
+    yield local
+    local.stop()
+
+
+@pytest.fixture(scope="session")
+def db(stack: LocalStack) -> Iterator[Database]:
+    """A direct handle on the stack's database, for arranging and checking stored state."""
+    kwargs = connect_kwargs_from_url(stack.env["DATABASE_URL"])
+    database = Database(lambda: pg8000.dbapi.connect(**kwargs), pool_size=2)
+    yield database
+    database.close()
+
+
+@pytest.fixture
+def anonymous(stack: LocalStack) -> ApiClient:
+    return ApiClient(stack.base_url)
+
+
+@pytest.fixture
+def make_user(stack: LocalStack) -> Any:
+    """A factory of clients, each a brand-new user with a valid token."""
+
+    def make(**claims: Any) -> ApiClient:
+        user_id = "user_" + uuid.uuid4().hex[:20]
+        token = stack.signer.token(user_id, extra_claims=claims)
+        return ApiClient(stack.base_url, token, user_id)
+
+    return make
+
+
+@pytest.fixture
+def alice(make_user: Any) -> ApiClient:
+    return make_user(email="alice@example.com", first_name="Alice")  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def bob(make_user: Any) -> ApiClient:
+    return make_user(email="bob@example.com", first_name="Bob")  # type: ignore[no-any-return]
+
+
+def read_logs(stack: LocalStack, function: str) -> list[dict[str, Any]]:
+    """Every JSON log line a function wrote so far."""
+    assert stack.log_dir is not None
+    lines = (stack.log_dir / f"{function}.log").read_text().splitlines()
+    entries = []
+    for line in lines:
+        try:
+            entries.append(json.loads(line))
+        except ValueError:
+            continue
+    return entries
+
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
