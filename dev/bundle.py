@@ -44,7 +44,9 @@ def bundle_manifest(function: str) -> dict[str, Path]:
     function_dir = FUNCTIONS_DIR / function
     if not (function_dir / "main.py").is_file():
         raise ValueError(f"no function named {function!r} under {FUNCTIONS_DIR}")
-    manifest = {path.relative_to(function_dir).as_posix(): path for path in _files_under(function_dir)}
+    manifest = {
+        path.relative_to(function_dir).as_posix(): path for path in _files_under(function_dir)
+    }
     for path in _files_under(SHARED_DIR):
         manifest["shared/" + path.relative_to(SHARED_DIR).as_posix()] = path
     return manifest

@@ -58,7 +58,10 @@ def _json_content(schema: dict[str, Any]) -> dict[str, Any]:
 
 def _errors(*statuses: str) -> dict[str, Any]:
     return {
-        status: {"description": ERROR_STATUSES[status], "content": _json_content(_ref(schemas.ErrorBody))}
+        status: {
+            "description": ERROR_STATUSES[status],
+            "content": _json_content(_ref(schemas.ErrorBody)),
+        }
         for status in statuses
     }
 
@@ -77,12 +80,20 @@ def _query_parameters(model: type[BaseModel]) -> list[dict[str, Any]]:
     ]
 
 
-CHAT_ID = {"name": "chat_id", "in": "path", "required": True, "schema": {"type": "string", "format": "uuid"}}
+CHAT_ID = {
+    "name": "chat_id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "format": "uuid"},
+}
 NEXT_CURSOR_HEADERS = {
-    "X-Next-Cursor": {"description": "Present when there is a next page.", "schema": {"type": "string"}},
+    "X-Next-Cursor": {
+        "description": "Present when there is a next page.",
+        "schema": {"type": "string"},
+    },
     "Link": {"description": 'rel="next" URL of the next page.', "schema": {"type": "string"}},
 }
-BEARER = [{"clerkSession": []}]
+BEARER: list[dict[str, list[str]]] = [{"clerkSession": []}]
 
 
 def _paths() -> dict[str, Any]:
@@ -108,9 +119,15 @@ def _paths() -> dict[str, Any]:
                 "operationId": "createChat",
                 "summary": 'Create a chat (untitled ones are "New Chat").',
                 "security": BEARER,
-                "requestBody": {"required": False, "content": _json_content(_ref(schemas.CreateChatRequest))},
+                "requestBody": {
+                    "required": False,
+                    "content": _json_content(_ref(schemas.CreateChatRequest)),
+                },
                 "responses": {
-                    "200": {"description": "The new chat.", "content": _json_content(_ref(schemas.CreatedChat))},
+                    "200": {
+                        "description": "The new chat.",
+                        "content": _json_content(_ref(schemas.CreatedChat)),
+                    },
                     **_errors("400", "401", "413", "422", "503"),
                 },
             }
@@ -135,9 +152,15 @@ def _paths() -> dict[str, Any]:
                 "operationId": "renameChat",
                 "summary": "Rename a chat; a user's title is never replaced by a generated one.",
                 "security": BEARER,
-                "requestBody": {"required": True, "content": _json_content(_ref(schemas.RenameChatRequest))},
+                "requestBody": {
+                    "required": True,
+                    "content": _json_content(_ref(schemas.RenameChatRequest)),
+                },
                 "responses": {
-                    "200": {"description": "The updated chat.", "content": _json_content(_ref(schemas.Chat))},
+                    "200": {
+                        "description": "The updated chat.",
+                        "content": _json_content(_ref(schemas.Chat)),
+                    },
                     **_errors("400", "401", "404", "413", "422", "503"),
                 },
             },
@@ -146,7 +169,10 @@ def _paths() -> dict[str, Any]:
                 "summary": "Delete a chat, its messages, summaries and the media only it used.",
                 "security": BEARER,
                 "responses": {
-                    "200": {"description": "Deleted.", "content": _json_content(_ref(schemas.DeletedChat))},
+                    "200": {
+                        "description": "Deleted.",
+                        "content": _json_content(_ref(schemas.DeletedChat)),
+                    },
                     **_errors("401", "404", "503"),
                 },
             },
@@ -156,12 +182,16 @@ def _paths() -> dict[str, Any]:
                 "operationId": "sendMessage",
                 "summary": "Send the last message of `messages` and stream the answer (SSE).",
                 "security": BEARER,
-                "requestBody": {"required": True, "content": _json_content(_ref(schemas.ChatRequest))},
+                "requestBody": {
+                    "required": True,
+                    "content": _json_content(_ref(schemas.ChatRequest)),
+                },
                 "responses": {
                     "200": {
                         "description": (
                             "Server-Sent Events, one JSON object per `data:` line: `start`, "
-                            "`chunk`..., then `done` or `error`. Comment lines (`: ...`) are heartbeats."
+                            "`chunk`..., then `done` or `error`. "
+                            "Comment lines (`: ...`) are heartbeats."
                         ),
                         "content": {
                             "text/event-stream": {
@@ -179,9 +209,15 @@ def _paths() -> dict[str, Any]:
                 "operationId": "createUploadUrl",
                 "summary": "A signed URL the browser PUTs one file to.",
                 "security": BEARER,
-                "requestBody": {"required": True, "content": _json_content(_ref(schemas.UploadUrlRequest))},
+                "requestBody": {
+                    "required": True,
+                    "content": _json_content(_ref(schemas.UploadUrlRequest)),
+                },
                 "responses": {
-                    "200": {"description": "Where and how to upload.", "content": _json_content(_ref(schemas.UploadUrlResponse))},
+                    "200": {
+                        "description": "Where and how to upload.",
+                        "content": _json_content(_ref(schemas.UploadUrlResponse)),
+                    },
                     **_errors("400", "401", "413", "422", "429", "503"),
                 },
             }
@@ -189,14 +225,17 @@ def _paths() -> dict[str, Any]:
         "/clerk-webhook": {
             "post": {
                 "operationId": "clerkWebhook",
-                "summary": "Clerk user lifecycle events through Svix (svix-id, svix-timestamp, svix-signature).",
+                "summary": "Clerk user lifecycle events through Svix, signed in svix-* headers.",
                 "parameters": [
                     {"name": header, "in": "header", "required": True, "schema": {"type": "string"}}
                     for header in ("svix-id", "svix-timestamp", "svix-signature")
                 ],
                 "requestBody": {"required": True, "content": _json_content({"type": "object"})},
                 "responses": {
-                    "200": {"description": "Processed, or already processed.", "content": _json_content(_ref(schemas.WebhookAck))},
+                    "200": {
+                        "description": "Processed, or already processed.",
+                        "content": _json_content(_ref(schemas.WebhookAck)),
+                    },
                     **_errors("400", "413", "503"),
                 },
             }
@@ -221,7 +260,11 @@ def build_openapi() -> dict[str, Any]:
         "components": {
             "schemas": definitions.get("$defs", {}),
             "securitySchemes": {
-                "clerkSession": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT (Clerk, RS256)"}
+                "clerkSession": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "bearerFormat": "JWT (Clerk, RS256)",
+                }
             },
         },
     }

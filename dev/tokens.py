@@ -49,9 +49,13 @@ class LocalSigner:
         return {"keys": [self._jwk]}
 
     def public_pem(self) -> str:
-        return self._key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        ).decode()
+        return (
+            self._key.public_key()
+            .public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
+            .decode()
+        )
 
     def token(
         self,
