@@ -113,12 +113,12 @@ def make_user(stack: LocalStack) -> Any:
 
 @pytest.fixture
 def alice(make_user: Any) -> ApiClient:
-    return make_user(email="alice@example.com", first_name="Alice")  # type: ignore[no-any-return]
+    return make_user(email="alice@example.com", first_name="Alice")
 
 
 @pytest.fixture
 def bob(make_user: Any) -> ApiClient:
-    return make_user(email="bob@example.com", first_name="Bob")  # type: ignore[no-any-return]
+    return make_user(email="bob@example.com", first_name="Bob")
 
 
 def read_logs(stack: LocalStack, function: str) -> list[dict[str, Any]]:

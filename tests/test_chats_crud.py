@@ -66,9 +66,7 @@ def test_create_without_title_is_new_chat(alice: ApiClient) -> None:
 
 
 def test_create_ignores_user_id_in_body(alice: ApiClient, bob: ApiClient) -> None:
-    chat = alice.post(
-        "/api/chats/create", json={"title": "mine", "user_id": bob.user_id}
-    ).json()
+    chat = alice.post("/api/chats/create", json={"title": "mine", "user_id": bob.user_id}).json()
     assert chat["userId"] == alice.user_id
     assert [c["chatId"] for c in bob.get("/api/chats").json()] == []
 
@@ -78,7 +76,9 @@ def test_create_rejects_bad_input(alice: ApiClient) -> None:
     detail = assert_error(alice.post("/api/chats/create", json={"title": "x" * 201}), 422)
     assert "title" in detail["detail"]
     assert_error(
-        alice.post("/api/chats/create", data="{not json", headers={"Content-Type": "application/json"}),
+        alice.post(
+            "/api/chats/create", data="{not json", headers={"Content-Type": "application/json"}
+        ),
         400,
         "invalid_json",
     )
@@ -182,7 +182,9 @@ def test_read_pages_back_through_history(alice: ApiClient, db: Database) -> None
     before = newest.headers["X-Next-Cursor"]
     middle = alice.get(f"/api/chats/{chat['chatId']}?limit=3&before={before}")
     assert [m["content"] for m in middle.json()] == texts[1:4]
-    oldest = alice.get(f"/api/chats/{chat['chatId']}?limit=3&before={middle.headers['X-Next-Cursor']}")
+    oldest = alice.get(
+        f"/api/chats/{chat['chatId']}?limit=3&before={middle.headers['X-Next-Cursor']}"
+    )
     assert [m["content"] for m in oldest.json()] == texts[:1]
     assert "X-Next-Cursor" not in oldest.headers
 
@@ -198,7 +200,9 @@ def test_rename_returns_updated_chat(alice: ApiClient, db: Database) -> None:
     assert updated["title"] == "Renamed"
     assert updated["chatId"] == chat["chatId"]
     assert alice.get("/api/chats").json()[0]["title"] == "Renamed"
-    row = db.fetch_one("SELECT title_source FROM chats WHERE id = :id", id=uuid.UUID(chat["chatId"]))
+    row = db.fetch_one(
+        "SELECT title_source FROM chats WHERE id = :id", id=uuid.UUID(chat["chatId"])
+    )
     assert row == {"title_source": "user"}
 
 
@@ -211,7 +215,9 @@ def test_rename_rejects_bad_titles(alice: ApiClient) -> None:
     assert_error(alice.patch(path, json={"title": None}), 422)
     assert_error(alice.patch(path, json={"title": ["x"]}), 422)
     assert_error(alice.patch(path, json={"title": "t" * 201}), 422)
-    assert_error(alice.patch(path, data=b"\xff\xfe", headers={"Content-Type": "application/json"}), 400)
+    assert_error(
+        alice.patch(path, data=b"\xff\xfe", headers={"Content-Type": "application/json"}), 400
+    )
     assert alice.get("/api/chats").json()[0]["title"] == "keep me"
 
 
@@ -262,7 +268,10 @@ def test_delete_queues_only_media_no_other_chat_uses(alice: ApiClient, db: Datab
                 u=upload_id,
             )
     assert alice.delete(f"/api/chats/{doomed['chatId']}").status_code == 200
-    remaining = {row["id"] for row in db.fetch_all("SELECT id FROM uploads WHERE user_id = :u", u=alice.user_id)}
+    remaining = {
+        row["id"]
+        for row in db.fetch_all("SELECT id FROM uploads WHERE user_id = :u", u=alice.user_id)
+    }
     assert remaining == {shared}
     queued = db.fetch_all(
         "SELECT object_name FROM storage_deletions WHERE object_name LIKE :prefix",
@@ -301,5 +310,7 @@ def test_unknown_path_and_method_are_json_errors(alice: ApiClient) -> None:
 
 def test_oversized_body_is_413(alice: ApiClient) -> None:
     body = json.dumps({"title": "x" * 70_000})
-    response = alice.post("/api/chats/create", data=body, headers={"Content-Type": "application/json"})
+    response = alice.post(
+        "/api/chats/create", data=body, headers={"Content-Type": "application/json"}
+    )
     assert_error(response, 413, "payload_too_large")

@@ -1,0 +1,220 @@
+"""The local stack and the HTTP plumbing every function shares: health, dev tokens,
+persistence, CORS, logs, and dependency failures."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from dev.stack import LocalStack, free_port
+from shared.db import Database
+from tests.conftest import FRONTEND_ORIGIN, REPO_ROOT, TEST_ENV, ApiClient, assert_error, read_logs
+
+
+def test_healthz_reports_every_part(stack: LocalStack) -> None:
+    response = requests.get(f"{stack.base_url}/dev/healthz", timeout=10)
+    assert response.status_code == 200
+    parts = response.json()["parts"]
+    assert parts == {name: True for name in ["postgres", *sorted(stack.function_urls)]}
+
+
+def test_dev_token_works_with_the_functions(stack: LocalStack) -> None:
+    response = requests.post(
+        f"{stack.base_url}/dev/token",
+        json={"sub": "user_devtoken", "email": "dev@example.com", "first_name": "Dev"},
+        timeout=10,
+    )
+    assert response.status_code == 200
+    client = ApiClient(stack.base_url, response.json()["token"])
+    assert client.create_chat("via dev token")["userId"] == "user_devtoken"
+
+
+def test_dev_token_validates_its_body(stack: LocalStack) -> None:
+    assert_error(requests.post(f"{stack.base_url}/dev/token", json={}, timeout=10), 422)
+    assert_error(requests.post(f"{stack.base_url}/dev/token", data="{", timeout=10), 400)
+    assert_error(requests.post(f"{stack.base_url}/dev/token", json={"sub": 5}, timeout=10), 422)
+
+
+def test_jwks_is_served_for_the_functions(stack: LocalStack) -> None:
+    keys = requests.get(f"{stack.base_url}/dev/.well-known/jwks.json", timeout=10).json()["keys"]
+    assert [key["kid"] for key in keys] == [stack.signer.kid]
+    assert keys[0]["kty"] == "RSA" and "d" not in keys[0]  # public half only
+
+
+def test_make_dev_command_starts_and_stops_and_keeps_data(tmp_path: Path) -> None:
+    """`python -m dev.stack` (what `make dev` runs): ready banner, data kept across restarts."""
+    port = free_port()
+    command = [
+        sys.executable,
+        "-m",
+        "dev.stack",
+        "--port",
+        str(port),
+        "--data-dir",
+        str(tmp_path),
+        "--log-to-files",
+    ]
+    env = {**TEST_ENV, "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+
+    def run_once(action: Any) -> Any:
+        process = subprocess.Popen(
+            command,
+            cwd=REPO_ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        try:
+            assert process.stdout is not None
+            for line in process.stdout:
+                if "Raven backend is running at" in line:
+                    break
+            else:
+                raise AssertionError("the stack exited before it was ready")
+            base = f"http://localhost:{port}"
+            assert urllib.request.urlopen(f"{base}/dev/healthz", timeout=5).status == 200
+            token = requests.post(f"{base}/dev/token", json={"sub": "user_keep"}, timeout=10)
+            return action(ApiClient(base, token.json()["token"]))
+        finally:
+            process.terminate()
+            assert process.wait(timeout=30) == 0
+
+    chat = run_once(lambda client: client.create_chat("survives a restart"))
+    titles = run_once(lambda client: [c["title"] for c in client.get("/api/chats").json()])
+    assert titles == ["survives a restart"]
+    assert chat["title"] == "survives a restart"
+
+
+def test_cors_preflight_and_headers(stack: LocalStack, alice: ApiClient) -> None:
+    preflight = requests.options(
+        f"{stack.base_url}/api/chats/create",
+        headers={
+            "Origin": FRONTEND_ORIGIN,
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization,content-type",
+        },
+        timeout=10,
+    )
+    assert preflight.status_code == 204
+    assert preflight.headers["Access-Control-Allow-Origin"] == FRONTEND_ORIGIN
+    assert "POST" in preflight.headers["Access-Control-Allow-Methods"]
+    assert "Authorization" in preflight.headers["Access-Control-Allow-Headers"]
+
+    refused = requests.options(
+        f"{stack.base_url}/api/chats",
+        headers={"Origin": "https://evil.example.com", "Access-Control-Request-Method": "GET"},
+        timeout=10,
+    )
+    assert refused.status_code == 403
+    assert "Access-Control-Allow-Origin" not in refused.headers
+
+    response = alice.get("/api/chats")
+    assert response.headers["Access-Control-Allow-Origin"] == FRONTEND_ORIGIN
+    assert "X-Next-Cursor" in response.headers["Access-Control-Expose-Headers"]
+    error = ApiClient(stack.base_url).get("/api/chats")
+    assert error.headers["Access-Control-Allow-Origin"] == FRONTEND_ORIGIN  # errors readable too
+
+
+def test_logs_are_structured_and_keep_secrets_out(stack: LocalStack, alice: ApiClient) -> None:
+    trace_id = uuid.uuid4().hex
+    secret_title = "my very private title " + uuid.uuid4().hex
+    response = alice.post(
+        "/api/chats/create",
+        json={"title": secret_title},
+        headers={"traceparent": f"00-{trace_id}-{'1' * 16}-01"},
+    )
+    assert response.status_code == 200
+    time.sleep(0.2)
+    entries = read_logs(stack, "chats_crud")
+    mine = [e for e in entries if trace_id in e.get("logging.googleapis.com/trace", "")]
+    assert len(mine) == 1
+    entry = mine[0]
+    assert entry["severity"] == "INFO"
+    assert entry["httpRequest"]["status"] == 200
+    assert entry["httpRequest"]["requestMethod"] == "POST"
+    assert entry["httpRequest"]["latency"].endswith("s")
+    assert entry["user"] == alice.user_id
+    raw = (stack.log_dir / "chats_crud.log").read_text()  # type: ignore[operator]
+    assert alice.token is not None and alice.token not in raw
+    assert alice.token.split(".")[2] not in raw
+    assert secret_title not in raw
+
+
+def test_cloud_trace_header_is_understood(stack: LocalStack, alice: ApiClient) -> None:
+    trace_id = uuid.uuid4().hex
+    alice.get("/api/chats", headers={"X-Cloud-Trace-Context": f"{trace_id}/123;o=1"})
+    time.sleep(0.2)
+    entries = read_logs(stack, "chats_crud")
+    assert any(trace_id in e.get("logging.googleapis.com/trace", "") for e in entries)
+
+
+def start_function(stack: LocalStack, name: str, **env: str) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "functions_framework",
+            "--target",
+            name,
+            "--source",
+            str(REPO_ROOT / "functions" / name / "main.py"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        env={**stack.env, "PORT": str(port), **env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            requests.get(base + "/", timeout=1)
+            return process, base
+        except requests.ConnectionError:
+            time.sleep(0.1)
+    process.kill()
+    raise AssertionError(f"{name} did not start")
+
+
+def test_database_down_is_503_with_retry_after(stack: LocalStack, tmp_path: Path) -> None:
+    process, base = start_function(
+        stack, "chats_crud", DATABASE_URL=f"postgresql://postgres@/postgres?host={tmp_path}"
+    )
+    try:
+        client = ApiClient(base, stack.signer.token("user_dbdown"))
+        response = client.get("/api/chats")
+        assert_error(response, 503, "database_unavailable")
+        assert int(response.headers["Retry-After"]) > 0
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def test_broken_pooled_connections_are_replaced_unnoticed(
+    stack: LocalStack, alice: ApiClient, db: Database
+) -> None:
+    alice.create_chat("before the outage")
+    assert alice.get("/api/chats").status_code == 200
+    # Cloud SQL maintenance or an idle timeout: the server ends every client session.
+    terminated = db.fetch_all(
+        "SELECT pg_terminate_backend(pid) AS ok FROM pg_stat_activity "
+        "WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()"
+    )
+    assert terminated and all(row["ok"] for row in terminated)
+    for _ in range(3):  # reads and writes, each on a pool of dead connections
+        assert alice.get("/api/chats").status_code == 200
+        assert alice.post("/api/chats/create", json={"title": "after"}).status_code == 200
+    titles = [chat["title"] for chat in alice.get("/api/chats").json()]
+    assert titles.count("after") == 3
