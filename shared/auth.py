@@ -37,6 +37,7 @@ JWKS_TTL_SECONDS = 3600.0
 JWKS_FETCH_TIMEOUT_SECONDS = 5.0
 ALGORITHM = "RS256"
 MAX_SUB_LENGTH = 255
+VERIFIED_TOKENS_CACHED = 4096
 
 
 @dataclass(frozen=True)
@@ -152,6 +153,7 @@ class TokenVerifier:
         leeway_seconds: int,
     ) -> None:
         self._keys = keys
+        self._verified: dict[str, tuple[AuthenticatedUser, float]] = {}
         self._issuer = issuer
         self._allowed_parties = None if "*" in allowed_origins else set(allowed_origins)
         self._leeway = leeway_seconds
@@ -168,10 +170,28 @@ class TokenVerifier:
     def verify(self, token: str) -> AuthenticatedUser:
         """Return the user a valid token names.
 
+        A token verified once is remembered until it expires: the frontend sends the same
+        token on every request for its lifetime (60 s for Clerk session tokens), and
+        re-checking an RS256 signature and re-parsing the token costs more than the rest of
+        a typical request.
+
         Raises:
             Unauthorized: the token is malformed, forged, expired, or not for us.
             ServiceUnavailable: the signing keys cannot be fetched.
         """
+        remembered = self._verified.get(token)
+        if remembered is not None:
+            user, expires_at = remembered
+            if time.time() < expires_at + self._leeway:
+                return user
+            self._verified.pop(token, None)
+        user, expires_at = self._verify_uncached(token)
+        if len(self._verified) >= VERIFIED_TOKENS_CACHED:
+            self._verified.clear()  # simple and bounded; a refill costs one verify per token
+        self._verified[token] = (user, expires_at)
+        return user
+
+    def _verify_uncached(self, token: str) -> tuple[AuthenticatedUser, float]:
         try:
             header = jwt.get_unverified_header(token)
         except jwt.exceptions.DecodeError:
@@ -208,12 +228,13 @@ class TokenVerifier:
         sub = claims.get("sub")
         if not isinstance(sub, str) or not sub or len(sub) > MAX_SUB_LENGTH:
             raise Unauthorized("Token has no valid subject", code="invalid_token")
-        return AuthenticatedUser(
+        user = AuthenticatedUser(
             id=sub,
             email=_optional_str(claims.get("email")),
             first_name=_optional_str(claims.get("first_name") or claims.get("given_name")),
             last_name=_optional_str(claims.get("last_name") or claims.get("family_name")),
         )
+        return user, float(claims["exp"])
 
 
 def _optional_str(value: Any) -> str | None:

@@ -11,7 +11,6 @@ import base64
 import binascii
 import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import Any
 
 import pg8000.exceptions
@@ -22,7 +21,15 @@ from shared.schemas import DEFAULT_TITLE
 
 FOREIGN_KEY_VIOLATION = "23503"
 
-CHAT_COLUMNS = "id, user_id, title, title_source, created_at, updated_at"
+# Times leave Postgres as integer microseconds since the epoch: exact for keyset cursors, and
+# pg8000 decodes an integer ~30x faster than a timestamptz (which it parses with strptime).
+CHAT_COLUMNS = (
+    "id::text AS id, user_id, title, title_source, "
+    "(EXTRACT(EPOCH FROM created_at) * 1000000)::bigint AS created_us, "
+    "(EXTRACT(EPOCH FROM updated_at) * 1000000)::bigint AS updated_us"
+)
+# The inverse, for a bound parameter of integer microseconds.
+FROM_MICROS = "(TIMESTAMPTZ 'epoch' + CAST(:{name} AS bigint) * INTERVAL '1 microsecond')"
 
 # Signs a stored media part into a URL the browser can GET, or None where it cannot.
 MediaUrlSigner = Callable[[dict[str, Any]], str | None]
@@ -48,8 +55,8 @@ def chat_object(row: Row) -> dict[str, Any]:
         "chatId": str(row["id"]),
         "userId": row["user_id"],
         "title": row["title"],
-        "createdAt": row["created_at"].timestamp(),
-        "updatedAt": row["updated_at"].timestamp(),
+        "createdAt": row["created_us"] / 1_000_000,
+        "updatedAt": row["updated_us"] / 1_000_000,
     }
 
 
@@ -71,7 +78,7 @@ def message_object(row: Row, sign: MediaUrlSigner | None = None) -> dict[str, An
         "messageId": str(row["id"]),
         "role": row["role"],
         "content": row["content"],
-        "timestamp": row["created_at"].timestamp(),
+        "timestamp": row["created_us"] / 1_000_000,
         "media_type": first_media["mime_type"] if first_media else None,
         "media_url": first_media["media_url"] if first_media else None,
         "parts": parts,
@@ -83,17 +90,16 @@ def message_object(row: Row, sign: MediaUrlSigner | None = None) -> dict[str, An
 
 
 def _encode_chat_cursor(row: Row) -> str:
-    micros = int(row["updated_at"].timestamp() * 1_000_000)
-    return base64.urlsafe_b64encode(f"{micros}:{row['id']}".encode()).decode().rstrip("=")
+    position = f"{row['updated_us']}:{row['id']}"
+    return base64.urlsafe_b64encode(position.encode()).decode().rstrip("=")
 
 
-def _decode_chat_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+def _decode_chat_cursor(cursor: str) -> tuple[int, uuid.UUID]:
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
         micros, chat_id = base64.urlsafe_b64decode(padded).decode().split(":", 1)
-        updated_at = datetime.fromtimestamp(int(micros) / 1_000_000, tz=UTC)
-        return updated_at, uuid.UUID(chat_id)
-    except (ValueError, binascii.Error, UnicodeDecodeError, OverflowError):
+        return int(micros), uuid.UUID(chat_id)
+    except (ValueError, binascii.Error, UnicodeDecodeError):
         raise BadRequest("cursor is not one this API returned", code="invalid_cursor") from None
 
 
@@ -109,13 +115,13 @@ def list_chats(
             limit=limit + 1,
         )
     else:
-        updated_at, chat_id = _decode_chat_cursor(cursor)
+        updated_us, chat_id = _decode_chat_cursor(cursor)
         rows = db.fetch_all(
             f"SELECT {CHAT_COLUMNS} FROM chats WHERE user_id = :user_id "
-            "AND (updated_at, id) < (:updated_at, :chat_id) "
+            f"AND (updated_at, id) < ({FROM_MICROS.format(name='updated_us')}, :chat_id) "
             "ORDER BY updated_at DESC, id DESC LIMIT :limit",
             user_id=user_id,
-            updated_at=updated_at,
+            updated_us=updated_us,
             chat_id=chat_id,
             limit=limit + 1,
         )
@@ -194,7 +200,6 @@ def delete_chat(db: Database, user_id: str, chat_id: uuid.UUID) -> None:
 
 # --- messages ----------------------------------------------------------------------------
 
-MESSAGE_COLUMNS = "id, position, role, content, parts, status, token_count, created_at"
 
 
 def list_messages(
@@ -210,8 +215,9 @@ def list_messages(
     """
     rows = db.fetch_all(
         """
-        SELECT c.id AS owned_chat, m.id, m.position, m.role, m.content, m.parts, m.status,
-               m.token_count, m.created_at
+        SELECT c.id AS owned_chat, m.id::text AS id, m.position, m.role, m.content, m.parts,
+               m.status, m.token_count,
+               (EXTRACT(EPOCH FROM m.created_at) * 1000000)::bigint AS created_us
         FROM chats c
         LEFT JOIN LATERAL (
             SELECT * FROM messages
