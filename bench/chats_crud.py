@@ -29,15 +29,27 @@ def start_instance(env: dict[str, str], token: str) -> tuple[subprocess.Popen[by
     port = free_port()
     started = time.perf_counter()
     process = subprocess.Popen(
-        [sys.executable, "-m", "functions_framework", "--target", "chats_crud",
-         "--source", str(REPO_ROOT / "functions/chats_crud/main.py"),
-         "--host", "127.0.0.1", "--port", str(port)],
+        [
+            sys.executable,
+            "-m",
+            "functions_framework",
+            "--target",
+            "chats_crud",
+            "--source",
+            str(REPO_ROOT / "functions/chats_crud/main.py"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
         env={**env, "PORT": str(port), "THREADS": THREADS},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
     url = f"http://127.0.0.1:{port}"
-    request = urllib.request.Request(url + "/api/chats", headers={"Authorization": f"Bearer {token}"})
+    request = urllib.request.Request(
+        url + "/api/chats", headers={"Authorization": f"Bearer {token}"}
+    )
     while True:
         try:
             with urllib.request.urlopen(request, timeout=5) as response:
@@ -69,15 +81,23 @@ def run(duration: float = 5.0) -> dict[str, Any]:
             try:
                 for n in range(50):
                     body = json.dumps({"title": f"Chat {n}"}).encode()
-                    request = urllib.request.Request(url + "/api/chats/create", data=body, headers=auth)
+                    request = urllib.request.Request(
+                        url + "/api/chats/create", data=body, headers=auth
+                    )
                     urllib.request.urlopen(request).read()
-                listed = json.load(urllib.request.urlopen(urllib.request.Request(url + "/api/chats", headers=auth)))
+                listed = json.load(
+                    urllib.request.urlopen(urllib.request.Request(url + "/api/chats", headers=auth))
+                )
                 assert len(listed) == 50
                 run_load(url, "GET", "/api/chats", headers=auth, duration=1.0)  # warm-up
                 listing = run_load(url, "GET", "/api/chats", headers=auth, duration=duration)
                 creating = run_load(
-                    url, "POST", "/api/chats/create", headers=auth,
-                    body=b'{"title": "bench"}', duration=duration,
+                    url,
+                    "POST",
+                    "/api/chats/create",
+                    headers=auth,
+                    body=b'{"title": "bench"}',
+                    duration=duration,
                 )
             finally:
                 process.terminate()
@@ -86,15 +106,20 @@ def run(duration: float = 5.0) -> dict[str, Any]:
             stack.stop()
 
     results = {
-        "cold_start_s": {"median": statistics.median(cold_starts), "max": max(cold_starts),
-                         "runs": cold_starts},
+        "cold_start_s": {
+            "median": statistics.median(cold_starts),
+            "max": max(cold_starts),
+            "runs": cold_starts,
+        },
         "list_chats_50": listing.__dict__ | {"per_second": listing.per_second},
         "create_chat": creating.__dict__ | {"per_second": creating.per_second},
         "threads": int(THREADS),
     }
-    print("chats_crud (one instance, THREADS=%s)" % THREADS)
-    print(f"  cold start: median {results['cold_start_s']['median']:.3f} s, "
-          f"max {results['cold_start_s']['max']:.3f} s  (target <= 0.9 s)")
+    print(f"chats_crud (one instance, THREADS={THREADS})")
+    print(
+        f"  cold start: median {results['cold_start_s']['median']:.3f} s, "
+        f"max {results['cold_start_s']['max']:.3f} s  (target <= 0.9 s)"
+    )
     print("  " + listing.row("GET /api/chats (50 chats)") + "  (target >= 500 req/s)")
     print("  " + creating.row("POST /api/chats/create"))
     return results

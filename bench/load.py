@@ -34,7 +34,9 @@ class LoadResult:
         )
 
 
-def _worker(args: tuple[str, str, str, bytes | None, dict[str, str], int, float]) -> tuple[list[float], int]:
+def _worker(
+    args: tuple[str, str, str, bytes | None, dict[str, str], int, float],
+) -> tuple[list[float], int]:
     url, method, path, body, headers, threads, duration = args
     target = urlsplit(url)
     latencies: list[float] = []

@@ -4,9 +4,11 @@ Starts, with no account or cloud needed:
 
 1. PostgreSQL 16 from the ``pgserver`` wheel, its data in ``.data/pg`` (kept across restarts),
    and applies the migrations (``alembic upgrade head``);
-2. each function as it runs in the cloud: ``functions-framework`` with its own entry point, in
+2. local stand-ins for what the cloud provides: the metadata server (the functions' identity,
+   as on Cloud Run) and Gemini (unless GEMINI_API_KEY is set: then the real Gemini API);
+3. each function as it runs in the cloud: ``functions-framework`` with its own entry point, in
    its own process, on its own port;
-3. the router (:mod:`dev.router`) on http://localhost:8000, which serves every path of the
+4. the router (:mod:`dev.router`) on http://localhost:8000, which serves every path of the
    contract plus the local-only ``/dev`` endpoints.
 
 Configuration: ``.env.example``, then ``.env``, then the process environment, then what the
@@ -142,6 +144,9 @@ class LocalStack:
         self.signer = LocalSigner(data_dir / "dev-signing-key.pem", issuer=f"{self.base_url}/dev")
         self._server: Any = None
         self._postgres: Any = None
+        self._standins: list[Any] = []
+        self.gemini_standin_url: str | None = None
+        self.gemini_description = ""
 
     def environment(self, database_url: str) -> dict[str, str]:
         env = read_env_file(REPO_ROOT / ".env.example")
@@ -167,6 +172,7 @@ class LocalStack:
         self._postgres = start_postgres(self.data_dir / "pg")
         env = self.env = self.environment(postgres_url(self._postgres))
         migrate(env)
+        self._start_standins(env)
         if self.log_dir is not None:
             self.log_dir.mkdir(parents=True, exist_ok=True)
         for name in function_names():
@@ -206,6 +212,25 @@ class LocalStack:
         self.wait_healthy(timeout=60)
         logger.info("stack ready in %.1f s", time.monotonic() - started)
 
+    def _start_standins(self, env: dict[str, str]) -> None:
+        """Start the metadata and Gemini stand-ins and point the functions' settings at them."""
+        from dev.gemini_standin import start_standin
+        from dev.metadata_standin import start_metadata_standin
+
+        metadata = start_metadata_standin(env.get("PROJECT_ID") or "raven-local")
+        self._standins.append(metadata)
+        env.update(metadata.environment())
+        if env.get("GEMINI_API_KEY"):
+            self.gemini_description = "the real Gemini API (GEMINI_API_KEY is set)"
+            return
+        gemini, url = start_standin(port=0)
+        self._standins.append(gemini)
+        self.gemini_standin_url = url
+        env["GEMINI_BASE_URL"] = url
+        self.gemini_description = (
+            f"the local Gemini stand-in at {url} (set GEMINI_API_KEY in .env for real Gemini)"
+        )
+
     def wait_healthy(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -230,13 +255,16 @@ class LocalStack:
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
+        for standin in self._standins:
+            standin.stop()
         if self._postgres is not None:
             self._postgres.cleanup()
 
 
-def banner(base_url: str) -> str:
+def banner(base_url: str, gemini: str) -> str:
     return f"""
 Raven backend is running at {base_url}
+  Model: {gemini}
 
   Every path of ../shared/contract.md is served here; the API description is at
   {base_url}/dev/openapi.json and the health check at {base_url}/dev/healthz.
@@ -269,7 +297,7 @@ def main() -> None:
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
     try:
         stack.start()
-        print(banner(stack.base_url), flush=True)
+        print(banner(stack.base_url, stack.gemini_description), flush=True)
         while not stopping.is_set():
             for name, process in stack.processes.items():
                 if process.poll() is not None:
