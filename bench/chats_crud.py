@@ -105,7 +105,7 @@ def run(duration: float = 5.0) -> dict[str, Any]:
         finally:
             stack.stop()
 
-    results = {
+    results: dict[str, Any] = {
         "cold_start_s": {
             "median": statistics.median(cold_starts),
             "max": max(cold_starts),

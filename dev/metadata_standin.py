@@ -83,8 +83,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(200, "application/json", json.dumps(body))
         elif path == f"{account}/token":
             self.server.token_requests += 1
-            body = {"access_token": LOCAL_ACCESS_TOKEN, "expires_in": 3600, "token_type": "Bearer"}
-            self._send(200, "application/json", json.dumps(body))
+            token = {"access_token": LOCAL_ACCESS_TOKEN, "expires_in": 3600, "token_type": "Bearer"}
+            self._send(200, "application/json", json.dumps(token))
         elif path == f"{account}/identity":
             audience = parse_qs(url.query).get("audience", [""])[0]
             now = int(time.time())
