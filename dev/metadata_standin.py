@@ -90,8 +90,8 @@ class _Handler(BaseHTTPRequestHandler):
             now = int(time.time())
             claims = {"aud": audience, "email": self.server.service_account,
                       "iss": "https://accounts.google.com", "iat": now, "exp": now + 3600}
-            token = f"{_b64({'alg': 'RS256', 'typ': 'JWT'})}.{_b64(claims)}.c2lnbmF0dXJl"
-            self._send(200, "text/plain", token)
+            identity = f"{_b64({'alg': 'RS256', 'typ': 'JWT'})}.{_b64(claims)}.c2lnbmF0dXJl"
+            self._send(200, "text/plain", identity)
         else:
             self._send(404, "text/plain", f"no metadata at {path}")
 
