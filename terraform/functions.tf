@@ -1,0 +1,311 @@
+# The five Cloud Run functions (gen2), one per folder under ../functions, each built from its own
+# source archive and configured entirely through environment variables that shared/settings.py reads.
+
+# --- sizing ----------------------------------------------------------------------------------
+
+locals {
+  # Per function: what it serves, whether anyone may call it, and its sizing. Override any sizing
+  # field with var.function_settings. concurrency is both max_instance_request_concurrency and the
+  # gunicorn thread count (THREADS): functions-framework serves one request per thread, and an open
+  # chat stream holds its thread for the whole answer.
+  function_defaults = {
+    chat_stream = {
+      description     = "POST /chat: streams Raven's answer as server-sent events."
+      public          = true
+      min_instances   = 0
+      max_instances   = 20
+      concurrency     = 40
+      cpu             = "1"
+      memory          = "1Gi"
+      timeout_seconds = 900 # a stream lasts as long as the answer: far above MODEL_TIMEOUT_SECONDS
+      db_pool_size    = 4
+    }
+    chats_crud = {
+      description     = "/api/chats and /api/chats/*: list, read, rename and delete chats."
+      public          = true
+      min_instances   = 0
+      max_instances   = 10
+      concurrency     = 40
+      cpu             = "1"
+      memory          = "512Mi"
+      timeout_seconds = 60
+      db_pool_size    = 4
+    }
+    upload_url = {
+      description     = "POST /api/upload-url: signed URLs for direct browser uploads."
+      public          = true
+      min_instances   = 0
+      max_instances   = 5
+      concurrency     = 40
+      cpu             = "1"
+      memory          = "512Mi"
+      timeout_seconds = 30
+      db_pool_size    = 2
+    }
+    clerk_webhook = {
+      description     = "POST /clerk-webhook: Clerk user events (create, update, delete)."
+      public          = true
+      min_instances   = 0
+      max_instances   = 3
+      concurrency     = 10
+      cpu             = "1"
+      memory          = "512Mi"
+      timeout_seconds = 300 # deleting a user removes all their media
+      db_pool_size    = 2
+    }
+    summarize = {
+      description     = "Cloud Tasks worker: writes rolling chat summaries. Private."
+      public          = false
+      min_instances   = 0
+      max_instances   = 5
+      concurrency     = 4
+      cpu             = "1"
+      memory          = "512Mi"
+      timeout_seconds = 300
+      db_pool_size    = 2
+    }
+  }
+
+  functions = {
+    for function, defaults in local.function_defaults : function => merge(defaults, {
+      for field, value in try(var.function_settings[function], {}) : field => value if value != null
+    })
+  }
+
+  public_functions = toset([for function, config in local.functions : function if config.public])
+}
+
+# --- environment -----------------------------------------------------------------------------
+#
+# Every name below is an environment variable shared/settings.py reads (a field alias there), except
+# THREADS, which functions-framework reads. tests/test_terraform.py checks that every variable a
+# function's main.py require()s is given to that function here or as a secret (secrets.tf).
+
+locals {
+  # Given to every function.
+  common_env = {
+    ENVIRONMENT              = "production"
+    PROJECT_ID               = var.project_id
+    LOCATION                 = local.vertex_location
+    INSTANCE_CONNECTION_NAME = google_sql_database_instance.main.connection_name
+    DB_NAME                  = google_sql_database.raven.name
+    DB_IP_TYPE               = "PRIVATE" # the connector must use the private IP: there is no public one
+  }
+
+  # Given to the functions that list them in function_env_keys. A null value is left out.
+  shared_env = {
+    ALLOWED_ORIGINS               = join(",", var.allowed_origins)
+    CLERK_ISSUER                  = var.clerk_issuer
+    CLERK_JWKS_URL                = local.clerk_jwks_url
+    GCS_BUCKET_NAME               = google_storage_bucket.uploads.name
+    RAVEN_MODEL                   = var.raven_model
+    SUMMARY_MODEL                 = var.summary_model
+    THINKING_BUDGET               = var.thinking_budget == null ? null : tostring(var.thinking_budget)
+    SYSTEM_INSTRUCTION_URL        = "gs://${google_storage_bucket.config.name}/${google_storage_bucket_object.system_instruction.name}"
+    TASKS_QUEUE                   = google_cloud_tasks_queue.summaries.id
+    SUMMARIZE_URL                 = local.summarize_url
+    TASKS_INVOKER_SERVICE_ACCOUNT = google_service_account.tasks_invoker.email
+  }
+
+  # Values that are the function's own identity. SIGNER_SERVICE_ACCOUNT: URLs are signed with IAM
+  # signBlob as the function's own account (iam.tf lets each sign only as itself).
+  own_env = {
+    for function in keys(local.function_defaults) : function => {
+      SIGNER_SERVICE_ACCOUNT = google_service_account.function[function].email
+    }
+  }
+
+  function_env_keys = {
+    chat_stream = [
+      "ALLOWED_ORIGINS", "CLERK_ISSUER", "CLERK_JWKS_URL", "GCS_BUCKET_NAME",
+      "RAVEN_MODEL", "SUMMARY_MODEL", "THINKING_BUDGET", "SYSTEM_INSTRUCTION_URL",
+      "TASKS_QUEUE", "SUMMARIZE_URL", "TASKS_INVOKER_SERVICE_ACCOUNT",
+    ]
+    chats_crud    = ["ALLOWED_ORIGINS", "CLERK_ISSUER", "CLERK_JWKS_URL", "GCS_BUCKET_NAME", "SIGNER_SERVICE_ACCOUNT"]
+    upload_url    = ["ALLOWED_ORIGINS", "CLERK_ISSUER", "CLERK_JWKS_URL", "GCS_BUCKET_NAME", "SIGNER_SERVICE_ACCOUNT"]
+    clerk_webhook = ["GCS_BUCKET_NAME"]
+    summarize     = ["SUMMARY_MODEL", "THINKING_BUDGET", "TASKS_INVOKER_SERVICE_ACCOUNT"]
+  }
+
+  # var.tuning: chat_window_size = 30 -> CHAT_WINDOW_SIZE=30; lists are joined with commas.
+  tuning_env = {
+    for name, value in var.tuning : upper(name) => try(join(",", value), tostring(value))
+    if value != null
+  }
+
+  function_env = {
+    for function, config in local.functions : function => merge(
+      local.common_env,
+      local.tuning_env,
+      {
+        for key in local.function_env_keys[function] :
+        key => merge(local.shared_env, local.own_env[function])[key]
+        if merge(local.shared_env, local.own_env[function])[key] != null
+      },
+      {
+        # Cloud SQL IAM users for service accounts are named by the email without this suffix.
+        DB_IAM_USER  = trimsuffix(google_service_account.function[function].email, ".gserviceaccount.com")
+        DB_POOL_SIZE = tostring(config.db_pool_size)
+      },
+    )
+  }
+
+  # summarize's URL, known before it exists (Cloud Run's deterministic URL) so that chat_stream, in the
+  # same for_each, can be given it without a dependency cycle. Cloud Tasks sends it as the OIDC
+  # audience, which Cloud Run accepts for any of the service's run.app URLs.
+  summarize_url = "https://${local.resource_names["summarize"]}-${data.google_project.this.number}.${var.region}.run.app"
+}
+
+# --- source archives -------------------------------------------------------------------------
+#
+# A function's archive is its folder at the archive's root plus shared/ beside main.py, without
+# bytecode caches: exactly what dev/bundle.py builds for the tests (tests/test_terraform.py checks the
+# exclusions agree). Files are read as UTF-8 text (file()), which every source file is. The object
+# name carries the archive's hash, so any change to the function or to shared/ redeploys it.
+
+locals {
+  bundle_excluded_parts    = ["__pycache__"]
+  bundle_excluded_suffixes = [".pyc", ".pyo"]
+
+  function_files = {
+    for function in keys(local.function_defaults) : function => [
+      for relative in fileset("${path.module}/../functions/${function}", "**") : relative
+      if !anytrue(concat(
+        [for part in split("/", relative) : contains(local.bundle_excluded_parts, part)],
+        [for suffix in local.bundle_excluded_suffixes : endswith(relative, suffix)],
+      ))
+    ]
+  }
+
+  shared_files = [
+    for relative in fileset("${path.module}/../shared", "**") : relative
+    if !anytrue(concat(
+      [for part in split("/", relative) : contains(local.bundle_excluded_parts, part)],
+      [for suffix in local.bundle_excluded_suffixes : endswith(relative, suffix)],
+    ))
+  ]
+}
+
+data "archive_file" "source" {
+  for_each = local.functions
+
+  type        = "zip"
+  output_path = "${path.module}/.build/${each.key}.zip"
+
+  # functions/<name>/ at the archive's root: main.py, requirements.txt, ...
+  dynamic "source" {
+    for_each = toset(local.function_files[each.key])
+    content {
+      filename = source.value
+      content  = file("${path.module}/../functions/${each.key}/${source.value}")
+    }
+  }
+
+  # shared/ beside main.py.
+  dynamic "source" {
+    for_each = toset(local.shared_files)
+    content {
+      filename = "shared/${source.value}"
+      content  = file("${path.module}/../shared/${source.value}")
+    }
+  }
+}
+
+resource "google_storage_bucket_object" "source" {
+  for_each = local.functions
+
+  bucket       = google_storage_bucket.sources.name
+  name         = "functions/${each.key}/${data.archive_file.source[each.key].output_md5}.zip"
+  source       = data.archive_file.source[each.key].output_path
+  content_type = "application/zip"
+}
+
+# --- functions -------------------------------------------------------------------------------
+
+resource "google_cloudfunctions2_function" "function" {
+  for_each = local.functions
+
+  name        = local.resource_names[each.key]
+  location    = var.region
+  description = each.value.description
+
+  #checkov:skip=CKV_GCP_124:Ingress stays ALLOW_ALL: the browser calls chat_stream, chats_crud and upload_url, Clerk calls clerk_webhook, and Cloud Tasks calls summarize, all from the internet. summarize is still private: only the tasks invoker account holds run.invoker on it.
+
+  build_config {
+    runtime         = "python311"
+    entry_point     = each.key
+    service_account = google_service_account.build.id
+
+    source {
+      storage_source {
+        bucket = google_storage_bucket.sources.name
+        object = google_storage_bucket_object.source[each.key].name
+      }
+    }
+  }
+
+  service_config {
+    service_account_email            = google_service_account.function[each.key].email
+    available_cpu                    = each.value.cpu
+    available_memory                 = each.value.memory
+    timeout_seconds                  = each.value.timeout_seconds
+    min_instance_count               = each.value.min_instances
+    max_instance_count               = each.value.max_instances
+    max_instance_request_concurrency = each.value.concurrency
+    ingress_settings                 = "ALLOW_ALL"
+    all_traffic_on_latest_revision   = true
+
+    # THREADS: one gunicorn thread per request the instance may be sent at once.
+    environment_variables = merge(local.function_env[each.key], {
+      THREADS = tostring(each.value.concurrency)
+    })
+
+    dynamic "secret_environment_variables" {
+      for_each = local.function_secrets[each.key]
+      content {
+        key        = secret_environment_variables.value
+        project_id = var.project_id
+        secret     = google_secret_manager_secret.secret[secret_environment_variables.value].secret_id
+        version    = google_secret_manager_secret_version.secret[secret_environment_variables.value].version
+      }
+    }
+
+    # Private-range traffic (Cloud SQL's private IP) goes into the VPC; the rest goes out directly.
+    direct_vpc_network_interface {
+      network    = google_compute_network.main.id
+      subnetwork = google_compute_subnetwork.serverless.id
+    }
+    direct_vpc_egress = "VPC_EGRESS_PRIVATE_RANGES_ONLY"
+  }
+
+  lifecycle {
+    precondition {
+      condition     = local.clerk_jwks_url != null || nonsensitive(var.clerk_jwt_key != null)
+      error_message = "Give clerk_jwks_url or clerk_jwt_key (or neither: the JWKS under clerk_issuer is used)."
+    }
+    precondition {
+      condition     = each.value.concurrency == 1 || tonumber(each.value.cpu) >= 1
+      error_message = "A function serving more than one request at a time (concurrency > 1) needs at least 1 CPU."
+    }
+  }
+
+  depends_on = [
+    google_project_iam_member.grant,
+    google_project_iam_member.build_gcf_buckets,
+    google_secret_manager_secret_iam_member.function,
+    google_storage_bucket_iam_member.build_reads_sources,
+    google_sql_user.function,
+  ]
+}
+
+# The four browser- and Clerk-facing functions are public: they authenticate callers themselves (Clerk
+# session tokens, Clerk webhook signatures). summarize is not in this list.
+resource "google_cloud_run_v2_service_iam_member" "public" {
+  for_each = local.public_functions
+
+  project  = var.project_id
+  location = var.region
+  name     = google_cloudfunctions2_function.function[each.key].name
+  role     = "roles/run.invoker" # anyone may send a request; the function decides who is authenticated
+  member   = "allUsers"
+}

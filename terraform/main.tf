@@ -1,0 +1,28 @@
+# Names and values every file shares.
+
+data "google_project" "this" {
+  project_id = var.project_id
+}
+
+locals {
+  labels = merge(var.labels, {
+    app        = "raven"
+    managed-by = "terraform"
+  })
+
+  # Resource names per function folder: chat_stream -> raven-chat-stream (the function, its Cloud Run
+  # service and its service account).
+  resource_names = {
+    for function in keys(local.function_defaults) :
+    function => "${var.name_prefix}-${replace(function, "_", "-")}"
+  }
+
+  vertex_location = coalesce(var.vertex_location, var.region)
+
+  # With no JWT key given, verify Clerk's tokens against its public JWKS under the issuer.
+  clerk_jwks_url = (
+    var.clerk_jwks_url != null ? var.clerk_jwks_url
+    : nonsensitive(var.clerk_jwt_key == null) ? "${var.clerk_issuer}/.well-known/jwks.json"
+    : null
+  )
+}

@@ -1,0 +1,802 @@
+"""Static checks of terraform/ against the code it deploys.
+
+No Terraform binary or provider is needed: every .tf file is parsed with python-hcl2 and the
+configuration is compared with the repository itself: the function folders, what each main.py
+require()s from shared/settings.py, dev/bundle.py's archive rules. checkov, when its venv exists
+(.venv-checkov, made from tools/requirements-checkov.txt), must report no failed check.
+
+python-hcl2 8.x keeps HCL's quotes around strings ('"python311"'), wraps expressions in ${...}
+('${each.key}'), quotes block labels, and renders any non-literal expression as normalized text.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+import subprocess
+import sys
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import hcl2
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+TERRAFORM = REPO / "terraform"
+FUNCTIONS = REPO / "functions"
+CHECKOV = REPO / ".venv-checkov" / "bin" / "checkov"
+
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from dev import bundle  # noqa: E402
+from shared.settings import Settings  # noqa: E402
+
+TF_FILES = sorted(TERRAFORM.glob("*.tf"))
+
+# Environment variables Terraform sets that shared/settings.py does not read: functions-framework's.
+RUNTIME_ONLY_ENV = {"THREADS"}
+
+# Settings that exist for local development and tests only, never set in a deployment.
+DEV_ONLY_SETTINGS = {"DEBUG", "PORT", "DATABASE_URL", "TASKS_EMULATOR_HOST", "GEMINI_BASE_URL"}
+
+
+# --- reading the configuration -----------------------------------------------------------------
+
+
+def unquote(value: Any) -> Any:
+    """'"python311"' -> 'python311'; '${each.key}' -> 'each.key'; anything else unchanged."""
+    if isinstance(value, str):
+        if len(value) >= 2 and value[0] == value[-1] == '"':
+            return value[1:-1]
+        if value.startswith("${") and value.endswith("}"):
+            return value[2:-1]
+    return value
+
+
+@cache
+def parsed(path: Path) -> dict[str, Any]:
+    with path.open() as handle:
+        return hcl2.load(handle)
+
+
+@cache
+def all_locals() -> dict[str, Any]:
+    merged: dict[str, Any] = {}
+    for path in TF_FILES:
+        for block in parsed(path).get("locals", []):
+            for name, value in block.items():
+                if not name.startswith("__"):
+                    assert name not in merged, f"local.{name} is defined twice"
+                    merged[name] = value
+    return merged
+
+
+def blocks(kind: str) -> dict[tuple[str, str], dict[str, Any]]:
+    """Every resource or data block: (type, name) -> body."""
+    found: dict[tuple[str, str], dict[str, Any]] = {}
+    for path in TF_FILES:
+        for entry in parsed(path).get(kind, []):
+            for type_, named in entry.items():
+                for name, body in named.items():
+                    found[(unquote(type_), unquote(name))] = body
+    return found
+
+
+def resource(type_: str, name: str) -> dict[str, Any]:
+    resources = blocks("resource")
+    assert (type_, name) in resources, f"no resource {type_}.{name}"
+    return resources[(type_, name)]
+
+
+@cache
+def variables() -> dict[str, dict[str, Any]]:
+    found: dict[str, dict[str, Any]] = {}
+    for path in TF_FILES:
+        for entry in parsed(path).get("variable", []):
+            for name, body in entry.items():
+                found[unquote(name)] = body
+    return found
+
+
+def strings(values: list[str]) -> list[str]:
+    return [unquote(value) for value in values]
+
+
+def literal_keys(value: Any) -> set[str]:
+    assert isinstance(value, dict), f"expected a literal object, got {value!r}"
+    return {key for key in value if not key.startswith("__")}
+
+
+def without_comments(text: str) -> str:
+    """HCL source without # and // comments (strings kept)."""
+    out = []
+    for line in text.splitlines():
+        in_string = False
+        cut = len(line)
+        for index, char in enumerate(line):
+            if char == '"' and (index == 0 or line[index - 1] != "\\"):
+                in_string = not in_string
+            elif not in_string and (char == "#" or line.startswith("//", index)):
+                cut = index
+                break
+        out.append(line[:cut])
+    return "\n".join(out)
+
+
+def function_folders() -> set[str]:
+    return {
+        path.name
+        for path in FUNCTIONS.iterdir()
+        if path.is_dir() and not path.name.startswith((".", "_"))
+    }
+
+
+def function_defaults() -> dict[str, dict[str, Any]]:
+    return all_locals()["function_defaults"]
+
+
+def settings_aliases() -> set[str]:
+    return {field.alias for field in Settings.model_fields.values() if field.alias}
+
+
+def tuning_attributes() -> dict[str, str]:
+    """var.tuning's attributes and their optional() types, from the type expression."""
+    type_expression = variables()["tuning"]["type"]
+    return dict(re.findall(r"(\w+)\s*=\s*optional\(([^()]*(?:\([^()]*\))?)\)", type_expression))
+
+
+def function_function_env_literal_keys() -> set[str]:
+    """Keys set literally inside local.function_env's per-function block (DB_IAM_USER, ...)."""
+    return set(re.findall(r"\b([A-Z][A-Z0-9_]+)\s*=", all_locals()["function_env"]))
+
+
+def env_given_to(function: str) -> set[str]:
+    """Every environment variable name Terraform gives the function (plain, not secret)."""
+    env = set(literal_keys(all_locals()["common_env"]))
+    env |= set(strings(all_locals()["function_env_keys"][function]))
+    env |= function_function_env_literal_keys()
+    env |= {name.upper() for name in tuning_attributes()}
+    env |= RUNTIME_ONLY_ENV
+    return env
+
+
+def secrets_given_to(function: str) -> set[str]:
+    return {
+        name
+        for name, consumers in all_locals()["secret_consumers"].items()
+        if function in strings(consumers)
+    }
+
+
+def _called_name(node: ast.Call) -> str | None:
+    if isinstance(node.func, ast.Attribute):
+        return node.func.attr
+    if isinstance(node.func, ast.Name):
+        return node.func.id
+    return None
+
+
+def _main_module(function: str) -> ast.Module | None:
+    main = FUNCTIONS / function / "main.py"
+    return ast.parse(main.read_text(encoding="utf-8")) if main.is_file() else None
+
+
+# get_settings().require(*names), or shared.runtime.start_function(*names) which forwards to it.
+REQUIRE_CALLS = {"require", "start_function"}
+
+# load_settings() always needs the database: INSTANCE_CONNECTION_NAME and DB_IAM_USER when deployed.
+ALWAYS_REQUIRED = {"INSTANCE_CONNECTION_NAME", "DB_IAM_USER"}
+
+
+def required_by(function: str) -> set[str] | None:
+    """Names passed to require(...)/start_function(...) in functions/<function>/main.py.
+
+    None when main.py has no such call yet.
+    """
+    module = _main_module(function)
+    if module is None:
+        return None
+    names: set[str] = set()
+    found = False
+    for node in ast.walk(module):
+        if isinstance(node, ast.Call) and _called_name(node) in REQUIRE_CALLS:
+            found = True
+            for argument in node.args:
+                assert isinstance(argument, ast.Constant) and isinstance(argument.value, str), (
+                    f"functions/{function}/main.py: {_called_name(node)}() arguments must be "
+                    "string literals so that tests/test_terraform.py can read them"
+                )
+                names.add(argument.value)
+    return names | ALWAYS_REQUIRED if found else None
+
+
+def authenticates_users(function: str) -> bool:
+    """Whether main.py declares a Route with Clerk authentication (auth defaults to True)."""
+    module = _main_module(function)
+    if module is None:
+        return False
+    for node in ast.walk(module):
+        if isinstance(node, ast.Call) and _called_name(node) == "Route":
+            auth = next((keyword.value for keyword in node.keywords if keyword.arg == "auth"), None)
+            if not (isinstance(auth, ast.Constant) and auth.value is False):
+                return True
+    return False
+
+
+# --- syntax and hygiene --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", TF_FILES, ids=lambda path: path.name)
+def test_every_tf_file_parses(path: Path) -> None:
+    assert isinstance(parsed(path), dict)
+
+
+def test_the_expected_files_exist() -> None:
+    expected = {
+        "versions.tf",
+        "variables.tf",
+        "apis.tf",
+        "iam.tf",
+        "database.tf",
+        "storage.tf",
+        "secrets.tf",
+        "tasks.tf",
+        "functions.tf",
+        "load_balancer.tf",
+        "outputs.tf",
+        "network.tf",
+        "migrations.tf",
+    }
+    assert expected <= {path.name for path in TF_FILES}
+    for other in (
+        "terraform.tfvars.example",
+        "system_instruction.md",
+        "README.md",
+        "migrations/migrate.sh",
+    ):
+        assert (TERRAFORM / other).is_file(), other
+
+
+def test_providers_are_pinned() -> None:
+    terraform = parsed(TERRAFORM / "versions.tf")["terraform"][0]
+    assert unquote(terraform["required_version"]) == ">= 1.5"
+    providers = terraform["required_providers"][0]
+    assert set(providers) >= {"google", "google-beta", "archive", "random"}
+    for name in ("google", "google-beta", "archive", "random"):
+        assert unquote(providers[name]["version"]), f"{name} has no version constraint"
+
+
+def test_every_variable_is_typed_and_described() -> None:
+    for name, body in variables().items():
+        assert "type" in body, f"variable {name} has no type"
+        assert unquote(body.get("description", "")).strip(), f"variable {name} has no description"
+
+
+def test_references_resolve() -> None:
+    """Every var.X is declared, every local.X defined, every resource and data source exists."""
+    declared_variables = set(variables())
+    defined_locals = set(all_locals())
+    resources = set(blocks("resource"))
+    data_sources = set(blocks("data"))
+    resource_types = {type_ for type_, _ in resources}
+    for path in TF_FILES:
+        text = without_comments(path.read_text())
+        for name in re.findall(r"\bvar\.(\w+)", text):
+            assert name in declared_variables, f"{path.name}: var.{name} is not declared"
+        for name in re.findall(r"\blocal\.(\w+)", text):
+            assert name in defined_locals, f"{path.name}: local.{name} is not defined"
+        for type_, name in re.findall(r"\bdata\.(\w+)\.(\w+)", text):
+            assert (type_, name) in data_sources, f"{path.name}: data.{type_}.{name} does not exist"
+        for type_, name in re.findall(r"(?<![\w.\"])((?:google|random|archive)_\w+)\.(\w+)", text):
+            if type_ in resource_types or type_.startswith(("google_", "random_")):
+                assert (type_, name) in resources, f"{path.name}: {type_}.{name} does not exist"
+
+
+def test_checkov_skips_carry_their_reason() -> None:
+    skips = []
+    for path in TERRAFORM.rglob("*"):
+        if path.is_file() and ".terraform" not in path.parts:
+            for line in path.read_text(errors="ignore").splitlines():
+                if "checkov:skip=" in line:
+                    match = re.search(r"#\s*checkov:skip=(CKV2?_\w+):(.*)$", line)
+                    assert match, f"{path.name}: malformed skip: {line.strip()}"
+                    assert len(match.group(2).strip()) >= 30, (
+                        f"{path.name}: {match.group(1)} needs a real reason"
+                    )
+                    skips.append(match.group(1))
+    assert skips, "expected the documented skips"
+
+
+def test_iam_roles_say_why_and_no_basic_roles() -> None:
+    for path in TF_FILES:
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            if re.search(r'"roles/', line):
+                assert "#" in line.split('"roles/', 1)[1], (
+                    f"{path.name}:{number}: say why this role: {line.strip()}"
+                )
+                assert not re.search(r'"roles/(owner|editor|viewer)"', line), (
+                    f"{path.name}:{number}: basic role"
+                )
+
+
+# --- functions -------------------------------------------------------------------------------
+
+
+def test_every_function_folder_is_deployed_and_nothing_else() -> None:
+    deployed = set(function_defaults())
+    assert deployed == function_folders()
+    assert set(bundle.function_names()) <= deployed
+
+
+def test_each_function_is_a_gen2_python311_function_named_after_its_folder() -> None:
+    function = resource("google_cloudfunctions2_function", "function")
+    assert unquote(function["for_each"]) == "local.functions"
+    assert "local.function_defaults" in all_locals()["functions"], (
+        "local.functions must cover every function"
+    )
+    build = function["build_config"][0]
+    assert unquote(build["runtime"]) == "python311"
+    # for_each over the folder names: the entry point is the folder's name.
+    assert unquote(build["entry_point"]) == "each.key"
+    source = build["source"][0]["storage_source"][0]
+    assert unquote(source["object"]) == "google_storage_bucket_object.source[each.key].name"
+
+
+def test_threads_equal_max_instance_request_concurrency() -> None:
+    service = resource("google_cloudfunctions2_function", "function")["service_config"][0]
+    concurrency = unquote(service["max_instance_request_concurrency"])
+    match = re.search(r"\bTHREADS\s*=\s*tostring\(([^)]*)\)", service["environment_variables"])
+    assert match, "THREADS must be set in the function's environment_variables"
+    assert match.group(1).strip() == concurrency
+    assert "THREADS" not in all_locals()["function_env"], (
+        "THREADS must be set only next to the concurrency"
+    )
+    for name, defaults in function_defaults().items():
+        assert defaults["concurrency"] >= 1, name
+        assert float(unquote(defaults["cpu"])) >= 1 or defaults["concurrency"] == 1, name
+
+
+def test_chat_stream_allows_long_answers() -> None:
+    assert 600 <= function_defaults()["chat_stream"]["timeout_seconds"] <= 3600
+
+
+@pytest.mark.parametrize("function", sorted(function_folders()))
+def test_every_required_setting_is_provided(function: str) -> None:
+    required = required_by(function)
+    if required is None:
+        pytest.skip(f"functions/{function}/main.py has no get_settings().require(...) call yet")
+    provided_env = env_given_to(function)
+    provided_secrets = secrets_given_to(function)
+    missing = required - provided_env - provided_secrets
+    assert not missing, f"{function} requires {sorted(missing)}, which Terraform does not give it"
+    # A secret the function cannot start without must come from a variable the operator must set.
+    secret_variables = {
+        name: unquote(expression).removeprefix("var.")
+        for name, expression in all_locals()["secret_values"].items()
+    }
+    for name in sorted(required & provided_secrets):
+        variable = variables()[secret_variables[name]]
+        assert "default" not in variable, (
+            f"{function} requires {name}, but var.{secret_variables[name]} is optional"
+        )
+
+
+@pytest.mark.parametrize("function", sorted(function_folders()))
+def test_functions_that_authenticate_users_can_verify_clerk_tokens(function: str) -> None:
+    if not authenticates_users(function):
+        pytest.skip(f"functions/{function}/main.py has no authenticated route yet")
+    env = env_given_to(function)
+    assert "CLERK_ISSUER" in env, function
+    # shared/auth.py: CLERK_JWT_KEY, else CLERK_JWKS_URL (Terraform defaults it from the issuer).
+    assert "CLERK_JWKS_URL" in env and "CLERK_JWT_KEY" in secrets_given_to(function), function
+    assert "ALLOWED_ORIGINS" in env, (
+        f"{function} answers browsers: it needs ALLOWED_ORIGINS for CORS"
+    )
+
+
+def test_function_env_keys_name_known_values() -> None:
+    known = literal_keys(all_locals()["shared_env"]) | set(
+        re.findall(r"\b([A-Z][A-Z0-9_]+)\s*=", all_locals()["own_env"])
+    )
+    for function, keys in all_locals()["function_env_keys"].items():
+        assert function in function_defaults()
+        for key in strings(keys):
+            assert key in known, (
+                f"{function}: {key} has no value in local.shared_env or local.own_env"
+            )
+
+
+def test_every_environment_variable_is_a_setting() -> None:
+    """Terraform sets only names shared/settings.py reads: a typo would be silently ignored."""
+    aliases = settings_aliases()
+    for function in function_defaults():
+        unknown = env_given_to(function) - aliases - RUNTIME_ONLY_ENV
+        assert not unknown, (
+            f"{function} is given {sorted(unknown)}, which shared/settings.py does not read"
+        )
+
+
+def test_every_setting_is_deployed_or_dev_only() -> None:
+    deployed = set().union(*(env_given_to(function) for function in function_defaults()))
+    deployed |= set(all_locals()["secret_consumers"])
+    missing = settings_aliases() - deployed - DEV_ONLY_SETTINGS
+    assert not missing, f"settings with no way to set them in a deployment: {sorted(missing)}"
+
+
+def test_tuning_fields_are_settings_fields_of_the_same_type() -> None:
+    fields = Settings.model_fields
+    expected_types: dict[object, str] = {
+        int: "number",
+        float: "number",
+        bool: "bool",
+        list: "list(string)",
+    }
+    for name, type_ in tuning_attributes().items():
+        assert name in fields and fields[name].alias == name.upper(), (
+            f"tuning.{name} is not a Settings field"
+        )
+        annotation = fields[name].annotation
+        origin: object = getattr(annotation, "__origin__", annotation)
+        assert expected_types.get(origin) == type_, f"tuning.{name}: {type_} for {annotation}"
+
+
+def test_public_functions_and_private_summarize() -> None:
+    defaults = function_defaults()
+    assert defaults["summarize"]["public"] is False
+    for name in ("chat_stream", "chats_crud", "upload_url", "clerk_webhook"):
+        assert defaults[name]["public"] is True, name
+    public = resource("google_cloud_run_v2_service_iam_member", "public")
+    assert unquote(public["for_each"]) == "local.public_functions"
+    assert (
+        unquote(public["member"]) == "allUsers" and unquote(public["role"]) == "roles/run.invoker"
+    )
+    assert "config.public" in all_locals()["public_functions"]
+    # summarize: only the tasks invoker may call it.
+    invoker = resource("google_cloud_run_v2_service_iam_member", "tasks_invoke_summarize")
+    assert unquote(invoker["name"]) == 'google_cloudfunctions2_function.function["summarize"].name'
+    assert unquote(invoker["member"]) == "google_service_account.tasks_invoker.member"
+    for type_, name in blocks("resource"):
+        if "allUsers" in json.dumps(blocks("resource")[(type_, name)]):
+            assert (type_, name) == ("google_cloud_run_v2_service_iam_member", "public"), (
+                type_,
+                name,
+            )
+
+
+def test_summarize_url_is_the_summarize_service() -> None:
+    url = unquote(all_locals()["summarize_url"])
+    assert 'local.resource_names["summarize"]' in url and url.endswith(".run.app")
+
+
+# --- source archives -----------------------------------------------------------------------------
+
+
+def test_archive_exclusions_match_dev_bundle() -> None:
+    local = all_locals()
+    assert tuple(strings(local["bundle_excluded_parts"])) == bundle.EXCLUDED_PARTS
+    assert tuple(strings(local["bundle_excluded_suffixes"])) == bundle.EXCLUDED_SUFFIXES
+    for name, source in (
+        ("function_files", "../functions/${function}"),
+        ("shared_files", "../shared"),
+    ):
+        expression = local[name]
+        assert f'fileset("${{path.module}}/{source}", "**")' in expression, name
+        assert "contains(local.bundle_excluded_parts, part)" in expression, name
+        assert 'split("/", relative)' in expression, name
+        assert (
+            "endswith(relative, suffix)" in expression
+            and "local.bundle_excluded_suffixes" in expression
+        ), name
+        assert "!anytrue(" in expression, name
+
+
+def test_archive_has_the_function_folder_at_its_root_and_shared_beside_it() -> None:
+    archive = blocks("data")[("archive_file", "source")]
+    sources = {}
+    for dynamic in archive["dynamic"]:
+        block = dynamic['"source"']
+        content = block["content"][0]
+        sources[unquote(block["for_each"])] = (
+            unquote(content["filename"]),
+            unquote(content["content"]),
+        )
+    assert sources["toset(local.function_files[each.key])"] == (
+        "source.value",
+        'file("${path.module}/../functions/${each.key}/${source.value}")',
+    )
+    assert sources["toset(local.shared_files)"] == (
+        "shared/${source.value}",
+        'file("${path.module}/../shared/${source.value}")',
+    )
+    # The object name carries the archive's content hash: any change redeploys.
+    obj = resource("google_storage_bucket_object", "source")
+    assert "data.archive_file.source[each.key].output_md5" in unquote(obj["name"])
+
+
+@pytest.mark.parametrize("function", bundle.function_names())
+def test_bundled_files_are_utf8_text(function: str) -> None:
+    """Terraform reads each file with file(), which accepts UTF-8 text only."""
+    for archive_path, source in bundle.bundle_manifest(function).items():
+        try:
+            source.read_bytes().decode("utf-8")
+        except UnicodeDecodeError:
+            pytest.fail(
+                f"{function}: {archive_path} is not UTF-8 text; terraform's file() cannot read it"
+            )
+
+
+# --- secrets ---------------------------------------------------------------------------------
+
+
+def test_every_secret_exists_and_is_granted_only_to_its_readers() -> None:
+    local = all_locals()
+    consumers = {name: set(strings(readers)) for name, readers in local["secret_consumers"].items()}
+    assert set(consumers) == literal_keys(local["secret_values"])
+    for name, readers in consumers.items():
+        assert readers <= set(function_defaults()), name
+    assert set(consumers) & settings_aliases() == set(consumers), (
+        "secret names must be settings aliases"
+    )
+    assert consumers["CLERK_WEBHOOK_SECRET"] == {"clerk_webhook"}
+
+    secret = resource("google_secret_manager_secret", "secret")
+    assert unquote(secret["for_each"]) == "local.secrets"
+    assert "local.secret_values" in local["secrets"]
+
+    grant = resource("google_secret_manager_secret_iam_member", "function")
+    assert unquote(grant["for_each"]) == "local.secret_grants"
+    assert (
+        unquote(grant["secret_id"]) == "google_secret_manager_secret.secret[each.value.secret].id"
+    )
+    assert unquote(grant["member"]) == "google_service_account.function[each.value.function].member"
+    assert unquote(grant["role"]) == "roles/secretmanager.secretAccessor"
+    assert "local.secret_consumers" in local["secret_grants"]
+
+    # The function receives exactly the secrets it may read, as secret environment variables.
+    service = resource("google_cloudfunctions2_function", "function")["service_config"][0]
+    secret_env = service["dynamic"][0]['"secret_environment_variables"']
+    assert unquote(secret_env["for_each"]) == "local.function_secrets[each.key]"
+    assert "contains(consumers, function)" in local["function_secrets"]
+    assert "local.secret_consumers" in local["function_secrets"]
+    content = secret_env["content"][0]
+    assert unquote(content["secret"]).startswith("google_secret_manager_secret.secret[")
+
+    # No other grant reaches these secrets: nothing else holds a Secret Manager role.
+    for (type_, name), body in blocks("resource").items():
+        if "roles/secretmanager" in json.dumps(body):
+            assert (type_, name) in {
+                ("google_secret_manager_secret_iam_member", "function"),
+                ("google_secret_manager_secret_iam_member", "migrate_reads_password"),
+            }, (type_, name)
+
+
+def test_secret_values_never_reach_plain_env_or_outputs() -> None:
+    sensitive = {name for name, body in variables().items() if body.get("sensitive") is True}
+    assert {
+        "clerk_webhook_secret",
+        "clerk_secret_key",
+        "clerk_jwt_key",
+        "gemini_api_key",
+    } <= sensitive
+    for path in TF_FILES:
+        if path.name == "variables.tf":
+            continue
+        text = without_comments(path.read_text())
+        for match in re.finditer(r"var\.(\w+)", text):
+            if match.group(1) not in sensitive:
+                continue
+            before = text[max(0, match.start() - 20) : match.start()]
+            after = text[match.end() : match.end() + 9]
+            in_secret_values = path.name == "secrets.tf" and re.search(
+                rf"\b[A-Z_]+\s*=\s*var\.{match.group(1)}\b", text[match.start() - 40 : match.end()]
+            )
+            only_nullness = before.endswith("nonsensitive(") and re.match(r"\s*[!=]= null\)", after)
+            assert in_secret_values or only_nullness, (
+                f"{path.name}: var.{match.group(1)} used outside secrets"
+            )
+    outputs = without_comments((TERRAFORM / "outputs.tf").read_text())
+    for forbidden in (
+        "secret_data",
+        "random_password",
+        "google_secret_manager_secret_version",
+        "sensitive",
+    ):
+        assert forbidden not in outputs
+
+
+# --- data ------------------------------------------------------------------------------------
+
+
+def test_database() -> None:
+    instance = resource("google_sql_database_instance", "main")
+    assert unquote(instance["database_version"]) == "POSTGRES_16"
+    assert unquote(instance["deletion_protection"]) == "var.deletion_protection"
+    assert variables()["deletion_protection"]["default"] is True
+    settings = instance["settings"][0]
+    ip = settings["ip_configuration"][0]
+    assert unquote(ip["ipv4_enabled"]) == "var.database_public_ip"
+    assert variables()["database_public_ip"]["default"] is False
+    assert "authorized_networks" not in ip
+    backups = settings["backup_configuration"][0]
+    assert backups["enabled"] is True and backups["point_in_time_recovery_enabled"] is True
+    flags = {unquote(flag["name"]): unquote(flag["value"]) for flag in settings["database_flags"]}
+    assert flags["cloudsql.iam_authentication"] == "on"
+    assert flags["max_connections"] == "tostring(local.database_max_connections)"
+    assert unquote(resource("google_sql_database", "raven")["name"]) == "raven"
+
+    users = resource("google_sql_user", "function")
+    assert unquote(users["for_each"]) == "local.functions"
+    assert unquote(users["type"]) == "CLOUD_IAM_SERVICE_ACCOUNT"
+    assert "password" not in users
+    assert unquote(users["name"]) == (
+        'trimsuffix(google_service_account.function[each.key].email, ".gserviceaccount.com")'
+    )
+    assert (
+        'trimsuffix(google_service_account.function[function].email, ".gserviceaccount.com")'
+        in (all_locals()["function_env"])
+    ), "DB_IAM_USER must be the same name as the IAM database user"
+
+
+def test_max_connections_cover_every_pool() -> None:
+    local = all_locals()
+    assert "function.max_instances * function.db_pool_size" in local["database_connections_needed"]
+    assert "local.functions" in local["database_connections_needed"]
+    assert "var.database_connection_headroom" in local["database_max_connections"]
+    assert "DB_POOL_SIZE = tostring(config.db_pool_size)" in local["function_env"]
+    needed = sum(d["max_instances"] * d["db_pool_size"] for d in function_defaults().values())
+    assert needed + variables()["database_connection_headroom"]["default"] <= 1000, (
+        "default sizing is unreasonable"
+    )
+
+
+def test_every_function_service_account_may_use_the_database() -> None:
+    roles = all_locals()["database_client_roles"]
+    assert "roles/cloudsql.client" in roles and "roles/cloudsql.instanceUser" in roles
+    for function in function_defaults():
+        assert function in all_locals()["function_project_roles"], function
+
+
+def test_buckets_are_private_and_uploads_have_cors_and_cleanup() -> None:
+    for name in ("uploads", "sources", "config"):
+        bucket = resource("google_storage_bucket", name)
+        assert bucket["uniform_bucket_level_access"] is True, name
+        assert unquote(bucket["public_access_prevention"]) == "enforced", name
+    uploads = resource("google_storage_bucket", "uploads")
+    cors = uploads["cors"][0]
+    assert unquote(cors["origin"]) == "var.allowed_origins"
+    assert {"PUT", "GET"} <= set(strings(cors["method"]))
+    assert {"Content-Type", "x-goog-content-length-range"} <= set(strings(cors["response_header"]))
+    rules = [rule["condition"][0] for rule in uploads["lifecycle_rule"]]
+    cleanup = [rule for rule in rules if "matches_prefix" in rule]
+    assert cleanup and strings(cleanup[0]["matches_prefix"]) == ["uploads/"]
+
+
+def test_system_instruction_has_only_the_user_name_placeholder() -> None:
+    text = (TERRAFORM / "system_instruction.md").read_text(encoding="utf-8")
+    assert "Raven" in text and "{user_name}" in text
+    assert set(re.findall(r"\{[^{}]*\}", text)) == {"{user_name}"}
+    assert text.count("{") == text.count("{user_name}") == text.count("}")
+    obj = resource("google_storage_bucket_object", "system_instruction")
+    assert unquote(obj["source"]) == "${path.module}/system_instruction.md"
+
+
+# --- tasks, load balancer, outputs, example ------------------------------------------------------
+
+
+def test_tasks_queue_retries_and_rate_limits() -> None:
+    queue = resource("google_cloud_tasks_queue", "summaries")
+    assert queue["rate_limits"][0]["max_dispatches_per_second"]
+    retry = queue["retry_config"][0]
+    assert {"max_attempts", "min_backoff", "max_backoff", "max_doublings"} <= set(retry)
+    enqueuer = resource("google_cloud_tasks_queue_iam_member", "chat_stream_enqueuer")
+    assert unquote(enqueuer["role"]) == "roles/cloudtasks.enqueuer"
+    acts_as = resource("google_service_account_iam_member", "chat_stream_acts_as_invoker")
+    assert unquote(acts_as["service_account_id"]) == "google_service_account.tasks_invoker.name"
+    assert unquote(acts_as["role"]) == "roles/iam.serviceAccountUser"
+
+
+def test_load_balancer_serves_every_contract_path() -> None:
+    routes = {
+        name: set(strings(paths)) for name, paths in all_locals()["load_balancer_routes"].items()
+    }
+    assert routes == {
+        "chat_stream": {"/chat"},
+        "chats_crud": {"/api/chats", "/api/chats/*"},
+        "upload_url": {"/api/upload-url"},
+        "clerk_webhook": {"/clerk-webhook"},
+    }
+    assert variables()["enable_load_balancer"]["default"] is False
+
+
+def test_outputs() -> None:
+    outputs = set()
+    for entry in parsed(TERRAFORM / "outputs.tf")["output"]:
+        outputs |= {unquote(name) for name in entry}
+    assert {
+        "function_urls",
+        "uploads_bucket",
+        "sources_bucket",
+        "config_bucket",
+        "tasks_queue",
+        "instance_connection_name",
+        "backend_url",
+        "clerk_webhook_url",
+        "project_id",
+        "region",
+        "migrations_job",
+        "images_repository",
+        "build_service_account",
+        "cloudbuild_staging_dir",
+    } <= outputs
+
+
+def test_tfvars_example_sets_every_required_variable() -> None:
+    example = hcl2.load((TERRAFORM / "terraform.tfvars.example").open())
+    required = {name for name, body in variables().items() if "default" not in body}
+    assert required <= set(example), (
+        f"terraform.tfvars.example misses {sorted(required - set(example))}"
+    )
+
+
+def test_migrate_script_reads_existing_outputs() -> None:
+    script = (TERRAFORM / "migrations" / "migrate.sh").read_text()
+    outputs = set()
+    for entry in parsed(TERRAFORM / "outputs.tf")["output"]:
+        outputs |= {unquote(name) for name in entry}
+    for name in re.findall(r"\$\(output (\w+)\)", script):
+        assert name in outputs, name
+
+
+def test_migration_grants_quote_iam_user_names() -> None:
+    sys.path.insert(0, str(TERRAFORM / "migrations"))
+    try:
+        import run_migrations
+    finally:
+        sys.path.remove(str(TERRAFORM / "migrations"))
+    statements = run_migrations.grant_statements("raven", ["raven-chat-stream@p.iam"])
+    assert statements[-1] == 'GRANT "raven_app" TO "raven-chat-stream@p.iam"'
+    assert any("ALTER DEFAULT PRIVILEGES" in statement for statement in statements)
+    url = run_migrations.database_url("raven_migrator", "a/b@c", "raven")
+    assert url == "postgresql://raven_migrator:a%2Fb%40c@127.0.0.1:5432/raven"
+
+
+# --- checkov -----------------------------------------------------------------------------------
+
+
+def test_checkov_reports_no_failed_check() -> None:
+    if not CHECKOV.exists():
+        pytest.skip(
+            "checkov is not installed: python3 -m venv .venv-checkov && "
+            ".venv-checkov/bin/pip install -r tools/requirements-checkov.txt"
+        )
+    result = subprocess.run(
+        [
+            str(CHECKOV),
+            "-d",
+            str(TERRAFORM),
+            "--quiet",
+            "--compact",
+            "--skip-download",
+            "-o",
+            "json",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
+    )
+    reports = json.loads(result.stdout)
+    reports = reports if isinstance(reports, list) else [reports]
+    for report in reports:
+        if "summary" not in report:
+            continue
+        summary = report["summary"]
+        failed = [
+            f"{check['check_id']} {check['resource']}: {check['check_name']}"
+            for check in report["results"].get("failed_checks", [])
+        ]
+        assert summary["failed"] == 0, "\n".join(failed)
+        assert summary["parsing_errors"] == 0, report["results"].get("parsing_errors")
