@@ -140,6 +140,9 @@ class Settings(BaseModel):
         3600, alias="MEDIA_URL_TTL_SECONDS"
     )
     signer_service_account: OptionalStr = Field(None, alias="SIGNER_SERVICE_ACCOUNT")
+    signer_key_file: OptionalStr = Field(None, alias="SIGNER_KEY_FILE")
+    storage_emulator_host: OptionalStr = Field(None, alias="STORAGE_EMULATOR_HOST")
+    storage_public_url: OptionalStr = Field(None, alias="STORAGE_PUBLIC_URL")
 
     # --- rate limits -----------------------------------------------------------------------------
     rate_limit_messages_per_minute: PositiveInt = Field(20, alias="RATE_LIMIT_MESSAGES_PER_MINUTE")
@@ -166,6 +169,21 @@ class Settings(BaseModel):
             raise ValueError("must be the signing secret Clerk shows, starting with whsec_")
         return secret
 
+    @field_validator("storage_emulator_host")
+    @classmethod
+    def _emulator_is_url(cls, host: str | None) -> str | None:
+        # google-cloud-storage reads the same variable and wants a scheme; accept host:port too.
+        if host is not None and "://" not in host:
+            host = f"http://{host}"
+        return host.rstrip("/") if host else host
+
+    @field_validator("storage_public_url")
+    @classmethod
+    def _public_url_form(cls, url: str | None) -> str | None:
+        if url is not None and not url.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// base URL")
+        return url.rstrip("/") if url else url
+
     @field_validator("database_url")
     @classmethod
     def _database_url_form(cls, url: str | None) -> str | None:
@@ -187,6 +205,11 @@ class Settings(BaseModel):
             )
         if self.environment == "production" and self.debug:
             raise ValueError("DEBUG must be off when ENVIRONMENT is production")
+        if self.environment == "production" and self.signer_key_file:
+            # Deployed, URLs are signed by IAM signBlob: no private key may exist anywhere.
+            raise ValueError("SIGNER_KEY_FILE must be empty when ENVIRONMENT is production")
+        if self.environment == "production" and self.storage_emulator_host:
+            raise ValueError("STORAGE_EMULATOR_HOST must be empty when ENVIRONMENT is production")
         return self
 
     @property
