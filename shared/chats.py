@@ -201,7 +201,6 @@ def delete_chat(db: Database, user_id: str, chat_id: uuid.UUID) -> None:
 # --- messages ----------------------------------------------------------------------------
 
 
-
 def list_messages(
     db: Database, user_id: str, chat_id: uuid.UUID, limit: int, before: int | None
 ) -> tuple[list[Row], int | None]:
@@ -238,3 +237,112 @@ def list_messages(
     oldest = messages[0]["position"] if messages else 0
     has_older = len(messages) == limit and oldest > 0
     return messages, (oldest if has_older else None)
+
+
+# --- a chat turn -------------------------------------------------------------------------------
+
+
+def start_turn(
+    tx: Transaction,
+    user_id: str,
+    chat_id: uuid.UUID | None,
+    content: str,
+    parts: list[dict[str, Any]],
+    token_count: int,
+) -> Row:
+    """Store a user's message and reserve its answer's place, in the caller's transaction.
+
+    Two positions are taken at once under the chat's row lock, the user's message and the
+    assistant's answer right after it, so two sends to one chat at the same time keep a
+    clean order (question, answer, question, answer) whichever answer finishes first. The
+    answer is stored now as an empty ``incomplete`` placeholder and completed at the end of
+    the turn: a crash mid-stream leaves it marked incomplete, as it should.
+
+    Returns:
+        ``chat_id``, ``created`` (a new chat), ``user_message_id``, ``user_position`` and
+        ``assistant_message_id``.
+
+    Raises:
+        NotFound: the chat does not exist or is someone else's.
+    """
+    created = chat_id is None
+    if chat_id is None:
+        chat = create_chat(tx, user_id, None)
+        chat_id = uuid.UUID(chat["id"])
+    allocated = tx.fetch_one(
+        "UPDATE chats SET message_count = message_count + 2, updated_at = now() "
+        "WHERE id = :chat_id AND user_id = :user_id RETURNING message_count - 2 AS position",
+        chat_id=chat_id,
+        user_id=user_id,
+    )
+    if allocated is None:
+        raise chat_not_found()
+    position = allocated["position"]
+    user_message_id, assistant_message_id = uuid.uuid4(), uuid.uuid4()
+    tx.execute(
+        """
+        INSERT INTO messages (id, chat_id, position, role, content, parts, token_count, status)
+        VALUES (:user_id, :chat_id, :position, 'user', :content, CAST(:parts AS jsonb),
+                :token_count, 'complete'),
+               (:assistant_id, :chat_id, :position + 1, 'assistant', '', '[]'::jsonb,
+                0, 'incomplete')
+        """,
+        user_id=user_message_id,
+        assistant_id=assistant_message_id,
+        chat_id=chat_id,
+        position=position,
+        content=content,
+        parts=parts,
+        token_count=token_count,
+    )
+    return {
+        "chat_id": chat_id,
+        "created": created,
+        "user_message_id": user_message_id,
+        "user_position": position,
+        "assistant_message_id": assistant_message_id,
+    }
+
+
+def finish_answer(
+    tx: Transaction,
+    message_id: uuid.UUID,
+    content: str,
+    *,
+    complete: bool,
+    token_count: int,
+    reported: bool,
+    model: str,
+) -> None:
+    """Store the assistant's answer: complete, or cut short (kept and marked incomplete)."""
+    tx.execute(
+        """
+        UPDATE messages SET content = :content, parts = CAST(:parts AS jsonb),
+               status = :status, token_count = :token_count, token_source = :source,
+               model = :model
+        WHERE id = :id
+        """,
+        id=message_id,
+        content=content,
+        parts=[{"type": "text", "text": content}],
+        status="complete" if complete else "incomplete",
+        token_count=token_count,
+        source="reported" if reported else "estimated",
+        model=model,
+    )
+
+
+def discard_answer(tx: Transaction, message_id: uuid.UUID) -> None:
+    """Remove an answer placeholder the model never wrote a word into."""
+    tx.execute(
+        "DELETE FROM messages WHERE id = :id AND role = 'assistant' AND content = ''",
+        id=message_id,
+    )
+
+
+def user_display_name(tx: Transaction, user_id: str) -> str | None:
+    row = tx.fetch_one("SELECT first_name, last_name FROM users WHERE id = :id", id=user_id)
+    if row is None:
+        return None
+    name = " ".join(part for part in (row["first_name"], row["last_name"]) if part)
+    return name or None

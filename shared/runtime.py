@@ -55,7 +55,7 @@ def authenticate(request: Request) -> AuthenticatedUser:
     return user
 
 
-def make_api(routes: list[Route]) -> Api:
+def make_api(routes: list[Route], max_body_bytes: int | None = None) -> Api:
     """The function's HTTP pipeline; authenticated routes verify tokens as settings say."""
     settings = get_settings()
     if any(route.auth for route in routes):
@@ -63,6 +63,6 @@ def make_api(routes: list[Route]) -> Api:
     return Api(
         routes,
         allowed_origins=settings.allowed_origins,
-        max_body_bytes=settings.max_request_bytes,
+        max_body_bytes=max_body_bytes or settings.max_request_bytes,
         authenticate=authenticate,
     )

@@ -106,6 +106,11 @@ class Settings(BaseModel):
     gemini_base_url: OptionalStr = Field(None, alias="GEMINI_BASE_URL")
     thinking_budget: NonNegativeInt = Field(0, alias="THINKING_BUDGET")
     model_timeout_seconds: PositiveInt = Field(120, alias="MODEL_TIMEOUT_SECONDS")
+    sse_heartbeat_seconds: Annotated[float, Field(gt=0)] = Field(
+        15.0, alias="SSE_HEARTBEAT_SECONDS"
+    )
+    chat_max_request_bytes: PositiveInt = Field(8 * 1024 * 1024, alias="CHAT_MAX_REQUEST_BYTES")
+    max_message_chars: PositiveInt = Field(32_000, alias="MAX_MESSAGE_CHARS")
     system_instruction_url: OptionalStr = Field(None, alias="SYSTEM_INSTRUCTION_URL")
     system_instruction_ttl_seconds: PositiveInt = Field(300, alias="SYSTEM_INSTRUCTION_TTL_SECONDS")
 

@@ -8,8 +8,12 @@ HTTP exactly as the frontend sends them; assertions about stored state read Post
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -58,10 +62,36 @@ class ApiClient:
     def delete(self, path: str, **kwargs: Any) -> requests.Response:
         return self.request("DELETE", path, **kwargs)
 
+    def send(
+        self,
+        text: str,
+        chat_id: str | None = None,
+        *,
+        history: list[dict[str, Any]] | None = None,
+        media: list[dict[str, Any]] | None = None,
+        **kwargs: Any,
+    ) -> requests.Response:
+        """POST /chat as the frontend does: the client's history, then the new message."""
+        parts = [*(media or []), {"type": "text", "text": text}]
+        body = {"chatId": chat_id, "messages": [*(history or []), {"role": "user", "parts": parts}]}
+        return self.post("/chat", json=body, stream=True, **kwargs)
+
     def create_chat(self, title: str | None = None) -> dict[str, Any]:
         response = self.post("/api/chats/create", json={"title": title})
         assert response.status_code == 200, response.text
         return dict(response.json())
+
+
+def sse_events(response: requests.Response) -> list[Any]:
+    """Every SSE event of a response: ``data:`` lines as dicts, comment lines as strings."""
+    assert response.headers["Content-Type"].startswith("text/event-stream"), response.text
+    events: list[Any] = []
+    for line in response.iter_lines(decode_unicode=True):
+        if line.startswith("data: "):
+            events.append(json.loads(line[len("data: ") :]))
+        elif line.startswith(":"):
+            events.append(line)
+    return events
 
 
 def assert_error(response: requests.Response, status: int, code: str | None = None) -> dict:
@@ -135,3 +165,47 @@ def read_logs(stack: LocalStack, function: str) -> list[dict[str, Any]]:
 
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@contextmanager
+def function_process(stack: LocalStack, name: str, **env: str) -> Iterator[str]:
+    """One more instance of a function, with settings overridden; yields its base URL."""
+    from dev.stack import free_port as pick_port
+
+    port = pick_port()
+    assert stack.log_dir is not None
+    log = (stack.log_dir / f"{name}-{port}.log").open("ab")
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "functions_framework",
+            "--target",
+            name,
+            "--source",
+            str(REPO_ROOT / "functions" / name / "main.py"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        env={**stack.env, "PORT": str(port), **env},
+        stdout=log,
+        stderr=log,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            assert process.poll() is None, f"{name} exited during start"
+            try:
+                requests.get(base + "/", timeout=1)
+                break
+            except requests.ConnectionError:
+                assert time.monotonic() < deadline, f"{name} did not start"
+                time.sleep(0.1)
+        yield base
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+        log.close()

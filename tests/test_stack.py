@@ -15,7 +15,15 @@ import requests
 
 from dev.stack import LocalStack, free_port
 from shared.db import Database
-from tests.conftest import FRONTEND_ORIGIN, REPO_ROOT, TEST_ENV, ApiClient, assert_error, read_logs
+from tests.conftest import (
+    FRONTEND_ORIGIN,
+    REPO_ROOT,
+    TEST_ENV,
+    ApiClient,
+    assert_error,
+    function_process,
+    read_logs,
+)
 
 
 def test_healthz_reports_every_part(stack: LocalStack) -> None:
@@ -156,50 +164,13 @@ def test_cloud_trace_header_is_understood(stack: LocalStack, alice: ApiClient) -
     assert any(trace_id in e.get("logging.googleapis.com/trace", "") for e in entries)
 
 
-def start_function(stack: LocalStack, name: str, **env: str) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "functions_framework",
-            "--target",
-            name,
-            "--source",
-            str(REPO_ROOT / "functions" / name / "main.py"),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ],
-        env={**stack.env, "PORT": str(port), **env},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            requests.get(base + "/", timeout=1)
-            return process, base
-        except requests.ConnectionError:
-            time.sleep(0.1)
-    process.kill()
-    raise AssertionError(f"{name} did not start")
-
-
 def test_database_down_is_503_with_retry_after(stack: LocalStack, tmp_path: Path) -> None:
-    process, base = start_function(
-        stack, "chats_crud", DATABASE_URL=f"postgresql://postgres@/postgres?host={tmp_path}"
-    )
-    try:
+    broken_url = f"postgresql://postgres@/postgres?host={tmp_path}"
+    with function_process(stack, "chats_crud", DATABASE_URL=broken_url) as base:
         client = ApiClient(base, stack.signer.token("user_dbdown"))
         response = client.get("/api/chats")
         assert_error(response, 503, "database_unavailable")
         assert int(response.headers["Retry-After"]) > 0
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
 
 
 def test_broken_pooled_connections_are_replaced_unnoticed(

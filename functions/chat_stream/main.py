@@ -1,25 +1,272 @@
-"""chat_stream: not built yet; answers 501 until its own issue lands."""
+"""chat_stream: ``POST /chat`` streams Gemini's answer over Server-Sent Events.
+
+A turn (see ../shared/contract.md, "Sending a message"):
+
+1. authenticate; validate the body (only the last message is new and must be the user's:
+   the client's copy of the history is never fed to the model nor stored); check every media
+   reference is one of the caller's own uploads and really in the bucket;
+2. in one short transaction: count the message against the user's rate limits, resolve or
+   create the chat (someone else's or unknown: 404 before any stream), store the user's
+   message and reserve the answer's position;
+3. build the context from the store only (newest summary + recent window, one bounded query);
+4. stream: ``start``, ``chunk``..., then ``done`` (with usage) or ``error``; a comment
+   heartbeat while the model is silent;
+5. store the answer: complete, or, if the model failed or the client left, what was produced
+   marked incomplete; add the turn's tokens to the user's usage;
+6. ask for a rolling summary when the chat's unsummarised tokens pass the trigger.
+"""
 
 from __future__ import annotations
 
+import json
+import logging
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
 import functions_framework
-from flask import Request, Response
+from flask import Request, Response, stream_with_context
 
-from shared.errors import NotImplementedYet
-from shared.runtime import make_api, start_function
-from shared.web import Route
+from shared import chats, context, usage
+from shared.auth import AuthenticatedUser
+from shared.errors import UnprocessableEntity
+from shared.gemini import Finished, GeminiStreamer, Heartbeat, ModelError, TextChunk
+from shared.runtime import database, make_api, start_function
+from shared.schemas import ChatRequest
+from shared.system_instruction import SystemInstruction, personalise
+from shared.token_estimate import estimate_message_tokens, estimate_text_tokens
+from shared.web import Route, parse_json
 
-start_function()
+logger = logging.getLogger("raven.chat_stream")
+
+settings = start_function()
+SYSTEM_INSTRUCTION = SystemInstruction(
+    settings.system_instruction_url, settings.system_instruction_ttl_seconds
+)
+SYSTEM_INSTRUCTION.start()
+MODEL = GeminiStreamer(settings)
+
+# Proxies must pass events through as they come (nginx honours X-Accel-Buffering).
+SSE_HEADERS = {"Cache-Control": "no-cache, no-transform", "X-Accel-Buffering": "no"}
 
 
-def not_built(request: Request) -> Response:
-    raise NotImplementedYet("/chat is not available yet", code="not_implemented")
+@dataclass(frozen=True)
+class NewMessage:
+    """The one new message of a request: its text and its media references."""
+
+    text: str
+    media_refs: list[tuple[str, str | None]]  # (reference, declared MIME type)
 
 
-API = make_api([Route("POST", "/chat", not_built, auth=False)])
+def read_new_message(body: ChatRequest) -> NewMessage:
+    """The last message of the body, validated; the earlier ones are the client's copy."""
+    last = body.messages[-1]
+    if last.role != "user":
+        raise UnprocessableEntity("The last message must be the user's", code="last_not_user")
+    texts = [part.text for part in last.parts if part.type == "text"]
+    media = [(part.text.strip(), part.mimeType) for part in last.parts if part.type != "text"]
+    text = "\n".join(t for t in texts if t.strip()).strip()
+    if not text and not media:
+        raise UnprocessableEntity("The message is empty", code="empty_message")
+    if len(text) > settings.max_message_chars:
+        raise UnprocessableEntity(
+            f"The message is too long: at most {settings.max_message_chars} characters",
+            code="message_too_long",
+        )
+    if len(media) > settings.media_max_parts:
+        raise UnprocessableEntity(
+            f"Too many attachments: at most {settings.media_max_parts} per message",
+            code="too_many_media",
+        )
+    return NewMessage(text, media)
+
+
+def resolve_attachments(
+    user: AuthenticatedUser, refs: list[tuple[str, str | None]]
+) -> list[dict[str, Any]]:
+    """Each reference as a stored media part, or a 4xx before anything is stored or sent."""
+    if not refs:
+        return []
+    from shared import media  # storage work only for messages that carry media
+
+    records = [media.resolve_media(database(), user.id, ref, mime) for ref, mime in refs]
+    images = sum(1 for r in records if r.mime_type.startswith("image/"))
+    videos = sum(1 for r in records if r.mime_type.startswith("video/"))
+    if images > settings.media_max_images or videos > settings.media_max_videos:
+        raise UnprocessableEntity(
+            f"Too many attachments: at most {settings.media_max_images} images and "
+            f"{settings.media_max_videos} videos per message",
+            code="too_many_media",
+        )
+    return [record.as_part() for record in records]
+
+
+def send_message(request: Request, user: AuthenticatedUser) -> Response:
+    received = time.perf_counter()
+    body = parse_json(request, ChatRequest)
+    message = read_new_message(body)
+    chat_id = chats.parse_chat_id(body.chatId) if body.chatId else None
+    media_parts = resolve_attachments(user, message.media_refs)
+    parts = ([{"type": "text", "text": message.text}] if message.text else []) + media_parts
+    tokens = estimate_message_tokens(
+        message.text, [(part["mime_type"], part.get("size")) for part in media_parts]
+    )
+
+    db = database()
+    with db.transaction() as tx:
+        usage.check_and_count_message(
+            tx,
+            user.id,
+            messages_per_minute=settings.rate_limit_messages_per_minute,
+            tokens_per_day=settings.rate_limit_tokens_per_day,
+        )
+        turn = chats.start_turn(tx, user.id, chat_id, message.text, parts, tokens)
+        if media_parts:
+            from shared import media
+
+            media.link_media_to_chat(
+                tx, turn["chat_id"], [uuid.UUID(part["upload_id"]) for part in media_parts]
+            )
+        user_name = chats.user_display_name(tx, user.id) or user.display_name
+
+    summary, recent = context.load_recent(
+        db, turn["chat_id"], turn["user_position"], settings.chat_window_size
+    )
+    model_context = context.build_context(summary, recent, settings)
+    system = context.system_text(
+        personalise(SYSTEM_INSTRUCTION.text(), user_name), model_context.summary
+    )
+    logger.info(
+        "turn context",
+        extra={
+            "chat": str(turn["chat_id"]),
+            "window_messages": len(model_context.window_positions),
+            "window_tokens": model_context.window_tokens,
+            "summary": model_context.summary is not None,
+            "media_sent": len(model_context.media_sent),
+            "prepare_ms": round((time.perf_counter() - received) * 1000, 2),
+        },
+    )
+    events = stream_turn(user, turn, model_context, system)
+    return Response(stream_with_context(events), mimetype="text/event-stream", headers=SSE_HEADERS)
+
+
+def sse(event: dict[str, Any]) -> str:
+    return f"data: {json.dumps(event, ensure_ascii=False, separators=(',', ':'))}\n\n"
+
+
+def stream_turn(
+    user: AuthenticatedUser,
+    turn: dict[str, Any],
+    model_context: context.ModelContext,
+    system: str,
+) -> Iterator[str]:
+    """The SSE events of one turn; stores the answer however the stream ends."""
+    chat_id = str(turn["chat_id"])
+    yield sse({"type": "start", "chat_id": chat_id, "message_id": str(turn["user_message_id"])})
+    answer: list[str] = []
+    finished: Finished | None = None
+    failure: ModelError | None = None
+    client_left = False
+    try:
+        for event in MODEL.stream(
+            model=settings.raven_model,
+            system_instruction=system,
+            contents=model_context.contents,
+            heartbeat_seconds=settings.sse_heartbeat_seconds,
+        ):
+            if isinstance(event, TextChunk):
+                answer.append(event.text)
+                yield sse({"type": "chunk", "content": event.text})
+            elif isinstance(event, Heartbeat):
+                yield ": keep-alive\n\n"
+            else:
+                finished = event
+    except ModelError as error:
+        failure = error
+        logger.warning("model failed", extra={"chat": chat_id, "cause": error.cause})
+    except GeneratorExit:
+        client_left = True  # the client went away: stop reading from the model (done above)
+        logger.info("client disconnected", extra={"chat": chat_id, "chunks": len(answer)})
+        raise
+    finally:
+        saved = save_answer(user, turn, model_context, "".join(answer), finished)
+    if finished is not None and saved:
+        done: dict[str, Any] = {"type": "done", "message_id": str(turn["assistant_message_id"])}
+        done["usage"] = {
+            "input_tokens": finished.input_tokens,
+            "output_tokens": finished.output_tokens,
+            "total_tokens": finished.input_tokens + finished.output_tokens,
+        }
+        yield sse(done)
+        request_summary_if_due(turn, model_context, finished.output_tokens)
+    elif not client_left:
+        detail = failure.detail if failure else "The answer could not be saved; please retry."
+        error_event: dict[str, Any] = {"type": "error", "detail": detail}
+        if answer and saved:
+            error_event["message_id"] = str(turn["assistant_message_id"])
+        yield sse(error_event)
+
+
+def save_answer(
+    user: AuthenticatedUser,
+    turn: dict[str, Any],
+    model_context: context.ModelContext,
+    text: str,
+    finished: Finished | None,
+) -> bool:
+    """Store the answer (complete or partial) and the turn's usage; never raises."""
+    complete = finished is not None
+    output_tokens = finished.output_tokens if finished else estimate_text_tokens(text)
+    input_tokens = finished.input_tokens if finished else model_context.window_tokens
+    try:
+        with database().transaction() as tx:
+            if text or complete:
+                chats.finish_answer(
+                    tx,
+                    turn["assistant_message_id"],
+                    text,
+                    complete=complete,
+                    token_count=output_tokens,
+                    reported=complete and finished is not None and finished.output_tokens > 0,
+                    model=settings.raven_model,
+                )
+            else:
+                chats.discard_answer(tx, turn["assistant_message_id"])
+            usage.record_usage(tx, user.id, input_tokens, output_tokens)
+        return True
+    except Exception:
+        logger.exception("could not store the answer", extra={"chat": str(turn["chat_id"])})
+        return False
+
+
+def request_summary_if_due(
+    turn: dict[str, Any], model_context: context.ModelContext, answer_tokens: int
+) -> None:
+    """Ask for a rolling summary when enough is unsummarised; never delays or fails the reply."""
+    uncovered = model_context.uncovered_tokens + answer_tokens
+    messages = model_context.uncovered_messages + 1
+    if uncovered < settings.summary_trigger_tokens or messages < settings.summary_min_messages:
+        return
+    cut = turn["user_position"] + 1 - settings.summary_keep_recent
+    if model_context.summary is not None and cut <= model_context.summary.covers_through_position:
+        return
+    try:
+        from shared import tasks
+
+        tasks.request_summary(turn["chat_id"], cut)
+    except Exception:
+        logger.exception("could not ask for a summary", extra={"chat": str(turn["chat_id"])})
+
+
+API = make_api(
+    [Route("POST", "/chat", send_message)], max_body_bytes=settings.chat_max_request_bytes
+)
 
 
 @functions_framework.http
 def chat_stream(request: Request) -> Response:
-    """Entry point."""
+    """Entry point: every request goes through the shared HTTP pipeline to send_message."""
     return API.handle(request)

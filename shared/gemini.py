@@ -1,0 +1,242 @@
+"""Gemini through google-genai: one client and one event loop per instance, many streams.
+
+A chat_stream instance carries many open streams at once and each holds one request thread
+(gunicorn's gthread worker). The model side runs on a single asyncio loop thread shared by
+every stream (google-genai's async client; its aiohttp connector has no connection limit),
+so 200 open streams cost 200 request threads plus one, not 400. Each request thread reads
+its stream's events from a queue, which also lets it send a heartbeat while the model is
+silent and give up after ``MODEL_TIMEOUT_SECONDS`` of silence.
+
+Stopping a stream (the client disconnected, or we gave up) cancels its task on the loop,
+which closes the HTTP connection to Gemini: no more tokens are read or paid for.
+
+Vertex AI (project and location from settings, the service account's identity) is the
+default; a ``GEMINI_API_KEY`` switches to the Gemini API. ``GEMINI_BASE_URL`` points either
+at another endpoint (the local stand-in). google-genai is imported on first use (~1.1 s).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any
+
+from shared.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TextChunk:
+    text: str
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    """The model has been silent for a while; the caller may keep the connection alive."""
+
+
+@dataclass(frozen=True)
+class Finished:
+    input_tokens: int
+    output_tokens: int
+    finish_reason: str | None
+
+
+StreamEvent = TextChunk | Heartbeat | Finished
+
+
+class ModelError(Exception):
+    """The model failed; ``detail`` is safe to show the user."""
+
+    def __init__(self, detail: str, cause: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.cause = cause
+
+
+def _describe_failure(error: BaseException) -> ModelError:
+    from google.genai import errors
+
+    if isinstance(error, errors.APIError):
+        code = error.code or 0
+        if code == 429:
+            return ModelError("The model is busy right now; please try again shortly.", "429")
+        if code >= 500:
+            return ModelError("The model is unavailable right now; please try again.", str(code))
+        return ModelError("The model could not answer this request.", str(code))
+    return ModelError(
+        "The connection to the model was interrupted; please try again.", type(error).__name__
+    )
+
+
+class GeminiStreamer:
+    """Streams generations for many request threads over one per-instance event loop."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._client: Any = None
+
+    @property
+    def client(self) -> Any:
+        """The google-genai client, created once. Keep it referenced: it closes on collection."""
+        self._ensure_started()
+        return self._client
+
+    def _ensure_started(self) -> asyncio.AbstractEventLoop:
+        with self._lock:
+            if self._loop is None:
+                from google import genai
+                from google.genai import types
+
+                settings = self._settings
+                options = types.HttpOptions(base_url=settings.gemini_base_url)
+                if settings.gemini_api_key:
+                    self._client = genai.Client(
+                        api_key=settings.gemini_api_key, http_options=options
+                    )
+                else:
+                    self._client = genai.Client(
+                        vertexai=True,
+                        project=settings.project_id,
+                        location=settings.location,
+                        http_options=options,
+                    )
+                loop = asyncio.new_event_loop()
+                threading.Thread(target=loop.run_forever, daemon=True, name="gemini-loop").start()
+                self._loop = loop
+            return self._loop
+
+    def generation_config(self, system_instruction: str, max_output_tokens: int | None) -> Any:
+        from google.genai import types
+
+        return types.GenerateContentConfig(
+            system_instruction=system_instruction,
+            thinking_config=types.ThinkingConfig(thinking_budget=self._settings.thinking_budget),
+            max_output_tokens=max_output_tokens,
+        )
+
+    def stream(
+        self,
+        *,
+        model: str,
+        system_instruction: str,
+        contents: list[dict[str, Any]],
+        heartbeat_seconds: float,
+        max_output_tokens: int | None = None,
+    ) -> Iterator[StreamEvent]:
+        """Yield the model's text as it comes, heartbeats while it is silent, then the usage.
+
+        Raises:
+            ModelError: the model failed, or stayed silent for ``MODEL_TIMEOUT_SECONDS``.
+        """
+        loop = self._ensure_started()
+        config = self.generation_config(system_instruction, max_output_tokens)
+        events: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
+        future: Future[None] = asyncio.run_coroutine_threadsafe(
+            self._pump(model, contents, config, events), loop
+        )
+        idle_limit = float(self._settings.model_timeout_seconds)
+        last_activity = time.monotonic()
+        try:
+            while True:
+                silent_for = time.monotonic() - last_activity
+                if silent_for >= idle_limit:
+                    raise ModelError(
+                        "The model took too long to answer; please try again.", "timeout"
+                    )
+                try:
+                    kind, payload = events.get(
+                        timeout=min(heartbeat_seconds, idle_limit - silent_for)
+                    )
+                except queue.Empty:
+                    if time.monotonic() - last_activity < idle_limit:
+                        yield Heartbeat()
+                    continue
+                last_activity = time.monotonic()
+                if kind == "text":
+                    yield TextChunk(payload)
+                elif kind == "done":
+                    yield payload
+                    return
+                else:
+                    raise _describe_failure(payload)
+        finally:
+            future.cancel()  # a no-op when done; otherwise stops reading from the model
+
+    async def _pump(
+        self,
+        model: str,
+        contents: list[dict[str, Any]],
+        config: Any,
+        events: queue.SimpleQueue[tuple[str, Any]],
+    ) -> None:
+        input_tokens = output_tokens = 0
+        finish_reason = None
+        try:
+            stream = await self._client.aio.models.generate_content_stream(
+                model=model, contents=contents, config=config
+            )
+            async for response in stream:
+                text = _text_of(response)
+                if text:
+                    events.put(("text", text))
+                usage = response.usage_metadata
+                if usage is not None:
+                    input_tokens = usage.prompt_token_count or input_tokens
+                    output_tokens = usage.candidates_token_count or output_tokens
+                if response.candidates and response.candidates[0].finish_reason:
+                    finish_reason = str(response.candidates[0].finish_reason.value)
+            events.put(("done", Finished(input_tokens, output_tokens, finish_reason)))
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:  # noqa: BLE001 - every failure is reported to the reader
+            events.put(("error", error))
+
+    def generate(
+        self,
+        *,
+        model: str,
+        system_instruction: str,
+        contents: list[dict[str, Any]],
+        max_output_tokens: int | None = None,
+        temperature: float | None = None,
+    ) -> tuple[str, Finished]:
+        """One whole (non-streamed) generation, e.g. for summaries and titles."""
+        from google.genai import types
+
+        self._ensure_started()
+        config = self.generation_config(system_instruction, max_output_tokens)
+        if temperature is not None:
+            config = config.model_copy(update={"temperature": temperature})
+        try:
+            response = self._client.models.generate_content(
+                model=model, contents=contents, config=config
+            )
+        except Exception as error:
+            raise _describe_failure(error) from error
+        usage = response.usage_metadata or types.GenerateContentResponseUsageMetadata()
+        reason = response.candidates[0].finish_reason if response.candidates else None
+        return _text_of(response), Finished(
+            usage.prompt_token_count or 0,
+            usage.candidates_token_count or 0,
+            str(reason.value) if reason else None,
+        )
+
+
+def _text_of(response: Any) -> str:
+    """The answer text of a response chunk, without thought parts."""
+    if not response.candidates:
+        return ""
+    content = response.candidates[0].content
+    if content is None or not content.parts:
+        return ""
+    return "".join(part.text for part in content.parts if part.text and not part.thought)

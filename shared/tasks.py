@@ -1,0 +1,97 @@
+"""The task client: asks the summarize function for a rolling summary through Cloud Tasks.
+
+A task is an HTTP POST to ``SUMMARIZE_URL`` carrying ids only (never message text), with an
+OIDC token for ``TASKS_INVOKER_SERVICE_ACCOUNT`` so a private summarize function accepts
+it. Its name is derived from the chat and the cut, so asking twice for the same summary is
+harmless: Cloud Tasks refuses the second with ALREADY_EXISTS, which counts as success
+(https://cloud.google.com/tasks/docs/reference/rpc/google.cloud.tasks.v2#createtaskrequest).
+
+google.cloud.tasks_v2 costs ~0.7 s to import, so it is imported on the first enqueue only,
+and the client is created once per instance. Locally ``TASKS_EMULATOR_HOST`` points it at
+the Cloud Tasks emulator over a plaintext gRPC channel.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import uuid
+from typing import Any
+
+from shared.settings import SettingsError, get_settings
+
+logger = logging.getLogger(__name__)
+
+_client: Any = None
+_client_lock = threading.Lock()
+
+
+def summary_task_id(chat_id: uuid.UUID, cut: int) -> str:
+    """The task's name within the queue: one per chat and cut, so duplicates are refused."""
+    return f"summary-{chat_id.hex}-{cut}"
+
+
+def summary_payload(chat_id: uuid.UUID, cut: int) -> dict[str, Any]:
+    return {"chat_id": str(chat_id), "cut": cut}
+
+
+def _tasks_client() -> Any:
+    global _client
+    with _client_lock:
+        if _client is None:
+            from google.cloud import tasks_v2
+
+            emulator = get_settings().tasks_emulator_host
+            if emulator:
+                import grpc
+                from google.cloud.tasks_v2.services.cloud_tasks.transports import (
+                    CloudTasksGrpcTransport,
+                )
+
+                channel = grpc.insecure_channel(emulator)
+                _client = tasks_v2.CloudTasksClient(
+                    transport=CloudTasksGrpcTransport(channel=channel)
+                )
+            else:
+                _client = tasks_v2.CloudTasksClient()
+        return _client
+
+
+def request_summary(chat_id: uuid.UUID, cut: int) -> bool:
+    """Enqueue a summary of ``chat_id`` through position ``cut``.
+
+    Returns:
+        True when a task was created, False when it already existed.
+
+    Raises:
+        SettingsError: TASKS_QUEUE or SUMMARIZE_URL is not configured.
+        google.api_core.exceptions.GoogleAPICallError: the queue could not be reached.
+    """
+    from google.api_core import exceptions
+    from google.cloud import tasks_v2
+
+    settings = get_settings()
+    if not settings.tasks_queue or not settings.summarize_url:
+        raise SettingsError("TASKS_QUEUE and SUMMARIZE_URL must be set to request summaries")
+    http_request: dict[str, Any] = {
+        "http_method": tasks_v2.HttpMethod.POST,
+        "url": settings.summarize_url,
+        "headers": {"Content-Type": "application/json"},
+        "body": json.dumps(summary_payload(chat_id, cut)).encode(),
+    }
+    if settings.tasks_invoker_service_account:
+        http_request["oidc_token"] = {
+            "service_account_email": settings.tasks_invoker_service_account,
+            "audience": settings.summarize_url,
+        }
+    task = {
+        "name": f"{settings.tasks_queue}/tasks/{summary_task_id(chat_id, cut)}",
+        "http_request": http_request,
+    }
+    try:
+        _tasks_client().create_task(parent=settings.tasks_queue, task=task, timeout=10)
+    except exceptions.AlreadyExists:
+        return False
+    logger.info("summary requested", extra={"chat": str(chat_id), "cut": cut})
+    return True
