@@ -5,8 +5,13 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+# Tools whose pins clash with the functions' libraries get virtualenvs of their own.
+TASKS_VENV    := .venv-tasks
+TASKS_STAMP   := $(TASKS_VENV)/.installed
+CHECKOV_VENV  := .venv-checkov
+CHECKOV_STAMP := $(CHECKOV_VENV)/.installed
 
-.PHONY: install dev test lint pytest bench migrate clean
+.PHONY: install dev test lint pytest bench migrate migrate-cloud checkov clean
 
 $(STAMP): requirements-dev.txt functions/*/requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -14,7 +19,17 @@ $(STAMP): requirements-dev.txt functions/*/requirements.txt
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
 	touch $(STAMP)
 
-install: $(STAMP)
+$(TASKS_STAMP): tools/requirements-tasks-emulator.txt
+	$(PYTHON) -m venv $(TASKS_VENV)
+	$(TASKS_VENV)/bin/pip install --quiet --disable-pip-version-check -r tools/requirements-tasks-emulator.txt
+	touch $(TASKS_STAMP)
+
+$(CHECKOV_STAMP): tools/requirements-checkov.txt
+	$(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/pip install --quiet --disable-pip-version-check -r tools/requirements-checkov.txt
+	touch $(CHECKOV_STAMP)
+
+install: $(STAMP) $(TASKS_STAMP)
 
 ## make dev: the whole backend on http://localhost:8000 (Ctrl-C stops it; data stays in .data/)
 dev: install
@@ -27,16 +42,24 @@ lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 
-pytest: install
+pytest: install $(CHECKOV_STAMP)
 	$(PY) -m pytest
 
 ## make bench: the benchmarks under bench/, numbers printed and saved to bench/results/
 bench: install
 	$(PY) -m bench
 
+## make checkov: security checks of terraform/ (tests/test_terraform.py runs them too)
+checkov: $(CHECKOV_STAMP)
+	$(CHECKOV_VENV)/bin/checkov -d terraform --quiet --compact --skip-download
+
+## make migrate-cloud: build the migrations image and run the raven-migrate Cloud Run job
+migrate-cloud:
+	terraform/migrations/migrate.sh
+
 ## make migrate: apply migrations to $DATABASE_URL (or INSTANCE_CONNECTION_NAME + DB_IAM_USER)
 migrate: install
 	$(PY) -m alembic upgrade head
 
 clean:
-	rm -rf $(VENV) .data build .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(TASKS_VENV) $(CHECKOV_VENV) .data build .pytest_cache .mypy_cache .ruff_cache
