@@ -1,25 +1,387 @@
-"""clerk_webhook: not built yet; answers 501 until its own issue lands."""
+"""clerk_webhook: Clerk's user lifecycle through Svix (the contract's "Clerk webhook" section).
+
+| call                 | handler |
+|----------------------|---------|
+| POST /clerk-webhook  | receive |
+
+Every delivery goes through four steps:
+
+1. **Verify** the Svix signature over the raw body with svix's own code: an HMAC-SHA256 of
+   ``<svix-id>.<svix-timestamp>.<body>`` under ``CLERK_WEBHOOK_SECRET``. Any one of the
+   space-separated ``v1,<signature>`` items in ``svix-signature`` may match (that is how a
+   rotated secret overlaps the old one), and ``svix-timestamp`` must lie within svix's
+   5 minutes of now, which bounds how long a captured delivery can be replayed. Anything
+   unverified is a 400 and nothing is written.
+2. **Record** the ``svix-id`` in ``webhook_events`` in the transaction that applies the event.
+   A redelivery finds the id and answers "already processed"; one racing on another instance
+   blocks on the unique index until the first transaction commits, then sees the conflict.
+   So each delivery is applied exactly once, and never half-applied.
+3. **Apply**: ``user.created`` and ``user.updated`` upsert the profile unless the stored one
+   is newer (Clerk's ``updated_at``, compared in SQL under the row lock); ``user.deleted``
+   deletes the user row, which cascades to everything the user owns, and queues the user's
+   bucket prefix in ``storage_deletions``. Other event types are acknowledged with a 200,
+   neither applied nor recorded.
+4. After the commit: the bucket cleanup starts off the request path, and now and then
+   ``webhook_events`` older than Svix could still redeliver are pruned.
+
+Only Postgres is called while a request waits, so Svix gets its answer well inside its 15 s.
+Logs name the event type and svix id only: never the payload, whose emails and names are
+personal data.
+"""
 
 from __future__ import annotations
 
+import json
+import logging
+import threading
+import time
+from functools import lru_cache
+from typing import Annotated, Any, NamedTuple, TypeVar
+
 import functions_framework
 from flask import Request, Response
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
-from shared.errors import NotImplementedYet
-from shared.runtime import make_api, start_function
-from shared.web import Route
+# svix is imported here and nowhere in shared/: it costs ~0.6 s of import, which only this
+# function, whose every request needs it, should pay.
+from svix.webhooks import Webhook, WebhookVerificationError
 
-start_function()
+from shared.auth import MAX_SUB_LENGTH
+from shared.db import Database, Transaction
+from shared.errors import BadRequest
+from shared.runtime import database, make_api, start_function
+from shared.settings import get_settings
+from shared.web import Route, describe_validation_error, json_response
+
+start_function("CLERK_WEBHOOK_SECRET", "GCS_BUCKET_NAME")
+
+logger = logging.getLogger("raven.clerk_webhook")
+
+SVIX_HEADERS = ("svix-id", "svix-timestamp", "svix-signature")
+MAX_EVENT_TYPE_CHARS = 100
+
+# Svix retries a failed delivery for about 3 days; a month of ids covers that and manual
+# replays from Clerk's dashboard with a wide margin, and keeps the table small.
+WEBHOOK_EVENTS_KEPT_DAYS = 30
+PRUNE_EVERY_SECONDS = 3600.0  # per instance: one indexed DELETE an hour is all it costs
+PRUNE_BATCH = 5000
 
 
-def not_built(request: Request) -> Response:
-    raise NotImplementedYet("/clerk-webhook is not available yet", code="not_implemented")
+# --- Clerk's payloads --------------------------------------------------------------------
+# Only the fields used are declared; Clerk's user object has many more (ignored).
+
+ClerkUserId = Annotated[str, StringConstraints(min_length=1, max_length=MAX_SUB_LENGTH)]
 
 
-API = make_api([Route("POST", "/clerk-webhook", not_built, auth=False)])
+class ClerkPayload(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class ClerkEmailAddress(ClerkPayload):
+    id: str
+    email_address: str
+
+
+class ClerkUser(ClerkPayload):
+    """``data`` of ``user.created`` and ``user.updated``: Clerk's User object."""
+
+    id: ClerkUserId
+    email_addresses: list[ClerkEmailAddress] = Field(default_factory=list)
+    primary_email_address_id: str | None = None
+    first_name: str | None = None
+    last_name: str | None = None
+    image_url: str | None = None
+    # Milliseconds since the epoch of Clerk's latest change to the user: the version of the
+    # profile, so an event that arrives late never overwrites a newer one.
+    updated_at: int
+
+    @property
+    def primary_email(self) -> str | None:
+        for address in self.email_addresses:
+            if address.id == self.primary_email_address_id:
+                return address.email_address
+        return None
+
+
+class ClerkDeletedUser(ClerkPayload):
+    """``data`` of ``user.deleted``: ``{"id": ..., "deleted": true, "object": "user"}``."""
+
+    id: ClerkUserId
+
+
+ClerkPayloadT = TypeVar("ClerkPayloadT", bound=ClerkPayload)
+
+
+class Delivery(NamedTuple):
+    """A verified delivery: Svix's message id and the event it carries."""
+
+    svix_id: str
+    event_type: str
+    data: dict[str, Any]
+
+
+# --- verification ------------------------------------------------------------------------
+
+
+@lru_cache(maxsize=1)
+def signature_verifier() -> Webhook:
+    secret = get_settings().clerk_webhook_secret
+    assert secret is not None  # start_function required it
+    return Webhook(secret)
+
+
+def verified_delivery(request: Request) -> Delivery:
+    """The delivery in a request whose Svix signature is valid.
+
+    Raises:
+        BadRequest: a Svix header is missing; the signature, timestamp or header is invalid;
+            or the verified body is not a JSON event with a ``type`` and a ``data`` object.
+    """
+    headers = {name: request.headers.get(name, "").strip() for name in SVIX_HEADERS}
+    missing = [name for name, value in headers.items() if not value]
+    if missing:
+        raise BadRequest(
+            f"Missing webhook header(s): {', '.join(missing)}", code="missing_webhook_headers"
+        )
+    body = request.get_data(cache=True)
+    try:
+        signature_verifier().verify(body, headers)
+    except WebhookVerificationError as error:
+        logger.warning("webhook verification failed", extra={"reason": str(error)})
+        raise BadRequest(
+            f"Webhook verification failed: {error}", code="invalid_signature"
+        ) from None
+    except ValueError:
+        # svix 2.9.1 lets a signature item without a comma, bad base64 or a non-UTF-8 body
+        # escape as ValueError (binascii.Error, UnicodeDecodeError) instead of its own error.
+        logger.warning("webhook verification failed", extra={"reason": "malformed"})
+        raise BadRequest(
+            "Webhook verification failed: malformed svix-signature header or body",
+            code="invalid_signature",
+        ) from None
+
+    # Webhook.verify() returns nothing in svix 2.9.1: the body is parsed here, once verified.
+    try:
+        event = json.loads(body)
+    except ValueError:
+        raise BadRequest("Webhook body is not valid JSON", code="invalid_json") from None
+    if not isinstance(event, dict):
+        raise BadRequest("Webhook body must be a JSON object", code="invalid_event")
+    event_type, data = event.get("type"), event.get("data")
+    if not isinstance(event_type, str) or not event_type or not isinstance(data, dict):
+        raise BadRequest(
+            "Webhook event must have a string type and an object data", code="invalid_event"
+        )
+    return Delivery(headers["svix-id"], event_type[:MAX_EVENT_TYPE_CHARS], data)
+
+
+def payload(model: type[ClerkPayloadT], delivery: Delivery) -> ClerkPayloadT:
+    """The event's ``data`` as a model; a 400 naming the bad fields (never their values)."""
+    try:
+        return model.model_validate(delivery.data)
+    except ValidationError as error:
+        raise BadRequest(
+            f"{delivery.event_type}: {describe_validation_error(error, 'data.')}",
+            code="invalid_event",
+        ) from None
+
+
+# --- applying events -----------------------------------------------------------------------
+
+
+def record_delivery(tx: Transaction, delivery: Delivery) -> bool:
+    """Record the svix id; False when it was already recorded (the event was applied).
+
+    A concurrent transaction that inserted the same id first makes this statement wait until
+    it commits (then: conflict, False) or rolls back (then: inserted, True).
+    """
+    row = tx.fetch_one(
+        "INSERT INTO webhook_events (svix_id, event_type) VALUES (:svix_id, :event_type) "
+        "ON CONFLICT (svix_id) DO NOTHING RETURNING svix_id",
+        svix_id=delivery.svix_id,
+        event_type=delivery.event_type,
+    )
+    return row is not None
+
+
+def upsert_user(tx: Transaction, user: ClerkUser) -> bool:
+    """Create or update the user from Clerk's data; False when the stored profile is newer.
+
+    The comparison is in the statement: ``ON CONFLICT DO UPDATE`` locks the row and checks
+    the ``WHERE`` against its latest committed version, so two events for one user racing
+    on two instances still end with the newer one's data. A row first created from a token
+    (``KnownUsers.ensure``) has no Clerk version yet and takes Clerk's data whole.
+    """
+    row = tx.fetch_one(
+        """
+        INSERT INTO users (id, email, first_name, last_name, image_url, clerk_updated_at)
+        VALUES (:id, :email, :first_name, :last_name, :image_url, :clerk_updated_at)
+        ON CONFLICT (id) DO UPDATE SET
+            email = EXCLUDED.email,
+            first_name = EXCLUDED.first_name,
+            last_name = EXCLUDED.last_name,
+            image_url = EXCLUDED.image_url,
+            clerk_updated_at = EXCLUDED.clerk_updated_at,
+            updated_at = now()
+        WHERE users.clerk_updated_at IS NULL
+           OR users.clerk_updated_at < EXCLUDED.clerk_updated_at
+        RETURNING id
+        """,
+        id=user.id,
+        email=user.primary_email,
+        first_name=user.first_name,
+        last_name=user.last_name,
+        image_url=user.image_url,
+        clerk_updated_at=user.updated_at,
+    )
+    return row is not None
+
+
+def user_prefix(user_id: str) -> str:
+    """Where the user's uploads live in the bucket (every object name starts with it)."""
+    return f"uploads/{user_id}/"
+
+
+def delete_user(tx: Transaction, user_id: str, bucket: str) -> bool:
+    """Delete the user and everything the user owns; False when there was no such user.
+
+    The row's ``ON DELETE CASCADE`` foreign keys remove the chats (and with them messages,
+    summaries and media links), uploads, usage and rate-limit rows. The bucket objects are
+    queued for the storage worker in this same transaction, so a crash cannot lose them:
+    the user's whole prefix, plus any upload recorded outside it (another bucket or naming),
+    which the prefix would miss.
+    """
+    prefix = user_prefix(user_id)
+    tx.execute(
+        """
+        INSERT INTO storage_deletions (bucket, object_name)
+        SELECT bucket, object_name FROM uploads
+        WHERE user_id = :user_id AND NOT (bucket = :bucket AND starts_with(object_name, :prefix))
+        """,
+        user_id=user_id,
+        bucket=bucket,
+        prefix=prefix,
+    )
+    deleted = tx.fetch_one(
+        """
+        WITH gone AS (DELETE FROM users WHERE id = :user_id RETURNING id)
+        INSERT INTO storage_deletions (bucket, prefix)
+        SELECT :bucket, :prefix FROM gone
+        RETURNING id
+        """,
+        user_id=user_id,
+        bucket=bucket,
+        prefix=prefix,
+    )
+    return deleted is not None
+
+
+# --- housekeeping ------------------------------------------------------------------------------
+
+
+class EventLogPruner:
+    """Deletes ``webhook_events`` rows past their use, at most once per interval per instance.
+
+    Runs after a delivery's commit rather than on a schedule: no extra infrastructure, and
+    the ``processed_at`` index makes it one cheap statement. A failure is logged and the
+    next interval retries; the delivery it follows has already succeeded.
+    """
+
+    def __init__(self, interval: float = PRUNE_EVERY_SECONDS) -> None:
+        self._interval = interval
+        self._next_at = 0.0
+        self._lock = threading.Lock()
+
+    def maybe_prune(self, db: Database) -> None:
+        with self._lock:
+            now = time.monotonic()
+            if now < self._next_at:
+                return
+            self._next_at = now + self._interval  # claimed: concurrent requests skip
+        try:
+            with db.transaction() as tx:
+                tx.execute(
+                    """
+                    DELETE FROM webhook_events WHERE svix_id IN (
+                        SELECT svix_id FROM webhook_events
+                        WHERE processed_at < now() - make_interval(days => :days)
+                        ORDER BY processed_at
+                        LIMIT :batch)
+                    """,
+                    days=WEBHOOK_EVENTS_KEPT_DAYS,
+                    batch=PRUNE_BATCH,
+                )
+        except Exception as error:  # noqa: BLE001 - housekeeping must not fail a delivery
+            logger.warning("pruning webhook_events failed", extra={"error": type(error).__name__})
+
+
+@lru_cache(maxsize=1)
+def event_log_pruner() -> EventLogPruner:
+    return EventLogPruner()
+
+
+# --- the endpoint ------------------------------------------------------------------------------
+
+
+class Outcome(NamedTuple):
+    """What a delivery did: the answer's message, and whether bucket work was queued."""
+
+    message: str
+    queued_storage_deletion: bool = False
+
+
+# The event types applied, and the model of each one's ``data``.
+HANDLED_EVENTS: dict[str, type[ClerkPayload]] = {
+    "user.created": ClerkUser,
+    "user.updated": ClerkUser,
+    "user.deleted": ClerkDeletedUser,
+}
+
+
+def apply_event(tx: Transaction, data: ClerkPayload, bucket: str) -> Outcome:
+    """Apply an event whose svix id this transaction has just recorded."""
+    if isinstance(data, ClerkUser):
+        if upsert_user(tx, data):
+            return Outcome("user saved")
+        return Outcome("ignored: a newer profile is already stored")
+    assert isinstance(data, ClerkDeletedUser)
+    if delete_user(tx, data.id, bucket):
+        return Outcome("user deleted", queued_storage_deletion=True)
+    return Outcome("no such user")
+
+
+def receive(request: Request) -> Response:
+    delivery = verified_delivery(request)
+    log_fields = {"svix_id": delivery.svix_id, "event_type": delivery.event_type}
+    model = HANDLED_EVENTS.get(delivery.event_type)
+    if model is None:
+        # Not recorded either: an ignored event changes nothing however often it comes, and
+        # the endpoint may be subscribed to event types we have no use for.
+        logger.info(f"webhook {delivery.event_type}: ignored", extra=log_fields)
+        return json_response({"message": "ignored: event type not handled"})
+    data = payload(model, delivery)
+    settings = get_settings()
+    assert settings.gcs_bucket_name is not None  # start_function required it
+    db = database()
+    with db.transaction() as tx:
+        if record_delivery(tx, delivery):
+            outcome = apply_event(tx, data, settings.gcs_bucket_name)
+        else:
+            outcome = Outcome("already processed")
+    if outcome.queued_storage_deletion:
+        pass  # storage cleanup: scheduled here once shared/storage.py lands
+    logger.info(f"webhook {delivery.event_type}: {outcome.message}", extra=log_fields)
+    event_log_pruner().maybe_prune(db)
+    return json_response({"message": outcome.message})
+
+
+# Built at start: a secret svix cannot use fails the instance now, not Clerk's first delivery.
+signature_verifier()
+
+API = make_api([Route("POST", "/clerk-webhook", receive, auth=False)])
 
 
 @functions_framework.http
 def clerk_webhook(request: Request) -> Response:
-    """Entry point."""
+    """Entry point: every request goes through the shared HTTP pipeline to ``receive``."""
     return API.handle(request)

@@ -1,0 +1,717 @@
+"""clerk_webhook through HTTP, as Clerk (through Svix) calls it, against the real database.
+
+Deliveries are signed with svix's own code and shaped like Clerk's real events: an envelope
+``{"data", "object": "event", "type", "timestamp", "instance_id", ...}`` around Clerk's User
+object (``user.created``/``user.updated``) or ``{"id", "deleted": true, "object": "user"}``.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+import requests
+from svix.webhooks import Webhook
+
+from dev.bundle import REPO_ROOT
+from dev.stack import LocalStack, free_port, http_answers
+from shared.db import Database
+from tests.conftest import ApiClient, assert_error, read_logs
+from tests.test_chats_crud import add_messages
+
+# Tables holding a user's rows, directly or through a chat.
+USER_TABLES = (
+    "users WHERE id",
+    "chats WHERE user_id",
+    "uploads WHERE user_id",
+    "usage_daily WHERE user_id",
+    "rate_limit_windows WHERE user_id",
+)
+CHAT_TABLES = ("messages WHERE chat_id", "summaries WHERE chat_id", "chat_uploads WHERE chat_id")
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def new_user_id() -> str:
+    return "user_" + uuid.uuid4().hex[:27]
+
+
+def clerk_user(
+    user_id: str,
+    *,
+    updated_at: int,
+    email: str | None = "ada@example.com",
+    first_name: str | None = "Ada",
+    last_name: str | None = "Lovelace",
+    image_url: str = "https://img.clerk.com/ada.png",
+    other_emails: tuple[str, ...] = (),
+) -> dict[str, Any]:
+    """Clerk's User object as webhooks carry it; the primary email is listed last on purpose."""
+
+    def address(value: str) -> dict[str, Any]:
+        return {
+            "email_address": value,
+            "id": "idn_" + uuid.uuid4().hex[:27],
+            "linked_to": [],
+            "object": "email_address",
+            "reserved": False,
+            "verification": {
+                "attempts": None,
+                "expire_at": None,
+                "status": "verified",
+                "strategy": "email_code",
+            },
+        }
+
+    addresses = [address(value) for value in other_emails]
+    primary = address(email) if email else None
+    if primary:
+        addresses.append(primary)
+    return {
+        "backup_code_enabled": False,
+        "banned": False,
+        "birthday": "",
+        "created_at": updated_at - 1000,
+        "email_addresses": addresses,
+        "external_accounts": [],
+        "external_id": None,
+        "first_name": first_name,
+        "gender": "",
+        "has_image": True,
+        "id": user_id,
+        "image_url": image_url,
+        "last_name": last_name,
+        "last_sign_in_at": None,
+        "locked": False,
+        "object": "user",
+        "password_enabled": True,
+        "phone_numbers": [],
+        "primary_email_address_id": primary["id"] if primary else None,
+        "primary_phone_number_id": None,
+        "primary_web3_wallet_id": None,
+        "private_metadata": {},
+        "profile_image_url": image_url,
+        "public_metadata": {},
+        "two_factor_enabled": False,
+        "unsafe_metadata": {},
+        "updated_at": updated_at,
+        "username": None,
+        "web3_wallets": [],
+    }
+
+
+def clerk_event(event_type: str, data: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "data": data,
+        "event_attributes": {
+            "http_request": {"client_ip": "192.0.2.1", "user_agent": "Mozilla/5.0 (test)"}
+        },
+        "instance_id": "ins_2abcdefghijklmnopqrstuvwxyz",
+        "object": "event",
+        "timestamp": now_ms(),
+        "type": event_type,
+    }
+
+
+def deleted_event(user_id: str) -> dict[str, Any]:
+    return clerk_event("user.deleted", {"deleted": True, "id": user_id, "object": "user"})
+
+
+class Svix:
+    """Delivers events to /clerk-webhook the way Svix does: signed svix-* headers, raw body."""
+
+    def __init__(self, url: str, secret: str) -> None:
+        self.url = url
+        self.webhook = Webhook(secret)
+        self.session = requests.Session()
+
+    def headers(
+        self, body: str, msg_id: str, at: datetime | None = None, webhook: Webhook | None = None
+    ) -> dict[str, str]:
+        at = at or datetime.now(tz=UTC)
+        return {
+            "Content-Type": "application/json",
+            "svix-id": msg_id,
+            "svix-timestamp": str(int(at.timestamp())),
+            "svix-signature": (webhook or self.webhook).sign(msg_id, at, body),
+        }
+
+    def post(self, body: str | bytes, headers: dict[str, str]) -> requests.Response:
+        data = body.encode() if isinstance(body, str) else body
+        return self.session.post(self.url, data=data, headers=headers, timeout=30)
+
+    def deliver(self, event: dict[str, Any], msg_id: str | None = None) -> requests.Response:
+        body = json.dumps(event)
+        return self.post(body, self.headers(body, msg_id or new_msg_id()))
+
+
+def new_msg_id() -> str:
+    return "msg_" + uuid.uuid4().hex[:27]
+
+
+@pytest.fixture(scope="module")
+def svix(stack: LocalStack) -> Svix:
+    return Svix(f"{stack.base_url}/clerk-webhook", stack.env["CLERK_WEBHOOK_SECRET"])
+
+
+def user_row(db: Database, user_id: str) -> dict[str, Any] | None:
+    return db.fetch_one(
+        "SELECT email, first_name, last_name, image_url, clerk_updated_at FROM users "
+        "WHERE id = :id",
+        id=user_id,
+    )
+
+
+def recorded(db: Database, msg_id: str) -> dict[str, Any] | None:
+    return db.fetch_one("SELECT event_type FROM webhook_events WHERE svix_id = :id", id=msg_id)
+
+
+def assert_acknowledged(response: requests.Response, message: str) -> None:
+    assert response.status_code == 200, response.text
+    assert response.headers["Content-Type"].startswith("application/json")
+    assert response.json() == {"message": message}
+
+
+# --- user.created / user.updated ---------------------------------------------------------------
+
+
+def test_user_created_stores_the_profile_with_the_primary_email(svix: Svix, db: Database) -> None:
+    user_id, msg_id, version = new_user_id(), new_msg_id(), now_ms()
+    data = clerk_user(
+        user_id, updated_at=version, email="ada@example.com", other_emails=("old@example.com",)
+    )
+    assert_acknowledged(svix.deliver(clerk_event("user.created", data), msg_id), "user saved")
+    assert user_row(db, user_id) == {
+        "email": "ada@example.com",
+        "first_name": "Ada",
+        "last_name": "Lovelace",
+        "image_url": "https://img.clerk.com/ada.png",
+        "clerk_updated_at": version,
+    }
+    assert recorded(db, msg_id) == {"event_type": "user.created"}
+
+
+def test_user_without_email_or_names_is_stored_with_nulls(svix: Svix, db: Database) -> None:
+    user_id = new_user_id()
+    data = clerk_user(user_id, updated_at=now_ms(), email=None, first_name=None, last_name=None)
+    assert_acknowledged(svix.deliver(clerk_event("user.created", data)), "user saved")
+    row = user_row(db, user_id)
+    assert row is not None
+    assert (row["email"], row["first_name"], row["last_name"]) == (None, None, None)
+
+
+def test_user_updated_replaces_the_profile(svix: Svix, db: Database) -> None:
+    user_id, created = new_user_id(), now_ms()
+    svix.deliver(clerk_event("user.created", clerk_user(user_id, updated_at=created)))
+    changed = clerk_user(
+        user_id,
+        updated_at=created + 5000,
+        email="countess@example.com",
+        first_name="Augusta Ada",
+        last_name="King",
+        image_url="https://img.clerk.com/king.png",
+        other_emails=("ada@example.com",),
+    )
+    assert_acknowledged(svix.deliver(clerk_event("user.updated", changed)), "user saved")
+    assert user_row(db, user_id) == {
+        "email": "countess@example.com",
+        "first_name": "Augusta Ada",
+        "last_name": "King",
+        "image_url": "https://img.clerk.com/king.png",
+        "clerk_updated_at": created + 5000,
+    }
+
+
+def test_user_updated_first_creates_the_user(svix: Svix, db: Database) -> None:
+    user_id = new_user_id()
+    data = clerk_user(user_id, updated_at=now_ms(), first_name="Grace")
+    assert_acknowledged(svix.deliver(clerk_event("user.updated", data)), "user saved")
+    row = user_row(db, user_id)
+    assert row is not None and row["first_name"] == "Grace"
+
+
+def test_an_older_event_arriving_later_never_overwrites_newer_data(
+    svix: Svix, db: Database
+) -> None:
+    user_id, created = new_user_id(), now_ms()
+    older = clerk_user(user_id, updated_at=created + 1000, first_name="Older")
+    newer = clerk_user(user_id, updated_at=created + 2000, first_name="Newer")
+    # Delivered out of order: the newest update first, then the older one, then the creation.
+    assert_acknowledged(svix.deliver(clerk_event("user.updated", newer)), "user saved")
+    stale = "ignored: a newer profile is already stored"
+    assert_acknowledged(svix.deliver(clerk_event("user.updated", older)), stale)
+    creation = clerk_user(user_id, updated_at=created, first_name="Original")
+    assert_acknowledged(svix.deliver(clerk_event("user.created", creation)), stale)
+    row = user_row(db, user_id)
+    assert row is not None
+    assert (row["first_name"], row["clerk_updated_at"]) == ("Newer", created + 2000)
+
+
+def test_a_user_first_seen_by_token_merges_with_the_webhook(
+    make_user: Any, svix: Svix, db: Database
+) -> None:
+    client: ApiClient = make_user(email="token@example.com", first_name="Tok", last_name="En")
+    chat = client.create_chat("before the webhook")  # creates the bare row from the claims
+    assert client.user_id is not None
+    before = user_row(db, client.user_id)
+    assert before is not None and before["clerk_updated_at"] is None
+    version = now_ms()
+    data = clerk_user(
+        client.user_id,
+        updated_at=version,
+        email="real@example.com",
+        first_name="Real",
+        last_name="Name",
+    )
+    assert_acknowledged(svix.deliver(clerk_event("user.created", data)), "user saved")
+    assert user_row(db, client.user_id) == {
+        "email": "real@example.com",
+        "first_name": "Real",
+        "last_name": "Name",
+        "image_url": "https://img.clerk.com/ada.png",
+        "clerk_updated_at": version,
+    }
+    # The same user, nothing lost: the chat made before the webhook is still theirs.
+    assert [c["chatId"] for c in client.get("/api/chats").json()] == [chat["chatId"]]
+
+
+# --- user.deleted -------------------------------------------------------------------------------
+
+
+def give_user_everything(db: Database, client: ApiClient, bucket: str) -> list[uuid.UUID]:
+    """Chats with messages, a summary, uploads linked to chats, usage and rate-limit rows."""
+    assert client.user_id is not None
+    chat_ids = [uuid.UUID(client.create_chat(title)["chatId"]) for title in ("one", "two")]
+    for chat_id in chat_ids:
+        add_messages(db, str(chat_id), ["hello", "hi there"])
+    with db.transaction() as tx:
+        tx.execute(
+            "INSERT INTO summaries (id, chat_id, version, covers_through_position, content) "
+            "VALUES (:id, :chat_id, 1, 1, 'a summary')",
+            id=uuid.uuid4(),
+            chat_id=chat_ids[0],
+        )
+        for n, chat_id in enumerate(chat_ids):
+            upload_id = uuid.uuid4()
+            tx.execute(
+                "INSERT INTO uploads (id, user_id, bucket, object_name, content_type, state) "
+                "VALUES (:id, :user_id, :bucket, :name, 'image/png', 'uploaded')",
+                id=upload_id,
+                user_id=client.user_id,
+                bucket=bucket,
+                name=f"uploads/{client.user_id}/{upload_id}/photo{n}.png",
+            )
+            tx.execute(
+                "INSERT INTO chat_uploads (chat_id, upload_id) VALUES (:c, :u)",
+                c=chat_id,
+                u=upload_id,
+            )
+        tx.execute(
+            "INSERT INTO usage_daily (user_id, day, messages, input_tokens, output_tokens) "
+            "VALUES (:user_id, current_date, 2, 100, 200)",
+            user_id=client.user_id,
+        )
+        tx.execute(
+            "INSERT INTO rate_limit_windows (user_id, window_start, messages) "
+            "VALUES (:user_id, date_trunc('minute', now()), 2)",
+            user_id=client.user_id,
+        )
+    return chat_ids
+
+
+def count_rows_of(db: Database, user_id: str, chat_ids: list[uuid.UUID]) -> dict[str, int]:
+    counts = {}
+    for table in USER_TABLES:
+        row = db.fetch_one(f"SELECT count(*) AS n FROM {table} = :id", id=user_id)
+        counts[table] = row["n"] if row else -1
+    for table in CHAT_TABLES:
+        counts[table] = 0
+        for chat_id in chat_ids:
+            row = db.fetch_one(f"SELECT count(*) AS n FROM {table} = :id", id=chat_id)
+            counts[table] += row["n"] if row else 1
+    return counts
+
+
+def test_user_deleted_removes_every_row_of_the_user_and_queues_their_objects(
+    make_user: Any, stack: LocalStack, svix: Svix, db: Database
+) -> None:
+    bucket = stack.env["GCS_BUCKET_NAME"]
+    doomed: ApiClient = make_user(email="doomed@example.com")
+    kept: ApiClient = make_user(email="kept@example.com")
+    assert doomed.user_id is not None and kept.user_id is not None
+    chat_ids = give_user_everything(db, doomed, bucket)
+    kept_chats = give_user_everything(db, kept, bucket)
+    assert all(count_rows_of(db, doomed.user_id, chat_ids).values())
+
+    response = svix.deliver(deleted_event(doomed.user_id))
+
+    assert_acknowledged(response, "user deleted")
+    assert count_rows_of(db, doomed.user_id, chat_ids) == dict.fromkeys(
+        USER_TABLES + CHAT_TABLES, 0
+    )
+    assert all(count_rows_of(db, kept.user_id, kept_chats).values())
+    queued = db.fetch_all(
+        "SELECT bucket, object_name FROM storage_deletions WHERE prefix = :prefix",
+        prefix=f"uploads/{doomed.user_id}/",
+    )
+    assert queued == [{"bucket": bucket, "object_name": None}]
+    # Objects under the prefix are covered by it: none was queued one by one.
+    singles = db.fetch_one(
+        "SELECT count(*) AS n FROM storage_deletions WHERE starts_with(object_name, :prefix)",
+        prefix=f"uploads/{doomed.user_id}/",
+    )
+    assert singles == {"n": 0}
+
+
+def test_user_deleted_also_queues_uploads_outside_the_user_prefix(
+    make_user: Any, svix: Svix, db: Database
+) -> None:
+    client: ApiClient = make_user()
+    assert client.get("/api/chats").status_code == 200
+    stray = f"legacy/{uuid.uuid4()}.png"
+    with db.transaction() as tx:
+        tx.execute(
+            "INSERT INTO uploads (id, user_id, bucket, object_name, content_type, state) "
+            "VALUES (:id, :user_id, 'raven-old-bucket', :name, 'image/png', 'uploaded')",
+            id=uuid.uuid4(),
+            user_id=client.user_id,
+            name=stray,
+        )
+    assert client.user_id is not None
+    assert_acknowledged(svix.deliver(deleted_event(client.user_id)), "user deleted")
+    queued = db.fetch_all(
+        "SELECT bucket, prefix FROM storage_deletions WHERE object_name = :name", name=stray
+    )
+    assert queued in ([], [{"bucket": "raven-old-bucket", "prefix": None}])
+
+
+def test_deleting_an_unknown_user_is_a_noop(svix: Svix, db: Database) -> None:
+    user_id = new_user_id()
+    assert_acknowledged(svix.deliver(deleted_event(user_id)), "no such user")
+    assert db.fetch_one(
+        "SELECT count(*) AS n FROM storage_deletions WHERE prefix = :prefix",
+        prefix=f"uploads/{user_id}/",
+    ) == {"n": 0}
+
+
+# --- verification ---------------------------------------------------------------------------------
+
+
+def assert_nothing_written(db: Database, user_id: str, msg_id: str) -> None:
+    assert user_row(db, user_id) is None
+    assert recorded(db, msg_id) is None
+
+
+def test_a_wrong_signature_is_refused(svix: Svix, db: Database) -> None:
+    user_id, msg_id = new_user_id(), new_msg_id()
+    body = json.dumps(clerk_event("user.created", clerk_user(user_id, updated_at=now_ms())))
+    other_secret = Webhook("whsec_" + "QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVo=")
+    for headers in (
+        svix.headers(body, msg_id, webhook=other_secret),
+        # signed for another message id, or another body
+        {**svix.headers(body, msg_id), "svix-id": new_msg_id()},
+        {**svix.headers(body.replace("Ada", "Eve"), msg_id)},
+    ):
+        response = svix.post(body, headers)
+        assert_error(response, 400, "invalid_signature")
+    assert_nothing_written(db, user_id, msg_id)
+
+
+def test_each_missing_header_is_refused(svix: Svix, db: Database) -> None:
+    user_id, msg_id = new_user_id(), new_msg_id()
+    body = json.dumps(clerk_event("user.created", clerk_user(user_id, updated_at=now_ms())))
+    signed = svix.headers(body, msg_id)
+    for header in ("svix-id", "svix-timestamp", "svix-signature"):
+        headers = {name: value for name, value in signed.items() if name != header}
+        body_error = assert_error(svix.post(body, headers), 400, "missing_webhook_headers")
+        assert header in body_error["detail"]
+        assert_error(svix.post(body, {**headers, header: ""}), 400, "missing_webhook_headers")
+    assert_nothing_written(db, user_id, msg_id)
+
+
+def test_malformed_headers_are_refused_not_crashed_on(svix: Svix, db: Database) -> None:
+    user_id, msg_id = new_user_id(), new_msg_id()
+    body = json.dumps(clerk_event("user.created", clerk_user(user_id, updated_at=now_ms())))
+    signed = svix.headers(body, msg_id)
+    for header, value in (
+        ("svix-signature", "garbage"),
+        ("svix-signature", "v1,not base64!"),
+        ("svix-signature", "v1,a,b"),
+        ("svix-timestamp", "yesterday"),
+        ("svix-timestamp", "nan"),
+        ("svix-timestamp", "1e400"),
+    ):
+        assert_error(svix.post(body, {**signed, header: value}), 400, "invalid_signature")
+    non_utf8 = body.encode() + b"\xff"
+    assert_error(svix.post(non_utf8, signed), 400, "invalid_signature")
+    assert_nothing_written(db, user_id, msg_id)
+
+
+@pytest.mark.parametrize("skew", [timedelta(minutes=-6), timedelta(minutes=6)])
+def test_a_stale_or_future_timestamp_is_refused(svix: Svix, db: Database, skew: timedelta) -> None:
+    user_id, msg_id = new_user_id(), new_msg_id()
+    body = json.dumps(clerk_event("user.created", clerk_user(user_id, updated_at=now_ms())))
+    # Correctly signed, but outside svix's 5-minute tolerance: a replay, or a skewed clock.
+    headers = svix.headers(body, msg_id, at=datetime.now(tz=UTC) + skew)
+    detail = assert_error(svix.post(body, headers), 400, "invalid_signature")["detail"]
+    assert "timestamp" in detail
+    assert_nothing_written(db, user_id, msg_id)
+
+
+def test_a_timestamp_within_tolerance_is_accepted(svix: Svix, db: Database) -> None:
+    user_id = new_user_id()
+    body = json.dumps(clerk_event("user.created", clerk_user(user_id, updated_at=now_ms())))
+    at = datetime.now(tz=UTC) - timedelta(minutes=4)
+    assert_acknowledged(svix.post(body, svix.headers(body, new_msg_id(), at=at)), "user saved")
+
+
+def test_one_valid_signature_among_several_is_enough(svix: Svix, db: Database) -> None:
+    user_id, msg_id = new_user_id(), new_msg_id()
+    body = json.dumps(clerk_event("user.created", clerk_user(user_id, updated_at=now_ms())))
+    at = datetime.now(tz=UTC)
+    headers = svix.headers(body, msg_id, at=at)
+    rotated_out = Webhook("whsec_" + "b2xkIHNlY3JldCBvbGQgc2VjcmV0IG9sZCBz").sign(msg_id, at, body)
+    forged = "v1," + "A" * 43 + "="
+    # Svix sends one v1 item per active secret while a secret is rotated, space-separated.
+    headers["svix-signature"] = f"{rotated_out} {forged} {headers['svix-signature']}"
+    assert_acknowledged(svix.post(body, headers), "user saved")
+    assert user_row(db, user_id) is not None
+
+    other_id, other_msg = new_user_id(), new_msg_id()
+    body = json.dumps(clerk_event("user.created", clerk_user(other_id, updated_at=now_ms())))
+    headers = svix.headers(body, other_msg, at=at)
+    headers["svix-signature"] = f"{rotated_out} {forged}"  # several, none valid
+    assert_error(svix.post(body, headers), 400, "invalid_signature")
+    assert_nothing_written(db, other_id, other_msg)
+
+
+# --- verified but unusable bodies --------------------------------------------------------------
+
+
+def test_a_verified_body_that_is_not_an_event_is_refused(svix: Svix, db: Database) -> None:
+    user_id = new_user_id()
+    cases = [
+        ("{not json", "invalid_json"),
+        ("", "invalid_json"),
+        ('["a", "list"]', "invalid_event"),
+        (json.dumps({"data": {"id": user_id}}), "invalid_event"),
+        ('{"type": "user.created"}', "invalid_event"),
+        ('{"type": "user.created", "data": "text"}', "invalid_event"),
+        ('{"type": 5, "data": {}}', "invalid_event"),
+        # a handled type whose data is not a user: no id, or no updated_at
+        (json.dumps(clerk_event("user.created", {"object": "user"})), "invalid_event"),
+        (
+            json.dumps(clerk_event("user.updated", {"id": user_id, "first_name": "X"})),
+            "invalid_event",
+        ),
+        (json.dumps(clerk_event("user.deleted", {"deleted": True})), "invalid_event"),
+    ]
+    for body, code in cases:
+        msg_id = new_msg_id()
+        assert_error(svix.post(body, svix.headers(body, msg_id)), 400, code)
+        assert recorded(db, msg_id) is None, body
+    assert user_row(db, user_id) is None
+
+
+def test_an_unknown_event_type_is_acknowledged_and_changes_nothing(
+    make_user: Any, svix: Svix, db: Database
+) -> None:
+    client: ApiClient = make_user(email="still@example.com")
+    client.create_chat("stays")
+    assert client.user_id is not None
+    before = user_row(db, client.user_id)
+    for event_type, data in (
+        (
+            "session.created",
+            {"id": "sess_123", "object": "session", "user_id": client.user_id, "status": "active"},
+        ),
+        ("organization.deleted", {"id": "org_123", "deleted": True}),
+        ("email.created", {"id": "ema_1", "to_email_address": "still@example.com"}),
+    ):
+        msg_id = new_msg_id()
+        response = svix.deliver(clerk_event(event_type, data), msg_id)
+        assert_acknowledged(response, "ignored: event type not handled")
+        assert recorded(db, msg_id) is None
+    assert user_row(db, client.user_id) == before
+    assert [c["title"] for c in client.get("/api/chats").json()] == ["stays"]
+
+
+# --- exactly once ------------------------------------------------------------------------------
+
+
+def test_a_redelivered_id_is_not_applied_again(svix: Svix, db: Database) -> None:
+    user_id, msg_id, version = new_user_id(), new_msg_id(), now_ms()
+    event = clerk_event("user.created", clerk_user(user_id, updated_at=version))
+    assert_acknowledged(svix.deliver(event, msg_id), "user saved")
+    # Make a re-application visible: were it applied again, it would restore these fields.
+    with db.transaction() as tx:
+        tx.execute(
+            "UPDATE users SET first_name = 'Edited', clerk_updated_at = NULL WHERE id = :id",
+            id=user_id,
+        )
+    # Svix retries with the same id but a fresh timestamp and signature.
+    time.sleep(1.1)
+    assert_acknowledged(svix.deliver(event, msg_id), "already processed")
+    row = user_row(db, user_id)
+    assert row is not None and row["first_name"] == "Edited"
+
+
+@contextmanager
+def another_instance(stack: LocalStack) -> Iterator[str]:
+    """A further clerk_webhook instance on the same database, as Cloud Run scales out."""
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "functions_framework",
+            "--target",
+            "clerk_webhook",
+            "--source",
+            str(REPO_ROOT / "functions" / "clerk_webhook" / "main.py"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        cwd=REPO_ROOT,
+        env={**stack.env, "PORT": str(port)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while not http_answers(url + "/__healthz"):
+            assert process.poll() is None, "the instance exited during start"
+            assert time.monotonic() < deadline, "the instance did not start"
+            time.sleep(0.1)
+        yield url + "/clerk-webhook"
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def second_instance(stack: LocalStack) -> Iterator[str]:
+    with another_instance(stack) as url:
+        yield url
+
+
+def race(urls: list[str], body: str, headers: dict[str, str], senders: int = 8) -> list[str]:
+    """The same delivery from ``senders`` threads at once, spread over ``urls``."""
+    start = threading.Barrier(senders)
+    messages: list[str] = []
+
+    def send(url: str) -> None:
+        start.wait()
+        response = requests.post(url, data=body.encode(), headers=headers, timeout=30)
+        assert response.status_code == 200, response.text
+        messages.append(response.json()["message"])
+
+    threads = [threading.Thread(target=send, args=(urls[n % len(urls)],)) for n in range(senders)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(messages) == senders
+    return messages
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("event_type", ["user.created", "user.deleted"])
+def test_concurrent_duplicates_on_two_instances_apply_exactly_once(
+    make_user: Any, svix: Svix, second_instance: str, db: Database, event_type: str
+) -> None:
+    urls = [svix.url, second_instance]
+    for _ in range(3):  # a few rounds, each a fresh delivery racing itself
+        client: ApiClient = make_user()
+        assert client.get("/api/chats").status_code == 200
+        assert client.user_id is not None
+        if event_type == "user.deleted":
+            event = deleted_event(client.user_id)
+        else:
+            event = clerk_event(event_type, clerk_user(client.user_id, updated_at=now_ms()))
+        body, msg_id = json.dumps(event), new_msg_id()
+        messages = race(urls, body, svix.headers(body, msg_id))
+        applied = [message for message in messages if message != "already processed"]
+        assert applied == ["user deleted" if event_type == "user.deleted" else "user saved"]
+        assert recorded(db, msg_id) == {"event_type": event_type}
+        queued = db.fetch_one(
+            "SELECT count(*) AS n FROM storage_deletions WHERE prefix = :prefix",
+            prefix=f"uploads/{client.user_id}/",
+        )
+        assert queued is not None and queued["n"] <= 1
+
+
+# --- operations --------------------------------------------------------------------------------
+
+
+def test_logs_carry_no_personal_data(stack: LocalStack, svix: Svix) -> None:
+    user_id, msg_id = new_user_id(), new_msg_id()
+    email, first, last = "private.person@example.org", "Privatefirst", "Privatelast"
+    data = clerk_user(user_id, updated_at=now_ms(), email=email, first_name=first, last_name=last)
+    svix.deliver(clerk_event("user.created", data), msg_id)
+    svix.deliver(clerk_event("user.updated", {**data, "first_name": "Privatesecond"}), msg_id)
+    body = json.dumps(clerk_event("user.created", data))
+    svix.post(body, {**svix.headers(body, new_msg_id()), "svix-signature": "v1,AAAA"})
+    time.sleep(0.2)
+    lines = [json.dumps(entry) for entry in read_logs(stack, "clerk_webhook")]
+    assert any(msg_id in line and "user.created" in line for line in lines)
+    for secret in (email, first, last, "Privatesecond", stack.env["CLERK_WEBHOOK_SECRET"]):
+        assert not [line for line in lines if secret in line], secret
+
+
+@pytest.mark.slow
+def test_old_webhook_events_are_pruned(stack: LocalStack, svix: Svix, db: Database) -> None:
+    old_id, recent_id = new_msg_id(), new_msg_id()
+    with db.transaction() as tx:
+        for msg_id, age in ((old_id, "31 days"), (recent_id, "29 days")):
+            tx.execute(
+                "INSERT INTO webhook_events (svix_id, event_type, processed_at) "
+                "VALUES (:id, 'user.updated', now() - CAST(:age AS interval))",
+                id=msg_id,
+                age=age,
+            )
+    # A fresh instance prunes after its first delivery (then at most hourly).
+    with another_instance(stack) as url:
+        user_id = new_user_id()
+        body = json.dumps(clerk_event("user.created", clerk_user(user_id, updated_at=now_ms())))
+        response = requests.post(url, data=body, headers=svix.headers(body, new_msg_id()))
+        assert_acknowledged(response, "user saved")
+    assert recorded(db, old_id) is None
+    assert recorded(db, recent_id) == {"event_type": "user.updated"}
+
+
+def test_answers_well_inside_svix_timeout(svix: Svix) -> None:
+    user_id, started = new_user_id(), now_ms()
+    svix.deliver(clerk_event("user.created", clerk_user(user_id, updated_at=started)))
+    latencies = []
+    for n in range(100):
+        event = clerk_event("user.updated", clerk_user(user_id, updated_at=started + n + 1))
+        body = json.dumps(event)
+        headers = svix.headers(body, new_msg_id())
+        began = time.perf_counter()
+        response = svix.post(body, headers)
+        latencies.append(time.perf_counter() - began)
+        assert response.status_code == 200
+    p50 = statistics.median(latencies)
+    p99 = statistics.quantiles(latencies, n=100)[98]
+    print(
+        f"clerk_webhook latency over 100 user.updated: p50 {p50 * 1000:.1f} ms, "
+        f"p99 {p99 * 1000:.1f} ms, max {max(latencies) * 1000:.1f} ms"
+    )
+    assert p50 < 0.5
+    assert max(latencies) < 5
