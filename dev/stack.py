@@ -5,7 +5,8 @@ Starts, with no account or cloud needed:
 1. PostgreSQL 16 from the ``pgserver`` wheel, its data in ``.data/pg`` (kept across restarts),
    and applies the migrations (``alembic upgrade head``);
 2. local stand-ins for what the cloud provides: the metadata server (the functions' identity,
-   as on Cloud Run) and Gemini (unless GEMINI_API_KEY is set: then the real Gemini API);
+   as on Cloud Run), Gemini (unless GEMINI_API_KEY is set: then the real Gemini API) and the
+   Cloud Tasks emulator with the summaries queue (from its own virtualenv, .venv-tasks);
 3. each function as it runs in the cloud: ``functions-framework`` with its own entry point, in
    its own process, on its own port;
 4. the router (:mod:`dev.router`) on http://localhost:8000, which serves every path of the
@@ -42,6 +43,7 @@ from dev.tokens import LocalSigner
 logger = logging.getLogger("raven.stack")
 
 FUNCTION_THREADS = "16"  # like Cloud Run's concurrency: one open SSE stream holds one thread
+TASKS_MAX_RETRIES = 20  # the emulator retries at once, with no backoff: keep it bounded
 
 
 def free_port() -> int:
@@ -94,6 +96,15 @@ def http_answers(url: str) -> bool:
             return True
     except urllib.error.HTTPError:
         return True
+    except OSError:
+        return False
+
+
+def tcp_answers(host_port: str) -> bool:
+    host, _, port = host_port.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=2):
+            return True
     except OSError:
         return False
 
@@ -172,12 +183,13 @@ class LocalStack:
         self._postgres = start_postgres(self.data_dir / "pg")
         env = self.env = self.environment(postgres_url(self._postgres))
         migrate(env)
-        self._start_standins(env)
         if self.log_dir is not None:
             self.log_dir.mkdir(parents=True, exist_ok=True)
-        for name in function_names():
-            port = free_port()
-            self.function_urls[name] = f"http://127.0.0.1:{port}"
+        self.function_urls = {name: f"http://127.0.0.1:{free_port()}" for name in function_names()}
+        self._start_standins(env)
+        self._start_tasks_emulator(env)
+        for name, url in self.function_urls.items():
+            port = int(url.rsplit(":", 1)[1])
             log = None if self.log_dir is None else (self.log_dir / f"{name}.log").open("ab")
             self.processes[name] = subprocess.Popen(
                 [
@@ -199,7 +211,8 @@ class LocalStack:
                 stderr=log,
             )
         health_checks: dict[str, Callable[[], bool]] = {
-            "postgres": postgres_answers(env["DATABASE_URL"])
+            "postgres": postgres_answers(env["DATABASE_URL"]),
+            "tasks_emulator": functools.partial(tcp_answers, env["TASKS_EMULATOR_HOST"]),
         }
         for name, url in self.function_urls.items():
             health_checks[name] = functools.partial(http_answers, url + "/__healthz")
@@ -230,6 +243,41 @@ class LocalStack:
         self.gemini_description = (
             f"the local Gemini stand-in at {url} (set GEMINI_API_KEY in .env for real Gemini)"
         )
+
+    def _start_tasks_emulator(self, env: dict[str, str]) -> None:
+        """Cloud Tasks emulator with the summaries queue; tasks reach summarize over HTTP.
+
+        It runs from its own virtualenv (it pins protobuf<5, which google-cloud-* cannot use).
+        Like Cloud Tasks it POSTs each task to its URL with the X-CloudTasks-* headers, and
+        redelivers a task whose handler answered an error.
+        """
+        executable = REPO_ROOT / ".venv-tasks" / "bin" / "gcloud-tasks-emulator"
+        if not executable.exists():
+            raise RuntimeError(f"{executable} is missing: run `make dev`, which installs it")
+        port = free_port()
+        queue = (
+            f"projects/{env.get('PROJECT_ID') or 'raven-local'}/locations/"
+            f"{env.get('LOCATION') or 'us-central1'}/queues/summaries"
+        )
+        log = None if self.log_dir is None else (self.log_dir / "tasks-emulator.log").open("ab")
+        self.processes["tasks_emulator"] = subprocess.Popen(
+            [
+                str(executable),
+                "start",
+                "--port",
+                str(port),
+                "--default-queue",
+                queue,
+                "--max-retries",
+                str(TASKS_MAX_RETRIES),
+            ],
+            cwd=self.data_dir,
+            stdout=log,
+            stderr=log,
+        )
+        env["TASKS_EMULATOR_HOST"] = f"127.0.0.1:{port}"
+        env["TASKS_QUEUE"] = queue
+        env["SUMMARIZE_URL"] = self.function_urls["summarize"] + "/"
 
     def wait_healthy(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout

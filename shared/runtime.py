@@ -7,14 +7,17 @@ live here rather than in a request (https://cloud.google.com/run/docs/tips/gener
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 from flask import Request
 
-from shared.auth import AuthenticatedUser, KnownUsers, TokenVerifier, bearer_token
 from shared.db import Database
 from shared.log import configure_logging
 from shared.settings import Settings, get_settings
 from shared.web import Api, Route
+
+if TYPE_CHECKING:  # pyjwt is imported only by functions that verify tokens
+    from shared.auth import AuthenticatedUser, KnownUsers, TokenVerifier
 
 
 def start_function(*required: str) -> Settings:
@@ -40,16 +43,22 @@ def database() -> Database:
 
 @lru_cache(maxsize=1)
 def token_verifier() -> TokenVerifier:
+    from shared.auth import TokenVerifier
+
     return TokenVerifier.from_settings(get_settings())
 
 
 @lru_cache(maxsize=1)
 def known_users() -> KnownUsers:
+    from shared.auth import KnownUsers
+
     return KnownUsers(database())
 
 
 def authenticate(request: Request) -> AuthenticatedUser:
     """The caller named by the request's bearer token; their user row exists afterwards."""
+    from shared.auth import bearer_token
+
     user = token_verifier().verify(bearer_token(request.headers.get("Authorization")))
     known_users().ensure(user)
     return user
