@@ -1,0 +1,415 @@
+"""Uploaded media: object names, references to uploads, and the checks before a model sees one.
+
+The flow, for the functions involved:
+
+1. upload_url records an upload (table ``uploads``: owner, object, declared type and size,
+   state ``pending``) and signs a PUT URL for ``uploads/<user>/<upload id>/<file name>``
+   (:func:`object_name`); the browser PUTs the file straight to the bucket.
+2. chat_stream calls :func:`resolve_media` for each media part of a new message. Whatever form
+   the reference takes (``gcs_url`` as returned, ``gs://bucket/object``, any storage URL of the
+   uploads bucket, signed or not), it resolves to one of the caller's own upload records or
+   is refused with a 4xx. On first use the object is checked in the bucket (exists, declared
+   type, size limit), marked referenced, and the record set to ``uploaded``, so later turns
+   need no bucket call. chat_stream then stores :meth:`MediaRecord.part` in
+   ``messages.parts`` and calls :func:`link_media_to_chat` in the turn's transaction.
+3. chats_crud signs short-lived GET URLs for stored parts (:func:`media_url_signer`), and
+   deleting a chat queues the objects only that chat used (``shared.chats.delete_chat``).
+
+Errors (all ``{"detail", "code"}``): 422 ``invalid_media_reference`` (not a reference to
+the uploads bucket at all), 422 ``media_bucket_not_allowed`` (another bucket), 404
+``media_not_found`` (no such upload *of the caller's*: someone else's object is answered
+exactly like a made-up one), 422 ``media_not_uploaded``, 422 ``media_type_mismatch``,
+422 ``media_too_large``, 503 ``storage_unavailable``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import unicodedata
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import pg8000.exceptions
+
+from shared.chats import MediaUrlSigner
+from shared.db import Database, Row, Transaction, sqlstate
+from shared.errors import NotFound, UnprocessableEntity
+from shared.storage import MediaStorage
+
+FOREIGN_KEY_VIOLATION = "23503"
+
+UPLOADS_ROOT = "uploads/"
+# A Clerk user id (``user_2abc...``) is used as it is; anything else becomes a hash, so that
+# one user's folder can never be a prefix of another's (a "/" in a sub would allow that).
+PLAIN_USER_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
+# File names are cut to this many UTF-8 bytes: well under GCS's 1024-byte object names with
+# the folder in front, and under the 255 bytes a file system allows a name (the emulator, and
+# anyone who copies the bucket to disk, store objects as files).
+MAX_FILE_NAME_BYTES = 200
+MAX_EXTENSION_BYTES = 16
+FALLBACK_FILE_NAME = "file"
+# Punctuation that means something to shells, URLs or gsutil wildcards: replaced, not kept.
+UNSAFE_NAME_CHARACTERS = set('/\\#?[]*"<>|:')
+MAX_REFERENCE_CHARS = 4096
+
+GOOGLE_STORAGE_HOSTS = {"storage.googleapis.com", "storage.cloud.google.com", "www.googleapis.com"}
+VIRTUAL_HOST_SUFFIX = ".storage.googleapis.com"
+JSON_API_PATH = re.compile(r"/(?:download/)?storage/v1/b/(?P<bucket>[^/]+)/o/(?P<object>.+)")
+
+MEDIA_KINDS = {"image": "image", "video": "video", "audio": "audio"}
+
+
+# --- object names --------------------------------------------------------------------------
+
+
+def user_prefix(user_id: str) -> str:
+    """The folder of a user's uploads, ``uploads/<user>/``; deleting a user deletes it."""
+    if PLAIN_USER_ID.fullmatch(user_id):
+        return f"{UPLOADS_ROOT}{user_id}/"
+    digest = hashlib.sha256(user_id.encode()).hexdigest()
+    return f"{UPLOADS_ROOT}~{digest}/"  # "~" never occurs in a plain id: no collisions
+
+
+def _truncate_utf8(text: str, max_bytes: int) -> str:
+    encoded = text.encode()
+    if len(encoded) <= max_bytes:
+        return text
+    return encoded[:max_bytes].decode(errors="ignore")  # drops a character cut in half
+
+
+def safe_file_name(filename: str) -> str:
+    """A file name that is safe as the last segment of an object name, and still readable.
+
+    Only the last path segment is kept (``../../etc/passwd`` is ``passwd``,
+    ``C:\\fakepath\\a.png`` is ``a.png``); the text is NFC-normalised so one name has one
+    spelling; control, format (bidi overrides, zero-width) and unassigned characters go;
+    shell and URL punctuation becomes ``_``; letters of every script, marks, digits and
+    symbols stay. Leading and trailing dots and spaces are stripped (no ``.`` or ``..``),
+    and the result is at most :data:`MAX_FILE_NAME_BYTES` UTF-8 bytes, keeping a short
+    extension. A name with nothing left becomes ``file``.
+    """
+    name = unicodedata.normalize("NFC", filename)
+    name = re.split(r"[/\\]", name)[-1]
+    kept = []
+    for character in name:
+        category = unicodedata.category(character)
+        if category in {"Zl", "Zp"} or (category.startswith("Z") and character != " "):
+            kept.append(" ")  # every other kind of space or line break is a plain space
+        elif category in {"Cc", "Cf", "Cs", "Co", "Cn"}:
+            continue
+        elif character in UNSAFE_NAME_CHARACTERS:
+            kept.append("_")
+        else:
+            kept.append(character)
+    # Dropping a character may bring a base letter and a mark together: normalise again.
+    name = unicodedata.normalize("NFC", re.sub(r" {2,}", " ", "".join(kept))).strip(" .")
+    if len(name.encode()) > MAX_FILE_NAME_BYTES:
+        stem, dot, extension = name.rpartition(".")
+        if stem and 0 < len(extension.encode()) <= MAX_EXTENSION_BYTES:
+            budget = MAX_FILE_NAME_BYTES - len(extension.encode()) - 1
+            name = _truncate_utf8(stem, budget).rstrip(" .") + dot + extension
+        else:
+            name = _truncate_utf8(name, MAX_FILE_NAME_BYTES).rstrip(" .")
+    return name or FALLBACK_FILE_NAME
+
+
+def object_name(user_id: str, upload_id: uuid.UUID | str, filename: str) -> str:
+    """``uploads/<user>/<upload id>/<safe file name>``: one object per upload, owner-foldered."""
+    return f"{user_prefix(user_id)}{upload_id}/{safe_file_name(filename)}"
+
+
+def content_type_essence(content_type: str) -> str:
+    """``Image/PNG; charset=x`` as ``image/png``: the part allowlists and comparisons use."""
+    return content_type.split(";", 1)[0].strip().lower()
+
+
+def media_kind(content_type: str) -> str:
+    """The part type a content type is stored as: image, video, audio or document."""
+    return MEDIA_KINDS.get(content_type.split("/", 1)[0], "document")
+
+
+# --- records -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MediaRecord:
+    """One of the caller's uploads, confirmed to be in the bucket."""
+
+    upload_id: str
+    type: str  # image | video | audio | document, from the upload's content type
+    mime_type: str
+    gcs_uri: str  # gs://bucket/object: what Gemini reads
+    bucket: str
+    object_name: str
+    size: int | None
+
+    def part(self) -> dict[str, Any]:
+        """The part as ``messages.parts`` stores it."""
+        return {
+            "type": self.type,
+            "upload_id": self.upload_id,
+            "mime_type": self.mime_type,
+            "gcs_uri": self.gcs_uri,
+        }
+
+
+def record_upload(
+    tx: Transaction,
+    *,
+    upload_id: uuid.UUID,
+    user_id: str,
+    bucket: str,
+    object_name: str,
+    content_type: str,
+    declared_size: int | None,
+) -> None:
+    """Record a new upload as ``pending``: it ties the object to its owner before it exists."""
+    tx.execute(
+        "INSERT INTO uploads (id, user_id, bucket, object_name, content_type, declared_size) "
+        "VALUES (:id, :user_id, :bucket, :object_name, :content_type, :declared_size)",
+        id=upload_id,
+        user_id=user_id,
+        bucket=bucket,
+        object_name=object_name,
+        content_type=content_type,
+        declared_size=declared_size,
+    )
+
+
+def _record(row: Row, storage_bucket: str, size: int | None) -> MediaRecord:
+    return MediaRecord(
+        upload_id=row["id"],
+        type=media_kind(row["content_type"]),
+        mime_type=row["content_type"],
+        gcs_uri=f"gs://{storage_bucket}/{row['object_name']}",
+        bucket=storage_bucket,
+        object_name=row["object_name"],
+        size=size,
+    )
+
+
+# --- references ----------------------------------------------------------------------------
+
+
+def invalid_reference(detail: str) -> UnprocessableEntity:
+    return UnprocessableEntity(
+        f"{detail}. A media part's text must be the gcs_url /api/upload-url returned "
+        "(or the object's gs:// URI or storage URL)",
+        code="invalid_media_reference",
+    )
+
+
+def media_not_found() -> NotFound:
+    return NotFound(
+        "No such upload: upload the file with /api/upload-url first", code="media_not_found"
+    )
+
+
+def _origin(url: str) -> tuple[str, str]:
+    """(``host[:port]``, path prefix) of a configured base URL."""
+    parts = urlsplit(url)
+    return parts.netloc.lower(), parts.path.rstrip("/")
+
+
+def parse_reference(storage: MediaStorage, reference: str) -> tuple[str, str]:
+    """The (bucket, object name) a media reference names.
+
+    Accepted: ``gs://bucket/object`` (the object name as is), and http(s) URLs of Cloud
+    Storage (path style ``storage.googleapis.com/bucket/object``, virtual-hosted
+    ``bucket.storage.googleapis.com/object``, the JSON API's object and download paths) or
+    of the configured public URL or emulator (the local stack), percent-decoded, with any
+    query (a signature) or fragment ignored.
+
+    Raises:
+        UnprocessableEntity: ``invalid_media_reference``, for anything else.
+    """
+    text = reference.strip()
+    if not text:
+        raise invalid_reference("The media reference is empty")
+    if len(text) > MAX_REFERENCE_CHARS:
+        raise invalid_reference("The media reference is too long")
+    if any(unicodedata.category(character) == "Cc" for character in text):
+        raise invalid_reference("The media reference contains control characters")
+    if text.startswith("gs://"):
+        bucket, _, name = text[len("gs://") :].partition("/")
+        if not bucket or not name:
+            raise invalid_reference("The gs:// URI names no object")
+        return bucket, name
+
+    parts = urlsplit(text)
+    if parts.scheme not in {"http", "https"} or not parts.netloc:
+        raise invalid_reference("The media reference is neither a gs:// URI nor a storage URL")
+    host, path = parts.netloc.lower(), parts.path
+    known_bases = [_origin(storage.public_url)]
+    if storage.emulator_url:
+        known_bases.append(_origin(storage.emulator_url))
+    try:
+        if host.endswith(VIRTUAL_HOST_SUFFIX):
+            bucket, name = host[: -len(VIRTUAL_HOST_SUFFIX)], unquote(path[1:], errors="strict")
+        else:
+            prefixes = [prefix for base, prefix in known_bases if base == host]
+            if host in GOOGLE_STORAGE_HOSTS:
+                prefixes.append("")
+            prefix = next((p for p in prefixes if path.startswith(p + "/")), None)
+            if prefix is None:
+                raise invalid_reference("The media URL is not a Cloud Storage URL")
+            path = path[len(prefix) :]
+            match = JSON_API_PATH.fullmatch(path)
+            if match:
+                bucket, name = match["bucket"], unquote(match["object"], errors="strict")
+            else:
+                bucket, _, quoted = path[1:].partition("/")
+                name = unquote(quoted, errors="strict")
+    except UnicodeDecodeError:
+        raise invalid_reference("The media URL's path is not UTF-8") from None
+    if not bucket or not name:
+        raise invalid_reference("The media URL names no object")
+    return bucket, name
+
+
+def resolve_media(
+    db: Database, storage: MediaStorage, user_id: str, reference: str, mime_type: str | None
+) -> MediaRecord:
+    """The caller's upload a media part refers to, checked and ready to send to the model.
+
+    Call it before the turn's transaction (it may call the bucket, once per upload): the
+    first time an upload is referenced, the object must exist with the recorded content
+    type and within the size limit; it is then marked referenced (custom time, which spares
+    it from the bucket's unreferenced-upload rule) and its record set to ``uploaded`` with
+    the size found, so later turns are one indexed database read.
+
+    Args:
+        db: the database.
+        storage: the uploads bucket (:func:`shared.storage.media_storage`).
+        user_id: the caller; only their own uploads resolve.
+        reference: the part's ``text``.
+        mime_type: the part's ``mimeType``, if the client sent one: it must match the upload.
+
+    Raises:
+        UnprocessableEntity: ``invalid_media_reference``, ``media_bucket_not_allowed``,
+            ``media_not_uploaded``, ``media_type_mismatch`` or ``media_too_large``.
+        NotFound: ``media_not_found``, when it is not one of the caller's uploads (whether
+            it is another user's or does not exist at all is not revealed).
+        StorageUnavailable: the bucket cannot be reached (503).
+    """
+    bucket, name = parse_reference(storage, reference)
+    if bucket != storage.bucket_name:
+        raise UnprocessableEntity(
+            f"Media must be uploaded with /api/upload-url; {bucket!r} is not the uploads bucket",
+            code="media_bucket_not_allowed",
+        )
+    if not name.startswith(user_prefix(user_id)):
+        raise media_not_found()
+    row = db.fetch_one(
+        "SELECT id::text AS id, object_name, content_type, size, state FROM uploads "
+        "WHERE bucket = :bucket AND object_name = :object_name AND user_id = :user_id",
+        bucket=bucket,
+        object_name=name,
+        user_id=user_id,
+    )
+    if row is None:
+        raise media_not_found()
+    expected = row["content_type"]
+    if mime_type and content_type_essence(mime_type) != expected:
+        raise UnprocessableEntity(
+            f"The part's mimeType {mime_type!r} does not match the upload's type {expected!r}",
+            code="media_type_mismatch",
+        )
+    if row["state"] == "uploaded":
+        return _record(row, bucket, row["size"])
+
+    stored = storage.stat(name)
+    if stored is None:
+        raise UnprocessableEntity(
+            "The file has not been uploaded yet: PUT it to the signed URL first",
+            code="media_not_uploaded",
+        )
+    if content_type_essence(stored.content_type or "") != expected:
+        raise UnprocessableEntity(
+            f"The uploaded file's type {stored.content_type!r} is not the declared {expected!r}",
+            code="media_type_mismatch",
+        )
+    if stored.size > storage.max_bytes:
+        raise UnprocessableEntity(
+            f"The uploaded file is {stored.size} bytes; the limit is {storage.max_bytes}",
+            code="media_too_large",
+        )
+    storage.mark_referenced(name)
+    with db.transaction() as tx:
+        tx.execute(
+            "UPDATE uploads SET state = 'uploaded', size = :size, uploaded_at = now() "
+            "WHERE id = CAST(:id AS uuid) AND state = 'pending'",
+            size=stored.size,
+            id=row["id"],
+        )
+    return _record(row, bucket, stored.size)
+
+
+def link_media_to_chat(
+    tx: Transaction, chat_id: uuid.UUID, upload_ids: Iterable[uuid.UUID | str]
+) -> None:
+    """Record that a chat uses these uploads (in the transaction storing the message).
+
+    The links decide what deleting a chat deletes: an object is removed with the last chat
+    that links it. The ids must come from :func:`resolve_media` for the chat's owner.
+
+    Raises:
+        NotFound: ``media_not_found``, when an upload was deleted since it was resolved
+            (its only other chat was deleted meanwhile); the transaction must roll back.
+    """
+    ids = sorted({str(upload_id) for upload_id in upload_ids})
+    if not ids:
+        return
+    try:
+        tx.execute(
+            "INSERT INTO chat_uploads (chat_id, upload_id) "
+            "SELECT :chat_id, CAST(value AS uuid) "
+            "FROM jsonb_array_elements_text(CAST(:ids AS jsonb)) "
+            "ON CONFLICT DO NOTHING",
+            chat_id=chat_id,
+            ids=ids,
+        )
+    except pg8000.exceptions.DatabaseError as error:
+        if sqlstate(error) == FOREIGN_KEY_VIOLATION:
+            raise media_not_found() from None
+        raise
+
+
+# --- history -------------------------------------------------------------------------------
+
+
+def _object_in_bucket(part: dict[str, Any], bucket: str) -> str | None:
+    uri = part.get("gcs_uri")
+    prefix = f"gs://{bucket}/"
+    if isinstance(uri, str) and uri.startswith(prefix) and len(uri) > len(prefix):
+        return uri[len(prefix) :]
+    return None
+
+
+def media_url_signer(storage: MediaStorage, rows: Iterable[Row]) -> MediaUrlSigner | None:
+    """A signer for the media parts of a page of messages; None when the page has none.
+
+    Every URL the page needs is signed up front (concurrently when each signature is an IAM
+    call, reusing recent ones), so rendering the page makes no further network calls. Only
+    objects of the uploads bucket are signed: a part naming anything else gets no URL.
+    """
+    names = [
+        name
+        for row in rows
+        for part in row["parts"]
+        if part.get("type") != "text"
+        and (name := _object_in_bucket(part, storage.bucket_name)) is not None
+    ]
+    if not names:
+        return None
+    urls = storage.download_urls(names)
+
+    def sign(part: dict[str, Any]) -> str | None:
+        name = _object_in_bucket(part, storage.bucket_name)
+        return urls.get(name) if name is not None else None
+
+    return sign
