@@ -362,17 +362,59 @@ def test_user_deleted_removes_every_row_of_the_user_and_queues_their_objects(
         USER_TABLES + CHAT_TABLES, 0
     )
     assert all(count_rows_of(db, kept.user_id, kept_chats).values())
-    queued = db.fetch_all(
-        "SELECT bucket, object_name FROM storage_deletions WHERE prefix = :prefix",
-        prefix=f"uploads/{doomed.user_id}/",
-    )
-    assert queued == [{"bucket": bucket, "object_name": None}]
+    sweeps = queued_sweeps(db, doomed.user_id)
+    # The folder is queued for a sweep now (or already swept, which removes the row) and for
+    # a late sweep once upload URLs signed before the deletion have expired.
+    assert [sweep["when"] for sweep in sweeps] in (["now", "late"], ["late"])
+    assert {sweep["bucket"] for sweep in sweeps} == {bucket}
     # Objects under the prefix are covered by it: none was queued one by one.
     singles = db.fetch_one(
         "SELECT count(*) AS n FROM storage_deletions WHERE starts_with(object_name, :prefix)",
         prefix=f"uploads/{doomed.user_id}/",
     )
     assert singles == {"n": 0}
+
+
+def queued_sweeps(db: Database, user_id: str) -> list[dict[str, Any]]:
+    """The storage_deletions rows for the user's folder: ``when`` is "now" or "late"."""
+    return db.fetch_all(
+        """
+        SELECT bucket, CASE WHEN not_before > now() + INTERVAL '15 minutes'
+                            THEN 'late' ELSE 'now' END AS when
+        FROM storage_deletions WHERE prefix = :prefix AND object_name IS NULL
+        ORDER BY not_before
+        """,
+        prefix=f"uploads/{user_id}/",
+    )
+
+
+def test_late_sweep_comes_after_every_upload_url_signed_before_the_deletion(
+    make_user: Any, stack: LocalStack, svix: Svix, db: Database
+) -> None:
+    client: ApiClient = make_user()
+    assert client.get("/api/chats").status_code == 200
+    assert client.user_id is not None
+    assert_acknowledged(svix.deliver(deleted_event(client.user_id)), "user deleted")
+    late = db.fetch_one(
+        "SELECT EXTRACT(EPOCH FROM max(not_before) - now()) AS seconds FROM storage_deletions "
+        "WHERE prefix = :prefix",
+        prefix=f"uploads/{client.user_id}/",
+    )
+    assert late is not None
+    upload_url_ttl = int(stack.env.get("UPLOAD_URL_TTL_SECONDS", "900"))
+    assert upload_url_ttl < float(late["seconds"]) <= upload_url_ttl + 120
+
+
+def test_an_event_retried_after_the_deletion_does_not_bring_the_user_back(
+    svix: Svix, db: Database
+) -> None:
+    user_id, created = new_user_id(), now_ms()
+    svix.deliver(clerk_event("user.created", clerk_user(user_id, updated_at=created)))
+    assert_acknowledged(svix.deliver(deleted_event(user_id)), "user deleted")
+    # An update Clerk sent before the deletion, retried by Svix after it.
+    update = clerk_event("user.updated", clerk_user(user_id, updated_at=created + 1000))
+    assert_acknowledged(svix.deliver(update), "ignored: the user was deleted")
+    assert user_row(db, user_id) is None
 
 
 def test_user_deleted_also_queues_uploads_outside_the_user_prefix(
@@ -395,6 +437,52 @@ def test_user_deleted_also_queues_uploads_outside_the_user_prefix(
         "SELECT bucket, prefix FROM storage_deletions WHERE object_name = :name", name=stray
     )
     assert queued in ([], [{"bucket": "raven-old-bucket", "prefix": None}])
+
+
+def test_user_deleted_removes_the_users_objects_from_the_bucket(
+    make_user: Any, stack: LocalStack, svix: Svix, db: Database
+) -> None:
+    if not stack.env.get("STORAGE_EMULATOR_HOST"):
+        pytest.skip("the local stack has no storage emulator")
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import storage
+
+    client = storage.Client(
+        project=stack.env.get("PROJECT_ID") or "raven-local",
+        credentials=AnonymousCredentials(),
+        client_options={"api_endpoint": stack.env["STORAGE_EMULATOR_HOST"]},
+    )
+    bucket = client.bucket(stack.env["GCS_BUCKET_NAME"])
+    doomed: ApiClient = make_user()
+    kept: ApiClient = make_user()
+    assert doomed.user_id is not None and kept.user_id is not None
+    give_user_everything(db, doomed, bucket.name)  # recorded uploads (rows only)
+    names = [
+        row["object_name"]
+        for row in db.fetch_all(
+            "SELECT object_name FROM uploads WHERE user_id = :id", id=doomed.user_id
+        )
+    ]
+    # ...their objects, and one the database never knew (a PUT it did not see complete)
+    names.append(f"uploads/{doomed.user_id}/{uuid.uuid4()}/unrecorded.txt")
+    kept_name = f"uploads/{kept.user_id}/{uuid.uuid4()}/mine.txt"
+    for name in [*names, kept_name]:
+        bucket.blob(name).upload_from_string(b"content", content_type="text/plain")
+
+    assert_acknowledged(svix.deliver(deleted_event(doomed.user_id)), "user deleted")
+
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        left = [
+            blob.name for blob in client.list_blobs(bucket, prefix=f"uploads/{doomed.user_id}/")
+        ]
+        if not left:
+            break
+        time.sleep(0.2)
+    assert left == []
+    assert bucket.get_blob(kept_name) is not None
+    # The sweep due now is done and its row gone; the late sweep stays queued until it runs.
+    assert [sweep["when"] for sweep in queued_sweeps(db, doomed.user_id)] == ["late"]
 
 
 def test_deleting_an_unknown_user_is_a_noop(svix: Svix, db: Database) -> None:
@@ -649,11 +737,9 @@ def test_concurrent_duplicates_on_two_instances_apply_exactly_once(
         applied = [message for message in messages if message != "already processed"]
         assert applied == ["user deleted" if event_type == "user.deleted" else "user saved"]
         assert recorded(db, msg_id) == {"event_type": event_type}
-        queued = db.fetch_one(
-            "SELECT count(*) AS n FROM storage_deletions WHERE prefix = :prefix",
-            prefix=f"uploads/{client.user_id}/",
-        )
-        assert queued is not None and queued["n"] <= 1
+        if event_type == "user.deleted":
+            late_sweeps = [s for s in queued_sweeps(db, client.user_id) if s["when"] == "late"]
+            assert len(late_sweeps) == 1
 
 
 # --- operations --------------------------------------------------------------------------------

@@ -46,11 +46,12 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 # function, whose every request needs it, should pay.
 from svix.webhooks import Webhook, WebhookVerificationError
 
-from shared.auth import MAX_SUB_LENGTH
 from shared.db import Database, Transaction
 from shared.errors import BadRequest
+from shared.media import user_prefix
 from shared.runtime import database, make_api, start_function
 from shared.settings import get_settings
+from shared.storage import schedule_storage_cleanup
 from shared.web import Route, describe_validation_error, json_response
 
 start_function("CLERK_WEBHOOK_SECRET", "GCS_BUCKET_NAME")
@@ -59,6 +60,12 @@ logger = logging.getLogger("raven.clerk_webhook")
 
 SVIX_HEADERS = ("svix-id", "svix-timestamp", "svix-signature")
 MAX_EVENT_TYPE_CHARS = 100
+MAX_USER_ID_CHARS = 255  # as shared.auth.MAX_SUB_LENGTH (not imported: it would load pyjwt)
+
+# A user's folder is swept twice: at once, and again once every signed upload URL issued
+# before the deletion has expired (UPLOAD_URL_TTL_SECONDS), plus this margin for clock skew
+# and a PUT still in flight, so a file uploaded after the first sweep is deleted too.
+LATE_SWEEP_MARGIN_SECONDS = 120
 
 # Svix retries a failed delivery for about 3 days; a month of ids covers that and manual
 # replays from Clerk's dashboard with a wide margin, and keeps the table small.
@@ -70,7 +77,7 @@ PRUNE_BATCH = 5000
 # --- Clerk's payloads --------------------------------------------------------------------
 # Only the fields used are declared; Clerk's user object has many more (ignored).
 
-ClerkUserId = Annotated[str, StringConstraints(min_length=1, max_length=MAX_SUB_LENGTH)]
+ClerkUserId = Annotated[str, StringConstraints(min_length=1, max_length=MAX_USER_ID_CHARS)]
 
 
 class ClerkPayload(BaseModel):
@@ -204,29 +211,41 @@ def record_delivery(tx: Transaction, delivery: Delivery) -> bool:
     return row is not None
 
 
-def upsert_user(tx: Transaction, user: ClerkUser) -> bool:
-    """Create or update the user from Clerk's data; False when the stored profile is newer.
+def upsert_user(tx: Transaction, user: ClerkUser) -> str:
+    """Create or update the user from Clerk's data.
 
     The comparison is in the statement: ``ON CONFLICT DO UPDATE`` locks the row and checks
     the ``WHERE`` against its latest committed version, so two events for one user racing
     on two instances still end with the newer one's data. A row first created from a token
     (``KnownUsers.ensure``) has no Clerk version yet and takes Clerk's data whole.
+
+    Returns:
+        ``"saved"``; ``"stale"`` when the stored profile is newer; ``"deleted"`` while the
+        user's deletion is pending in ``storage_deletions``: a Svix retry of an event sent
+        before ``user.deleted`` must not bring the profile back (Clerk never reuses ids).
     """
     row = tx.fetch_one(
         """
-        INSERT INTO users (id, email, first_name, last_name, image_url, clerk_updated_at)
-        VALUES (:id, :email, :first_name, :last_name, :image_url, :clerk_updated_at)
-        ON CONFLICT (id) DO UPDATE SET
-            email = EXCLUDED.email,
-            first_name = EXCLUDED.first_name,
-            last_name = EXCLUDED.last_name,
-            image_url = EXCLUDED.image_url,
-            clerk_updated_at = EXCLUDED.clerk_updated_at,
-            updated_at = now()
-        WHERE users.clerk_updated_at IS NULL
-           OR users.clerk_updated_at < EXCLUDED.clerk_updated_at
-        RETURNING id
+        WITH deletion AS (
+            SELECT EXISTS (SELECT 1 FROM storage_deletions WHERE prefix = :prefix) AS pending
+        ), saved AS (
+            INSERT INTO users (id, email, first_name, last_name, image_url, clerk_updated_at)
+            SELECT :id, :email, :first_name, :last_name, :image_url, :clerk_updated_at
+            FROM deletion WHERE NOT deletion.pending
+            ON CONFLICT (id) DO UPDATE SET
+                email = EXCLUDED.email,
+                first_name = EXCLUDED.first_name,
+                last_name = EXCLUDED.last_name,
+                image_url = EXCLUDED.image_url,
+                clerk_updated_at = EXCLUDED.clerk_updated_at,
+                updated_at = now()
+            WHERE users.clerk_updated_at IS NULL
+               OR users.clerk_updated_at < EXCLUDED.clerk_updated_at
+            RETURNING id
+        )
+        SELECT (SELECT pending FROM deletion) AS deleted, EXISTS (SELECT 1 FROM saved) AS saved
         """,
+        prefix=user_prefix(user.id),
         id=user.id,
         email=user.primary_email,
         first_name=user.first_name,
@@ -234,22 +253,22 @@ def upsert_user(tx: Transaction, user: ClerkUser) -> bool:
         image_url=user.image_url,
         clerk_updated_at=user.updated_at,
     )
-    return row is not None
+    assert row is not None
+    if row["deleted"]:
+        return "deleted"
+    return "saved" if row["saved"] else "stale"
 
 
-def user_prefix(user_id: str) -> str:
-    """Where the user's uploads live in the bucket (every object name starts with it)."""
-    return f"uploads/{user_id}/"
-
-
-def delete_user(tx: Transaction, user_id: str, bucket: str) -> bool:
+def delete_user(tx: Transaction, user_id: str, bucket: str, late_sweep_seconds: int) -> bool:
     """Delete the user and everything the user owns; False when there was no such user.
 
     The row's ``ON DELETE CASCADE`` foreign keys remove the chats (and with them messages,
     summaries and media links), uploads, usage and rate-limit rows. The bucket objects are
     queued for the storage worker in this same transaction, so a crash cannot lose them:
-    the user's whole prefix, plus any upload recorded outside it (another bucket or naming),
-    which the prefix would miss.
+    the user's folder, due at once and again after ``late_sweep_seconds`` (files PUT through
+    URLs signed before the deletion), plus any upload recorded outside the folder (another
+    bucket or naming), which the folder would miss. The queued folder is the only trace of
+    the user id left, and only until the late sweep has run.
     """
     prefix = user_prefix(user_id)
     tx.execute(
@@ -262,18 +281,21 @@ def delete_user(tx: Transaction, user_id: str, bucket: str) -> bool:
         bucket=bucket,
         prefix=prefix,
     )
-    deleted = tx.fetch_one(
+    queued = tx.fetch_all(
         """
         WITH gone AS (DELETE FROM users WHERE id = :user_id RETURNING id)
-        INSERT INTO storage_deletions (bucket, prefix)
-        SELECT :bucket, :prefix FROM gone
+        INSERT INTO storage_deletions (bucket, prefix, not_before)
+        SELECT :bucket, :prefix, sweeps.due FROM gone, (VALUES
+            (now()),
+            (now() + CAST(:late_sweep_seconds AS integer) * INTERVAL '1 second')) AS sweeps (due)
         RETURNING id
         """,
         user_id=user_id,
         bucket=bucket,
         prefix=prefix,
+        late_sweep_seconds=late_sweep_seconds,
     )
-    return deleted is not None
+    return bool(queued)
 
 
 # --- housekeeping ------------------------------------------------------------------------------
@@ -338,14 +360,20 @@ HANDLED_EVENTS: dict[str, type[ClerkPayload]] = {
 }
 
 
-def apply_event(tx: Transaction, data: ClerkPayload, bucket: str) -> Outcome:
+def apply_event(tx: Transaction, data: ClerkPayload) -> Outcome:
     """Apply an event whose svix id this transaction has just recorded."""
     if isinstance(data, ClerkUser):
-        if upsert_user(tx, data):
+        result = upsert_user(tx, data)
+        if result == "saved":
             return Outcome("user saved")
-        return Outcome("ignored: a newer profile is already stored")
+        if result == "stale":
+            return Outcome("ignored: a newer profile is already stored")
+        return Outcome("ignored: the user was deleted")
     assert isinstance(data, ClerkDeletedUser)
-    if delete_user(tx, data.id, bucket):
+    settings = get_settings()
+    assert settings.gcs_bucket_name is not None  # start_function required it
+    late_sweep = settings.upload_url_ttl_seconds + LATE_SWEEP_MARGIN_SECONDS
+    if delete_user(tx, data.id, settings.gcs_bucket_name, late_sweep):
         return Outcome("user deleted", queued_storage_deletion=True)
     return Outcome("no such user")
 
@@ -360,16 +388,14 @@ def receive(request: Request) -> Response:
         logger.info(f"webhook {delivery.event_type}: ignored", extra=log_fields)
         return json_response({"message": "ignored: event type not handled"})
     data = payload(model, delivery)
-    settings = get_settings()
-    assert settings.gcs_bucket_name is not None  # start_function required it
     db = database()
     with db.transaction() as tx:
         if record_delivery(tx, delivery):
-            outcome = apply_event(tx, data, settings.gcs_bucket_name)
+            outcome = apply_event(tx, data)
         else:
             outcome = Outcome("already processed")
     if outcome.queued_storage_deletion:
-        pass  # storage cleanup: scheduled here once shared/storage.py lands
+        schedule_storage_cleanup()  # a background thread: the bucket is never awaited here
     logger.info(f"webhook {delivery.event_type}: {outcome.message}", extra=log_fields)
     event_log_pruner().maybe_prune(db)
     return json_response({"message": outcome.message})
