@@ -20,14 +20,18 @@ import logging
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, Protocol
 
 import jwt
+from flask import Request
 
 from shared.db import Database
 from shared.errors import ServiceUnavailable, Unauthorized
-from shared.settings import Settings, SettingsError
+from shared.runtime import database
+from shared.settings import Settings, SettingsError, get_settings
 
 logger = logging.getLogger(__name__)
 
@@ -298,3 +302,29 @@ class KnownUsers:
         """Drop a user from the cache, e.g. after their row turned out to be gone."""
         with self._lock:
             self._seen.pop(user_id, None)
+
+
+# --- per-instance wiring -----------------------------------------------------------------------
+
+
+@lru_cache(maxsize=1)
+def token_verifier() -> TokenVerifier:
+    return TokenVerifier.from_settings(get_settings())
+
+
+@lru_cache(maxsize=1)
+def known_users() -> KnownUsers:
+    return KnownUsers(database())
+
+
+def authenticate(request: Request) -> AuthenticatedUser:
+    """The caller named by the request's bearer token; their user row exists afterwards."""
+    user = token_verifier().verify(bearer_token(request.headers.get("Authorization")))
+    known_users().ensure(user)
+    return user
+
+
+def request_authenticator() -> Callable[[Request], AuthenticatedUser]:
+    """:func:`authenticate`, with the verifier built now: a bad Clerk key fails at start."""
+    token_verifier()
+    return authenticate

@@ -6,6 +6,7 @@ live here rather than in a request (https://cloud.google.com/run/docs/tips/gener
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
@@ -16,8 +17,8 @@ from shared.log import configure_logging
 from shared.settings import Settings, get_settings
 from shared.web import Api, Route
 
-if TYPE_CHECKING:  # pyjwt is imported only by functions that verify tokens
-    from shared.auth import AuthenticatedUser, KnownUsers, TokenVerifier
+if TYPE_CHECKING:
+    from shared.auth import AuthenticatedUser
 
 
 def start_function(*required: str) -> Settings:
@@ -41,34 +42,24 @@ def database() -> Database:
     return Database.from_settings(get_settings())
 
 
-@lru_cache(maxsize=1)
-def token_verifier() -> TokenVerifier:
-    from shared.auth import TokenVerifier
+def make_api(
+    routes: list[Route],
+    *,
+    authenticate: Callable[[Request], AuthenticatedUser] | None = None,
+    max_body_bytes: int | None = None,
+) -> Api:
+    """The function's HTTP pipeline.
 
-    return TokenVerifier.from_settings(get_settings())
-
-
-@lru_cache(maxsize=1)
-def known_users() -> KnownUsers:
-    from shared.auth import KnownUsers
-
-    return KnownUsers(database())
-
-
-def authenticate(request: Request) -> AuthenticatedUser:
-    """The caller named by the request's bearer token; their user row exists afterwards."""
-    from shared.auth import bearer_token
-
-    user = token_verifier().verify(bearer_token(request.headers.get("Authorization")))
-    known_users().ensure(user)
-    return user
-
-
-def make_api(routes: list[Route], max_body_bytes: int | None = None) -> Api:
-    """The function's HTTP pipeline; authenticated routes verify tokens as settings say."""
+    Args:
+        routes: the function's endpoints.
+        authenticate: how routes with ``auth=True`` learn the caller, normally
+            :func:`shared.auth.request_authenticator` (passed in, so functions without
+            authenticated routes never import pyjwt).
+        max_body_bytes: the request body limit, if not ``MAX_REQUEST_BYTES``.
+    """
+    if authenticate is None and any(route.auth for route in routes):
+        raise ValueError("routes with auth=True need an authenticate function")
     settings = get_settings()
-    if any(route.auth for route in routes):
-        token_verifier()  # a missing or malformed Clerk key fails the instance at start
     return Api(
         routes,
         allowed_origins=settings.allowed_origins,

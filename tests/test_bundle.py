@@ -29,7 +29,14 @@ STDLIB = set(sys.stdlib_module_names)
 
 
 def test_every_function_folder_is_deployable() -> None:
-    assert FUNCTIONS == ["chat_stream", "chats_crud", "clerk_webhook", "summarize", "upload_url"]
+    assert FUNCTIONS == [
+        "chat_stream",
+        "chats_crud",
+        "clerk_webhook",
+        "storage_sweep",
+        "summarize",
+        "upload_url",
+    ]
     for name in FUNCTIONS:
         source = (REPO_ROOT / "functions" / name / "main.py").read_text()
         tree = ast.parse(source)
@@ -93,6 +100,23 @@ def test_bundle_starts_and_answers_alone(function: str, stack: LocalStack, tmp_p
     assert os.path.exists(bundle / "shared" / "web.py")
 
 
+def runtime_nodes(tree: ast.AST) -> list[ast.AST]:
+    """Every node that can run: ``if TYPE_CHECKING:`` blocks are for type checkers only."""
+    nodes: list[ast.AST] = []
+    pending = [tree]
+    while pending:
+        node = pending.pop()
+        nodes.append(node)
+        if isinstance(node, ast.If) and ast.unparse(node.test) in {
+            "TYPE_CHECKING",
+            "typing.TYPE_CHECKING",
+        }:
+            pending.extend(node.orelse)
+            continue
+        pending.extend(ast.iter_child_nodes(node))
+    return nodes
+
+
 def reachable_imports(function: str) -> set[str]:
     """Top-level third-party modules imported by main.py and the shared modules it reaches."""
     manifest = bundle_manifest(function)
@@ -102,17 +126,24 @@ def reachable_imports(function: str) -> set[str]:
         if path in seen:
             continue
         seen.add(path)
-        for node in ast.walk(ast.parse(manifest[path].read_text())):
+        for node in runtime_nodes(ast.parse(manifest[path].read_text())):
             names: list[str] = []
             if isinstance(node, ast.Import):
                 names = [alias.name for alias in node.names]
             elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                names = [node.module]
+                # `from google.cloud import storage` imports the module google.cloud.storage;
+                # `from flask import Request` a name of flask: distribution_of tries both.
+                names = [f"{node.module}.{alias.name}" for alias in node.names]
             for name in names:
                 top = name.split(".")[0]
                 if top == "shared":
-                    candidate = name.replace(".", "/") + ".py"
-                    pending.append(candidate if candidate in manifest else "shared/__init__.py")
+                    parts = name.split(".")
+                    candidates = [
+                        "/".join(parts[:length]) + suffix
+                        for length in range(len(parts), 0, -1)
+                        for suffix in (".py", "/__init__.py")
+                    ]
+                    pending.append(next(c for c in candidates if c in manifest))
                 elif top not in STDLIB and top != "__future__":
                     third_party.add(name)
     return third_party
@@ -127,11 +158,16 @@ def _installed_files() -> list[tuple[str, set[str]]]:
 
 
 def distribution_of(module: str) -> str:
-    """The installed distribution whose files hold ``module`` (namespace packages included)."""
-    path = module.replace(".", "/")
-    for name, files in _installed_files():
-        if f"{path}/__init__.py" in files or f"{path}.py" in files:
-            return name
+    """The installed distribution whose files hold ``module`` (namespace packages included).
+
+    The longest importable prefix wins: ``google.cloud.storage.Blob`` is google-cloud-storage.
+    """
+    parts = module.split(".")
+    for length in range(len(parts), 0, -1):
+        path = "/".join(parts[:length])
+        for name, files in _installed_files():
+            if f"{path}/__init__.py" in files or f"{path}.py" in files:
+                return name
     raise AssertionError(f"no installed distribution provides {module}")
 
 

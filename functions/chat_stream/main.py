@@ -30,7 +30,7 @@ import functions_framework
 from flask import Request, Response, stream_with_context
 
 from shared import chats, context, usage
-from shared.auth import AuthenticatedUser
+from shared.auth import AuthenticatedUser, request_authenticator
 from shared.errors import UnprocessableEntity
 from shared.gemini import Finished, GeminiStreamer, Heartbeat, ModelError, TextChunk
 from shared.runtime import database, make_api, start_function
@@ -89,9 +89,12 @@ def resolve_attachments(
     """Each reference as a stored media part, or a 4xx before anything is stored or sent."""
     if not refs:
         return []
-    from shared import media  # storage work only for messages that carry media
+    # Storage work (and google-cloud-storage's import) only for messages that carry media.
+    from shared import media
+    from shared.storage import media_storage
 
-    records = [media.resolve_media(database(), user.id, ref, mime) for ref, mime in refs]
+    storage = media_storage()
+    records = [media.resolve_media(database(), storage, user.id, ref, mime) for ref, mime in refs]
     images = sum(1 for r in records if r.mime_type.startswith("image/"))
     videos = sum(1 for r in records if r.mime_type.startswith("video/"))
     if images > settings.media_max_images or videos > settings.media_max_videos:
@@ -100,7 +103,7 @@ def resolve_attachments(
             f"{settings.media_max_videos} videos per message",
             code="too_many_media",
         )
-    return [record.as_part() for record in records]
+    return [{**record.part(), "size": record.size} for record in records]
 
 
 def send_message(request: Request, user: AuthenticatedUser) -> Response:
@@ -262,7 +265,9 @@ def request_summary_if_due(
 
 
 API = make_api(
-    [Route("POST", "/chat", send_message)], max_body_bytes=settings.chat_max_request_bytes
+    [Route("POST", "/chat", send_message)],
+    authenticate=request_authenticator(),
+    max_body_bytes=settings.chat_max_request_bytes,
 )
 
 

@@ -21,7 +21,7 @@ import functions_framework
 from flask import Request, Response
 
 from shared import chats
-from shared.auth import AuthenticatedUser
+from shared.auth import AuthenticatedUser, request_authenticator
 from shared.runtime import database, make_api, start_function
 from shared.schemas import (
     ChatListQuery,
@@ -81,7 +81,8 @@ def delete_chat(request: Request, user: AuthenticatedUser, chat_id: str) -> Resp
 
 
 API = make_api(
-    [
+    authenticate=request_authenticator(),
+    routes=[
         Route("GET", "/api/chats", list_chats),
         Route("POST", "/api/chats/create", create_chat),
         Route("GET", "/api/chats/<chat_id>", read_chat),

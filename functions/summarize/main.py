@@ -1,25 +1,224 @@
-"""summarize: not built yet; answers 501 until its own issue lands."""
+"""summarize: builds a chat's next rolling summary; invoked by Cloud Tasks only.
+
+chat_stream asks for a summary (through :mod:`shared.tasks`) when a chat's tokens not yet
+covered by a summary pass ``SUMMARY_TRIGGER_TOKENS``. The task carries ids only:
+``{"chat_id": ..., "cut": <position>}``. This function folds the previous summary and the
+messages after it, through the cut, into a new summary of about ``SUMMARY_TARGET_TOKENS``,
+and stores it as the next version. A chat still titled "New Chat" also gets a short
+generated title (a title the user set always wins, also one set while this runs).
+
+Delivery is at least once, so every outcome is idempotent and the status code tells Cloud
+Tasks what to do (https://cloud.google.com/tasks/docs/creating-http-target-tasks#handler):
+
+* 200: done, or nothing to do (already summarised through the cut, chat deleted), or a
+  permanent failure (malformed task, the model refusing the input): logged, never retried;
+* 429 / 503 with ``Retry-After``: a passing failure (model busy or down, database down):
+  Cloud Tasks retries with the queue's backoff.
+
+Deployed, the function is private: only the tasks invoker service account may call it.
+"""
 
 from __future__ import annotations
 
+import logging
+import uuid
+from typing import Any
+
 import functions_framework
 from flask import Request, Response
+from pydantic import BaseModel, Field, ValidationError
 
-from shared.errors import NotImplementedYet
-from shared.runtime import make_api, start_function
-from shared.web import Route
+from shared.errors import RateLimited, ServiceUnavailable
+from shared.gemini import GeminiStreamer, ModelError
+from shared.runtime import database, make_api, start_function
+from shared.schemas import DEFAULT_TITLE
+from shared.web import Route, json_response
 
-start_function()
+logger = logging.getLogger("raven.summarize")
+
+settings = start_function()
+MODEL = GeminiStreamer(settings)
+
+# Read at most this many messages between two summaries (a backlog beyond it is skipped:
+# the summary still covers through the cut and the newest messages stay verbatim).
+MAX_MESSAGES_PER_SUMMARY = 400
+TITLE_MAX_CHARS = 60
+
+SUMMARIZER_INSTRUCTION = """\
+You maintain the running summary of a conversation between a user and Raven, an AI \
+assistant. The summary replaces the older part of the conversation in Raven's memory, so it \
+must keep what Raven needs to continue naturally: the user's goals, facts and preferences \
+they stated, decisions made, open questions, and any names, numbers or code that matter. \
+Write plain prose or terse bullet points in the conversation's language, in about \
+{target} tokens and never more than {maximum}. No preamble."""
+
+TITLE_INSTRUCTION = """\
+Write a title of at most six words for this conversation, in its language. Answer with the \
+title only: no quotes, no trailing punctuation."""
 
 
-def not_built(request: Request) -> Response:
-    raise NotImplementedYet("/ is not available yet", code="not_implemented")
+class SummaryTask(BaseModel):
+    chat_id: uuid.UUID
+    cut: int = Field(ge=0)
 
 
-API = make_api([Route("POST", "/", not_built, auth=False)])
+def done(message: str, **fields: Any) -> Response:
+    return json_response({"message": message, **fields})
+
+
+def transcript(messages: list[dict[str, Any]]) -> str:
+    lines = []
+    for message in messages:
+        speaker = "User" if message["role"] == "user" else "Raven"
+        media = [p for p in message["parts"] if p.get("type") != "text"]
+        notes = "".join(f" [{p.get('type')} attachment: {p.get('mime_type')}]" for p in media)
+        lines.append(f"{speaker}: {message['content']}{notes}")
+    return "\n\n".join(lines)
+
+
+def summarize_chat(request: Request) -> Response:
+    """Handle one summary task (see the module docstring for the status codes)."""
+    raw = request.get_json(silent=True)
+    try:
+        task = SummaryTask.model_validate(raw)
+    except ValidationError:
+        # Retrying cannot fix a malformed task: drop it, loudly.
+        logger.error(
+            "malformed summary task dropped",
+            extra={"task": request.headers.get("X-CloudTasks-TaskName")},
+        )
+        return done("dropped: malformed task")
+
+    db = database()
+    state = db.fetch_one(
+        """
+        SELECT c.title_source,
+               (SELECT covers_through_position FROM summaries
+                WHERE chat_id = c.id ORDER BY version DESC LIMIT 1) AS covered,
+               (SELECT content FROM summaries
+                WHERE chat_id = c.id ORDER BY version DESC LIMIT 1) AS previous
+        FROM chats c WHERE c.id = :chat_id
+        """,
+        chat_id=task.chat_id,
+    )
+    if state is None:
+        return done("nothing to do: the chat was deleted")
+    covered = state["covered"] if state["covered"] is not None else -1
+    if task.cut <= covered:
+        return done("nothing to do: already summarised through this point")
+    messages = list(
+        reversed(
+            db.fetch_all(
+                """
+                SELECT role, content, parts FROM messages
+                WHERE chat_id = :chat_id AND position > :covered AND position <= :cut
+                  AND NOT (role = 'assistant' AND content = '')
+                ORDER BY position DESC LIMIT :limit
+                """,
+                chat_id=task.chat_id,
+                covered=covered,
+                cut=task.cut,
+                limit=MAX_MESSAGES_PER_SUMMARY,
+            )
+        )
+    )
+    if not messages:
+        return done("nothing to do: no messages through this point")
+
+    prompt = transcript(messages)
+    if state["previous"]:
+        prompt = f"Current summary:\n{state['previous']}\n\nConversation since then:\n{prompt}"
+    try:
+        summary, usage = MODEL.generate(
+            model=settings.summary_model,
+            system_instruction=SUMMARIZER_INSTRUCTION.format(
+                target=settings.summary_target_tokens, maximum=settings.summary_max_tokens
+            ),
+            contents=[{"role": "user", "parts": [{"text": prompt}]}],
+            max_output_tokens=settings.summary_max_tokens,
+            temperature=0.2,
+        )
+        title = None
+        if state["title_source"] == "default":
+            title, _ = MODEL.generate(
+                model=settings.summary_model,
+                system_instruction=TITLE_INSTRUCTION,
+                contents=[{"role": "user", "parts": [{"text": transcript(messages[:6])}]}],
+                max_output_tokens=32,
+                temperature=0.2,
+            )
+    except ModelError as error:
+        return model_failure(task, error)
+    summary = summary.strip()
+    if not summary:
+        logger.error("empty summary dropped", extra={"chat": str(task.chat_id)})
+        return done("dropped: the model returned an empty summary")
+
+    with db.transaction() as tx:
+        # The chat's row lock serialises summary writers: at most one summary per cut, and
+        # an older cut delivered late never becomes the newest version.
+        chat = tx.fetch_one(
+            "SELECT id FROM chats WHERE id = :chat_id FOR UPDATE", chat_id=task.chat_id
+        )
+        if chat is None:
+            return done("nothing to do: the chat was deleted")
+        stored = tx.fetch_one(
+            """
+            INSERT INTO summaries (id, chat_id, version, covers_through_position, content,
+                                   token_count, model)
+            SELECT :id, :chat_id, COALESCE(MAX(version), 0) + 1, :cut, :content, :tokens, :model
+            FROM summaries WHERE chat_id = :chat_id
+            HAVING COALESCE(MAX(covers_through_position), -1) < :cut
+            RETURNING version
+            """,
+            id=uuid.uuid4(),
+            chat_id=task.chat_id,
+            cut=task.cut,
+            content=summary,
+            tokens=usage.output_tokens,
+            model=settings.summary_model,
+        )
+        if title:
+            # A rename by the user (title_source 'user') wins, even one made while we ran.
+            tx.execute(
+                "UPDATE chats SET title = :title, title_source = 'generated' "
+                "WHERE id = :chat_id AND title_source = 'default'",
+                title=clean_title(title),
+                chat_id=task.chat_id,
+            )
+    if stored is None:
+        return done("nothing to do: summarised concurrently")
+    logger.info(
+        "summary stored",
+        extra={"chat": str(task.chat_id), "version": stored["version"], "cut": task.cut},
+    )
+    return done("summary stored", version=stored["version"])
+
+
+def clean_title(text: str) -> str:
+    title = " ".join(text.strip().strip("\"'“”").split())
+    if len(title) > TITLE_MAX_CHARS:
+        title = title[: TITLE_MAX_CHARS - 1].rstrip() + "…"
+    return title or DEFAULT_TITLE
+
+
+def model_failure(task: SummaryTask, error: ModelError) -> Response:
+    """Passing failures are retried by Cloud Tasks (429/503); permanent ones are dropped."""
+    logger.warning(
+        "summary model call failed", extra={"chat": str(task.chat_id), "cause": error.cause}
+    )
+    if error.cause == "429":
+        raise RateLimited("The model is busy", retry_after=30, code="model_busy")
+    if error.cause.isdigit() and 400 <= int(error.cause) < 500:
+        return done("dropped: the model refused this input")
+    raise ServiceUnavailable("The model is unavailable", retry_after=30, code="model_unavailable")
+
+
+# No bearer token: deployed, Cloud Run's IAM admits only the tasks invoker's OIDC token.
+API = make_api([Route("POST", "/", summarize_chat, auth=False)])
 
 
 @functions_framework.http
 def summarize(request: Request) -> Response:
-    """Entry point."""
+    """Entry point: every request goes through the shared HTTP pipeline to summarize_chat."""
     return API.handle(request)
