@@ -332,15 +332,16 @@ def give_user_everything(db: Database, client: ApiClient, bucket: str) -> list[u
 
 
 def count_rows_of(db: Database, user_id: str, chat_ids: list[uuid.UUID]) -> dict[str, int]:
-    counts = {}
-    for table in USER_TABLES:
-        row = db.fetch_one(f"SELECT count(*) AS n FROM {table} = :id", id=user_id)
-        counts[table] = row["n"] if row else -1
+    """Rows per table that belong to the user, directly or through one of their chats."""
+
+    def count(table: str, key: object) -> int:
+        row = db.fetch_one(f"SELECT count(*) AS n FROM {table} = :key", key=key)
+        assert row is not None
+        return int(row["n"])
+
+    counts = {table: count(table, user_id) for table in USER_TABLES}
     for table in CHAT_TABLES:
-        counts[table] = 0
-        for chat_id in chat_ids:
-            row = db.fetch_one(f"SELECT count(*) AS n FROM {table} = :id", id=chat_id)
-            counts[table] += row["n"] if row else 1
+        counts[table] = sum(count(table, chat_id) for chat_id in chat_ids)
     return counts
 
 

@@ -19,10 +19,15 @@ Every delivery goes through four steps:
 3. **Apply**: ``user.created`` and ``user.updated`` upsert the profile unless the stored one
    is newer (Clerk's ``updated_at``, compared in SQL under the row lock); ``user.deleted``
    deletes the user row, which cascades to everything the user owns, and queues the user's
-   bucket prefix in ``storage_deletions``. Other event types are acknowledged with a 200,
-   neither applied nor recorded.
-4. After the commit: the bucket cleanup starts off the request path, and now and then
-   ``webhook_events`` older than Svix could still redeliver are pruned.
+   bucket folder in ``storage_deletions`` twice: swept at once, and again once every upload
+   URL signed before the deletion has expired. Other event types are acknowledged with a
+   200, neither applied nor recorded.
+4. After the commit: the bucket cleanup starts off the request path (``shared.storage``), and
+   now and then ``webhook_events`` older than Svix could still redeliver are pruned.
+
+After a deletion nothing keeps the user id except the queued folder rows, until the late
+sweep has run. While they are queued, a profile event for the user (a Svix retry of one
+sent before ``user.deleted``) is ignored rather than bringing the profile back.
 
 Only Postgres is called while a request waits, so Svix gets its answer well inside its 15 s.
 Logs name the event type and svix id only: never the payload, whose emails and names are
@@ -42,7 +47,7 @@ import functions_framework
 from flask import Request, Response
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
-# svix is imported here and nowhere in shared/: it costs ~0.6 s of import, which only this
+# svix is imported here and nowhere in shared/: it costs ~0.8 s of import, which only this
 # function, whose every request needs it, should pay.
 from svix.webhooks import Webhook, WebhookVerificationError
 
