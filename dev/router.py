@@ -11,6 +11,11 @@ It also serves, for local use only, what no deployed function ever serves:
   they fetch Clerk's;
 * ``GET /dev/healthz``: 200 once every part of the stack answers;
 * ``GET /dev/openapi.json``: the OpenAPI description of the contract.
+
+And it is the browser's way to the storage emulator: ``/<uploads bucket>/<object>`` is
+proxied to it, with CORS answered for the allowed origins as the bucket's CORS policy answers
+deployed (the emulator answers no preflight). Signed URLs name this host, exactly as deployed
+ones name ``storage.googleapis.com`` with the same ``/<bucket>/<object>`` path.
 """
 
 from __future__ import annotations
@@ -19,8 +24,9 @@ import http.client
 import json
 import logging
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 from werkzeug.routing import Map, Rule
 from werkzeug.wrappers import Request, Response
@@ -51,6 +57,25 @@ HOP_BY_HOP = {
 }
 
 
+# What the uploads bucket's CORS policy allows (terraform/storage.tf): the signed PUT's
+# headers, and Range for media players.
+STORAGE_CORS_METHODS = "GET, HEAD, PUT"
+STORAGE_CORS_HEADERS = "Content-Type, x-goog-content-length-range, x-goog-custom-time, Range"
+STORAGE_CORS_MAX_AGE = "3600"
+
+
+@dataclass(frozen=True)
+class StorageUpstream:
+    """The storage emulator behind ``/<bucket>/...``, and who may call it from a browser."""
+
+    bucket: str
+    url: str
+    allowed_origins: list[str]
+
+    def allows(self, origin: str | None) -> bool:
+        return bool(origin) and ("*" in self.allowed_origins or origin in self.allowed_origins)
+
+
 def _json(body: Any, status: int = 200) -> Response:
     return Response(json.dumps(body), status=status, mimetype="application/json")
 
@@ -64,12 +89,17 @@ class Router:
         signer: LocalSigner,
         health_checks: dict[str, Callable[[], bool]],
         openapi: Callable[[], dict[str, Any]],
+        *,
+        storage: StorageUpstream | None = None,
     ) -> None:
         self._upstreams = upstreams
         self._signer = signer
         self._health_checks = health_checks
         self._openapi = openapi
+        self._storage = storage
         rules = [Rule(path, endpoint=function) for path, function in CONTRACT_ROUTES.items()]
+        if storage is not None:
+            rules.append(Rule(f"/{storage.bucket}/<path:object_name>", endpoint="storage"))
         rules += [
             Rule("/dev/token", endpoint="dev_token", methods=["POST"]),
             Rule("/dev/healthz", endpoint="dev_healthz", methods=["GET"]),
@@ -97,6 +127,8 @@ class Router:
             return _json(self._signer.jwks())
         if endpoint == "dev_openapi":
             return _json(self._openapi())
+        if endpoint == "storage":
+            return self._storage_request(request)
         return self._proxy(request, self._upstreams[endpoint])
 
     def _token(self, request: Request) -> Response:
@@ -121,13 +153,52 @@ class Router:
             {"ok": all(status.values()), "parts": status}, 200 if all(status.values()) else 503
         )
 
-    def _proxy(self, request: Request, base_url: str) -> Response:
+    def _storage_request(self, request: Request) -> Response:
+        assert self._storage is not None
+        origin = request.headers.get("Origin")
+        allowed = self._storage.allows(origin)
+        if request.method == "OPTIONS":
+            if not allowed:
+                return _json({"detail": "Origin not allowed", "code": "origin_not_allowed"}, 403)
+            response = Response(
+                status=200,
+                headers={
+                    "Access-Control-Allow-Methods": STORAGE_CORS_METHODS,
+                    "Access-Control-Allow-Headers": STORAGE_CORS_HEADERS,
+                    "Access-Control-Max-Age": STORAGE_CORS_MAX_AGE,
+                },
+            )
+        else:
+            # The object name as the browser encoded it: the decoded path may hold spaces and
+            # any script, which an HTTP request line cannot carry.
+            raw_path = request.environ.get("RAW_URI") or quote(request.path) + (
+                "?" + request.query_string.decode() if request.query_string else ""
+            )
+            response = self._proxy(request, self._storage.url, raw_path, upstream_host=True)
+        if allowed and origin:
+            response.headers["Access-Control-Allow-Origin"] = origin
+            response.headers["Access-Control-Expose-Headers"] = "Content-Length, Content-Range"
+        response.vary.add("Origin")
+        return response
+
+    def _proxy(
+        self,
+        request: Request,
+        base_url: str,
+        raw_path: str | None = None,
+        *,
+        upstream_host: bool = False,
+    ) -> Response:
         target = urlsplit(base_url)
         headers = {
             name: value for name, value in request.headers.items() if name.lower() not in HOP_BY_HOP
         }
+        if upstream_host:
+            # The emulator builds each object's mediaLink from the Host it was uploaded with:
+            # its own, so the functions can follow it.
+            headers["Host"] = target.netloc
         headers["X-Forwarded-For"] = request.remote_addr or "127.0.0.1"
-        path = request.full_path if request.query_string else request.path
+        path = raw_path or (request.full_path if request.query_string else request.path)
         connection = http.client.HTTPConnection(
             target.hostname or "127.0.0.1", target.port, timeout=3600
         )

@@ -5,8 +5,10 @@ Starts, with no account or cloud needed:
 1. PostgreSQL 16 from the ``pgserver`` wheel, its data in ``.data/pg`` (kept across restarts),
    and applies the migrations (``alembic upgrade head``);
 2. local stand-ins for what the cloud provides: the metadata server (the functions' identity,
-   as on Cloud Run), Gemini (unless GEMINI_API_KEY is set: then the real Gemini API) and the
-   Cloud Tasks emulator with the summaries queue (from its own virtualenv, .venv-tasks);
+   as on Cloud Run), Gemini (unless GEMINI_API_KEY is set: then the real Gemini API), the
+   Cloud Tasks emulator with the summaries queue (from its own virtualenv, .venv-tasks) and
+   Cloud Storage: ``gcp-storage-emulator`` with the uploads bucket, data in ``.data/storage``,
+   which browsers reach through the router (:mod:`dev.storage_emulator`);
 3. each function as it runs in the cloud: ``functions-framework`` with its own entry point, in
    its own process, on its own port;
 4. the router (:mod:`dev.router`) on http://localhost:8000, which serves every path of the
@@ -37,7 +39,7 @@ from typing import Any
 from werkzeug.serving import make_server
 
 from dev.bundle import REPO_ROOT, function_names
-from dev.router import Router
+from dev.router import Router, StorageUpstream
 from dev.tokens import LocalSigner
 
 logger = logging.getLogger("raven.stack")
@@ -158,6 +160,7 @@ class LocalStack:
         self._standins: list[Any] = []
         self.gemini_standin_url: str | None = None
         self.gemini_description = ""
+        self.storage_url = ""
 
     def environment(self, database_url: str) -> dict[str, str]:
         env = read_env_file(REPO_ROOT / ".env.example")
@@ -213,13 +216,22 @@ class LocalStack:
         health_checks: dict[str, Callable[[], bool]] = {
             "postgres": postgres_answers(env["DATABASE_URL"]),
             "tasks_emulator": functools.partial(tcp_answers, env["TASKS_EMULATOR_HOST"]),
+            "storage": functools.partial(http_answers, self.storage_url + "/"),
         }
         for name, url in self.function_urls.items():
             health_checks[name] = functools.partial(http_answers, url + "/__healthz")
 
         from dev.openapi import build_openapi
 
-        router = Router(self.function_urls, self.signer, health_checks, build_openapi)
+        router = Router(
+            self.function_urls,
+            self.signer,
+            health_checks,
+            build_openapi,
+            storage=StorageUpstream(
+                env["GCS_BUCKET_NAME"], self.storage_url, env.get("ALLOWED_ORIGINS", "").split(",")
+            ),
+        )
         self._server = make_server("0.0.0.0", self.port, router, threaded=True)
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
         self.wait_healthy(timeout=60)
@@ -233,6 +245,7 @@ class LocalStack:
         metadata = start_metadata_standin(env.get("PROJECT_ID") or "raven-local")
         self._standins.append(metadata)
         env.update(metadata.environment())
+        self._start_storage(env, metadata.service_account)
         if env.get("GEMINI_API_KEY"):
             self.gemini_description = "the real Gemini API (GEMINI_API_KEY is set)"
             return
@@ -242,6 +255,28 @@ class LocalStack:
         env["GEMINI_BASE_URL"] = url
         self.gemini_description = (
             f"the local Gemini stand-in at {url} (set GEMINI_API_KEY in .env for real Gemini)"
+        )
+
+    def _start_storage(self, env: dict[str, str], service_account: str) -> None:
+        """Start the storage emulator. The functions talk to it directly, and sign URLs for
+        the router's host (which proxies browsers to it) with a local key, since IAM signBlob
+        cannot be reached here."""
+        from dev.storage_emulator import StorageEmulator, ensure_signing_key
+
+        bucket = env.get("GCS_BUCKET_NAME") or "raven-uploads-local"
+        emulator = StorageEmulator(self.data_dir / "storage", bucket).start()
+        self._standins.append(emulator)
+        self.storage_url = emulator.url
+        key = ensure_signing_key(
+            self.data_dir / "storage-signer.json", service_account, env.get("PROJECT_ID") or ""
+        )
+        env.update(
+            {
+                "GCS_BUCKET_NAME": bucket,
+                "STORAGE_EMULATOR_HOST": emulator.url,
+                "STORAGE_PUBLIC_URL": env.get("STORAGE_PUBLIC_URL") or self.base_url,
+                "SIGNER_KEY_FILE": str(key),
+            }
         )
 
     def _start_tasks_emulator(self, env: dict[str, str]) -> None:

@@ -153,12 +153,15 @@ class UploadUrlRequest(RequestModel):
 class UploadUrlResponse(BaseModel):
     url: str = Field(description="Signed URL to PUT the file to.")
     gcs_url: str = Field(description="What a chat message's media part refers to.")
-    gs_uri: str
+    gs_uri: str = Field(description="The object's gs://bucket/object URI (also a valid reference).")
+    object_name: str = Field(description="uploads/<user>/<upload_id>/<sanitised file name>.")
     method: Literal["PUT"]
-    headers: dict[str, str] = Field(description="Every header the PUT must carry.")
-    expires_at: float
+    headers: dict[str, str] = Field(
+        description="Every header the PUT must carry, with exactly these values (all are signed)."
+    )
+    expires_at: float = Field(description="When the URL stops working, Unix epoch seconds.")
     upload_id: str
-    max_bytes: int
+    max_bytes: int = Field(description="Largest file the URL accepts, in bytes.")
 
 
 # --- Clerk webhook ---------------------------------------------------------------------------

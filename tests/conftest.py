@@ -23,6 +23,8 @@ import requests
 
 from dev.stack import LocalStack, free_port
 from shared.db import Database, connect_kwargs_from_url
+from shared.settings import load_settings
+from shared.storage import MediaStorage
 
 # Settings every test process agrees on; anything not here comes from .env.example.
 TEST_ENV = {
@@ -165,6 +167,50 @@ def read_logs(stack: LocalStack, function: str) -> list[dict[str, Any]]:
 
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+# --- uploads -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def storage_client(stack: LocalStack) -> Any:
+    """A google-cloud-storage client on the stack's emulator, for arranging and checking objects."""
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import storage
+
+    return storage.Client(
+        project="raven-local",
+        credentials=AnonymousCredentials(),
+        client_options={"api_endpoint": stack.storage_url},
+    )
+
+
+@pytest.fixture(scope="session")
+def media_store(stack: LocalStack, storage_client: Any) -> MediaStorage:
+    """The uploads bucket as the functions see it (same settings), on the test's client."""
+    return MediaStorage.from_settings(
+        load_settings(stack.env), client_factory=lambda: storage_client
+    )
+
+
+def upload_file(
+    client: ApiClient, data: bytes, filename: str = "photo.png", content_type: str = "image/png"
+) -> dict[str, Any]:
+    """Ask for an upload URL as the frontend does, then PUT the bytes with its headers."""
+    response = client.post(
+        "/api/upload-url",
+        json={"filename": filename, "contentType": content_type, "size": len(data)},
+    )
+    assert response.status_code == 200, response.text
+    answer = dict(response.json())
+    put = requests.put(
+        answer["url"],
+        data=data,
+        headers={**answer["headers"], "Origin": FRONTEND_ORIGIN},
+        timeout=30,
+    )
+    assert put.status_code == 200, put.text
+    return answer
 
 
 @contextmanager

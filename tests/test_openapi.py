@@ -15,7 +15,8 @@ from dev.router import CONTRACT_ROUTES
 from dev.stack import LocalStack
 from shared.settings import get_settings
 
-INTERNAL_FUNCTIONS = {"summarize"}  # invoked by Cloud Tasks only, never by the frontend
+# Invoked by Cloud Tasks and Cloud Scheduler only, never by the frontend.
+INTERNAL_FUNCTIONS = {"summarize", "storage_sweep"}
 
 
 def served_routes(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> set[tuple[str, str]]:

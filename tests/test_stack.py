@@ -30,7 +30,7 @@ def test_healthz_reports_every_part(stack: LocalStack) -> None:
     response = requests.get(f"{stack.base_url}/dev/healthz", timeout=10)
     assert response.status_code == 200
     parts = response.json()["parts"]
-    expected = ["postgres", "tasks_emulator", *stack.function_urls]
+    expected = ["postgres", "tasks_emulator", "storage", *stack.function_urls]
     assert parts == {name: True for name in expected}
 
 

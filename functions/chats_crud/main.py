@@ -11,6 +11,10 @@
 Both lists page with a cursor: a response that has more carries ``X-Next-Cursor`` and a
 ``Link: <...>; rel="next"`` header; pass the value back as ``cursor`` (chats) or ``before``
 (messages). Without paging parameters the calls answer as the frontend expects.
+
+Media in a page of messages gets short-lived signed GET URLs (``MEDIA_URL_TTL_SECONDS``),
+all signed before the page is rendered. Deleting a chat queues the objects only it used, and
+the bucket work starts in the background once the deletion is committed.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from urllib.parse import urlencode
 import functions_framework
 from flask import Request, Response
 
-from shared import chats
+from shared import chats, media
 from shared.auth import AuthenticatedUser, request_authenticator
 from shared.runtime import database, make_api, start_function
 from shared.schemas import (
@@ -29,9 +33,10 @@ from shared.schemas import (
     MessageListQuery,
     RenameChatRequest,
 )
+from shared.storage import media_storage, schedule_storage_cleanup
 from shared.web import Route, json_response, parse_json, validate
 
-start_function()
+start_function("GCS_BUCKET_NAME")
 
 
 def _paged(body: object, request: Request, cursor_name: str, cursor: object | None) -> Response:
@@ -66,7 +71,8 @@ def read_chat(request: Request, user: AuthenticatedUser, chat_id: str) -> Respon
     rows, older = chats.list_messages(
         database(), user.id, chats.parse_chat_id(chat_id), query.limit, query.before
     )
-    return _paged([chats.message_object(row) for row in rows], request, "before", older)
+    sign = media.media_url_signer(media_storage(), rows)
+    return _paged([chats.message_object(row, sign) for row in rows], request, "before", older)
 
 
 def rename_chat(request: Request, user: AuthenticatedUser, chat_id: str) -> Response:
@@ -77,6 +83,7 @@ def rename_chat(request: Request, user: AuthenticatedUser, chat_id: str) -> Resp
 
 def delete_chat(request: Request, user: AuthenticatedUser, chat_id: str) -> Response:
     chats.delete_chat(database(), user.id, chats.parse_chat_id(chat_id))
+    schedule_storage_cleanup()  # off the request path; the queue row survives any failure
     return json_response({"message": "Chat deleted"})
 
 

@@ -1,25 +1,114 @@
-"""upload_url: not built yet; answers 501 until its own issue lands."""
+"""upload_url: signed URLs for direct browser uploads (the contract's "Uploads" section).
+
+| call                  | handler           |
+|-----------------------|-------------------|
+| POST /api/upload-url  | create_upload_url |
+
+The browser never sends file bytes here: it asks for a URL, then PUTs the file straight to the
+uploads bucket. Before anything is signed the declared content type must be on the allowlist
+(``UPLOAD_ALLOWED_TYPES``) and a declared ``size`` within ``UPLOAD_MAX_BYTES``; a refusal is a
+4xx whose ``detail`` says what is allowed. The URL is bound to one new object
+(``uploads/<user>/<upload id>/<sanitised file name>``), that content type, a body of at most
+the size limit and the unreferenced-upload marker, and expires after
+``UPLOAD_URL_TTL_SECONDS``. The upload is recorded (owner, object, type, declared size) before
+the URL is returned, so every object that can ever exist has an owner in Postgres.
+"""
 
 from __future__ import annotations
 
+import uuid
+
 import functions_framework
+import pg8000.exceptions
 from flask import Request, Response
 
-from shared.errors import NotImplementedYet
-from shared.runtime import make_api, start_function
-from shared.web import Route
+from shared import media
+from shared.auth import AuthenticatedUser, request_authenticator
+from shared.db import sqlstate
+from shared.errors import PayloadTooLarge, Unauthorized, UnprocessableEntity
+from shared.runtime import database, make_api, start_function
+from shared.schemas import UploadUrlRequest, UploadUrlResponse
+from shared.settings import get_settings
+from shared.storage import media_storage
+from shared.web import Route, json_response, parse_json
 
-start_function()
+start_function("GCS_BUCKET_NAME")
+
+FOREIGN_KEY_VIOLATION = "23503"
 
 
-def not_built(request: Request) -> Response:
-    raise NotImplementedYet("/api/upload-url is not available yet", code="not_implemented")
+def _megabytes(size: int) -> str:
+    return f"{size / (1024 * 1024):g} MB"
 
 
-API = make_api([Route("POST", "/api/upload-url", not_built, auth=False)])
+def check_upload(content_type: str, size: int | None) -> str:
+    """The content type to sign, once the type and declared size are allowed.
+
+    Raises:
+        UnprocessableEntity: ``unsupported_content_type``, naming the allowed types.
+        PayloadTooLarge: ``file_too_large``, naming the limit.
+    """
+    settings = get_settings()
+    essence = media.content_type_essence(content_type)
+    if essence not in settings.upload_allowed_types:
+        raise UnprocessableEntity(
+            f"Files of type {content_type!r} cannot be uploaded. Allowed types: "
+            + ", ".join(settings.upload_allowed_types),
+            code="unsupported_content_type",
+        )
+    if size is not None and size > settings.upload_max_bytes:
+        raise PayloadTooLarge(
+            f"The file is {size} bytes; files may be at most "
+            f"{_megabytes(settings.upload_max_bytes)} ({settings.upload_max_bytes} bytes)",
+            code="file_too_large",
+        )
+    return essence
+
+
+def create_upload_url(request: Request, user: AuthenticatedUser) -> Response:
+    body = parse_json(request, UploadUrlRequest)
+    content_type = check_upload(body.contentType, body.size)
+    storage = media_storage()
+    upload_id = uuid.uuid4()
+    name = media.object_name(user.id, upload_id, body.filename)
+    # Signed before the record is written (signing may be a network call, which must not
+    # hold a transaction open); a URL is only ever returned once its record is committed.
+    signed = storage.sign_upload(name, content_type)
+    try:
+        with database().transaction() as tx:
+            media.record_upload(
+                tx,
+                upload_id=upload_id,
+                user_id=user.id,
+                bucket=storage.bucket_name,
+                object_name=name,
+                content_type=content_type,
+                declared_size=body.size,
+            )
+    except pg8000.exceptions.DatabaseError as error:
+        if sqlstate(error) == FOREIGN_KEY_VIOLATION:
+            raise Unauthorized("This account no longer exists", code="user_deleted") from None
+        raise
+    answer = UploadUrlResponse(
+        url=signed.url,
+        gcs_url=storage.object_url(name),
+        gs_uri=storage.gs_uri(name),
+        object_name=name,
+        method="PUT",
+        headers=signed.headers,
+        expires_at=signed.expires_at,
+        upload_id=str(upload_id),
+        max_bytes=storage.max_bytes,
+    )
+    return json_response(answer.model_dump())
+
+
+API = make_api(
+    [Route("POST", "/api/upload-url", create_upload_url)], authenticate=request_authenticator()
+)
 
 
 @functions_framework.http
 def upload_url(request: Request) -> Response:
-    """Entry point."""
+    """Entry point: every request goes through the shared HTTP pipeline to the handler."""
     return API.handle(request)
