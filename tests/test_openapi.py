@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import re
+import sys
 from typing import Any
 
 import pytest
@@ -35,6 +36,8 @@ def served_routes(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> set[t
             )
             assert spec is not None and spec.loader is not None
             module = importlib.util.module_from_spec(spec)
+            # Registered while it runs, as an import would: dataclasses look their module up.
+            monkeypatch.setitem(sys.modules, spec.name, module)
             spec.loader.exec_module(module)
             for route in module.API.routes:
                 path = re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", route.path)
