@@ -30,6 +30,7 @@ from flask import Request
 
 from shared.db import Database
 from shared.errors import ServiceUnavailable, Unauthorized
+from shared.media import user_prefix
 from shared.runtime import database
 from shared.settings import Settings, SettingsError, get_settings
 
@@ -270,29 +271,50 @@ class KnownUsers:
         self._lock = threading.Lock()
 
     def ensure(self, user: AuthenticatedUser) -> None:
+        """Create the user's row if missing, unless Clerk has deleted the user.
+
+        Raises:
+            Unauthorized: ``user_deleted``: the user's deletion is still queued. Clerk's
+                session tokens outlive a deletion by up to a minute; clerk_webhook keeps the
+                user's folder queued in ``storage_deletions`` for longer than that (until
+                every upload URL signed before the deletion has expired), and no other trace
+                of the user is kept, so that queued folder is what refuses such a token.
+                An instance that already remembers the user skips this check: its reads then
+                find nothing, and its writes fail on the missing user row.
+        """
         now = time.monotonic()
         seen_at = self._seen.get(user.id)
         if seen_at is not None and now - seen_at < self._ttl:
             return
         # Fill in only what is missing: profile data from Clerk's webhook wins over claims.
         with self._db.transaction() as tx:
-            tx.execute(
+            row = tx.fetch_one(
                 """
-                INSERT INTO users (id, email, first_name, last_name)
-                VALUES (:id, :email, :first_name, :last_name)
-                ON CONFLICT (id) DO UPDATE SET
-                    email = COALESCE(users.email, EXCLUDED.email),
-                    first_name = COALESCE(users.first_name, EXCLUDED.first_name),
-                    last_name = COALESCE(users.last_name, EXCLUDED.last_name)
-                WHERE users.email IS NULL AND EXCLUDED.email IS NOT NULL
-                   OR users.first_name IS NULL AND EXCLUDED.first_name IS NOT NULL
-                   OR users.last_name IS NULL AND EXCLUDED.last_name IS NOT NULL
+                WITH deletion AS (
+                    SELECT EXISTS (
+                        SELECT 1 FROM storage_deletions WHERE prefix = :folder) AS pending
+                ), saved AS (
+                    INSERT INTO users (id, email, first_name, last_name)
+                    SELECT :id, :email, :first_name, :last_name FROM deletion
+                    WHERE NOT deletion.pending
+                    ON CONFLICT (id) DO UPDATE SET
+                        email = COALESCE(users.email, EXCLUDED.email),
+                        first_name = COALESCE(users.first_name, EXCLUDED.first_name),
+                        last_name = COALESCE(users.last_name, EXCLUDED.last_name)
+                    WHERE users.email IS NULL AND EXCLUDED.email IS NOT NULL
+                       OR users.first_name IS NULL AND EXCLUDED.first_name IS NOT NULL
+                       OR users.last_name IS NULL AND EXCLUDED.last_name IS NOT NULL
+                )
+                SELECT pending FROM deletion
                 """,
+                folder=user_prefix(user.id),
                 id=user.id,
                 email=user.email,
                 first_name=user.first_name,
                 last_name=user.last_name,
             )
+        if row is not None and row["pending"]:
+            raise Unauthorized("This account has been deleted", code="user_deleted")
         with self._lock:
             if len(self._seen) >= self._capacity:
                 self._seen.clear()

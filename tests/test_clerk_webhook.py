@@ -418,6 +418,34 @@ def test_an_event_retried_after_the_deletion_does_not_bring_the_user_back(
     assert user_row(db, user_id) is None
 
 
+def test_a_deleted_users_token_does_not_bring_them_back(
+    stack: LocalStack, svix: Svix, db: Database
+) -> None:
+    # Known through the webhook only, so no instance remembers the user from a request.
+    user_id = new_user_id()
+    svix.deliver(clerk_event("user.created", clerk_user(user_id, updated_at=now_ms())))
+    token = stack.signer.token(user_id, extra_claims={"email": "gone@example.com"})
+    client = ApiClient(stack.base_url, token, user_id)
+    assert_acknowledged(svix.deliver(deleted_event(user_id)), "user deleted")
+    # Clerk's session token outlives the deletion by up to a minute.
+    assert_error(client.get("/api/chats"), 401, "user_deleted")
+    assert_error(client.post("/api/chats/create", json={"title": "x"}), 401, "user_deleted")
+    assert user_row(db, user_id) is None
+
+
+def test_an_instance_that_remembers_a_deleted_user_lets_them_write_nothing(
+    make_user: Any, svix: Svix, db: Database
+) -> None:
+    client: ApiClient = make_user(email="cached@example.com")
+    client.create_chat("before")  # chats_crud now remembers the user for a while
+    assert client.user_id is not None
+    assert_acknowledged(svix.deliver(deleted_event(client.user_id)), "user deleted")
+    listed = client.get("/api/chats")
+    assert listed.status_code == 200 and listed.json() == []
+    assert_error(client.post("/api/chats/create", json={"title": "x"}), 401, "user_deleted")
+    assert user_row(db, client.user_id) is None
+
+
 def test_user_deleted_also_queues_uploads_outside_the_user_prefix(
     make_user: Any, svix: Svix, db: Database
 ) -> None:
