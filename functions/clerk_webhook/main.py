@@ -26,8 +26,11 @@ Every delivery goes through four steps:
    now and then ``webhook_events`` older than Svix could still redeliver are pruned.
 
 After a deletion nothing keeps the user id except the queued folder rows, until the late
-sweep has run. While they are queued, a profile event for the user (a Svix retry of one
-sent before ``user.deleted``) is ignored rather than bringing the profile back.
+sweep has run (``UPLOAD_URL_TTL_SECONDS`` + 2 minutes after the deletion, or later). While
+they are queued, a profile event for the user (a Svix retry of one sent before
+``user.deleted``) is ignored, and ``shared.auth.KnownUsers`` answers the user's remaining
+session tokens (Clerk's live up to a minute) with 401 ``user_deleted`` instead of creating
+the row again.
 
 Only Postgres is called while a request waits, so Svix gets its answer well inside its 15 s.
 Logs name the event type and svix id only: never the payload, whose emails and names are
