@@ -44,7 +44,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
@@ -75,8 +75,10 @@ REQUEST_PATH_RETRY_SECONDS = 15.0
 # browser always gets at least half of MEDIA_URL_TTL_SECONDS.
 DOWNLOAD_URL_REUSE_SHARE = 0.5
 DOWNLOAD_URLS_CACHED = 10_000
-# Concurrent IAM signBlob calls when one page needs many new signatures.
+# Concurrent IAM signBlob calls when one page needs many new signatures, and the longest a
+# page waits for them.
 SIGNING_THREADS = 8
+SIGNING_WAIT_SECONDS = 10.0
 
 # --- the deletion queue
 DELETION_LEASE_SECONDS = 600  # longer than any one row's bucket work takes
@@ -356,9 +358,18 @@ class MediaStorage:
                 logger.warning("signing a media URL failed", extra={"error": type(error).__name__})
                 return name, None
 
-        if self.signer.network_bound and len(missing) > 1:
-            with ThreadPoolExecutor(min(SIGNING_THREADS, len(missing))) as pool:
-                signed = list(pool.map(sign, missing))
+        if self.signer.network_bound:
+            # The SDK retries a failing signBlob for up to two minutes per call: a page waits
+            # at most SIGNING_WAIT_SECONDS, and media still unsigned then gets no URL.
+            pool = ThreadPoolExecutor(min(SIGNING_THREADS, len(missing)))
+            futures = [pool.submit(sign, name) for name in missing]
+            done, _ = wait(futures, timeout=SIGNING_WAIT_SECONDS)
+            pool.shutdown(wait=False, cancel_futures=True)
+            signed = [future.result() for future in futures if future in done]
+            if len(signed) < len(missing):
+                logger.warning(
+                    "media URL signing timed out", extra={"unsigned": len(missing) - len(signed)}
+                )
         else:
             signed = [sign(name) for name in missing]
         if len(self._downloads) + len(signed) > DOWNLOAD_URLS_CACHED:

@@ -368,7 +368,20 @@ signing._sign_message = sign_blob
 storage = media_storage()
 assert isinstance(storage.signer, IamSigner), type(storage.signer)
 signed = storage.sign_upload("uploads/user_x/1/a.png", "image/png")
-print(json.dumps({"url": signed.url, "headers": signed.headers, "calls": calls}))
+downloads = storage.download_urls(["uploads/user_x/2/b.png", "uploads/user_x/3/c.png"])
+
+def unreachable(*args, **kwargs):  # signBlob hanging: the page must not wait for it
+    time.sleep(3)
+    raise RuntimeError("too late")
+
+import time
+import shared.storage
+shared.storage.SIGNING_WAIT_SECONDS = 0.5
+signing._sign_message = unreachable
+started = time.monotonic()
+late = storage.download_urls(["uploads/user_x/4/d.png"])
+print(json.dumps({"url": signed.url, "headers": signed.headers, "calls": calls,
+                  "downloads": downloads, "late": late, "waited": time.monotonic() - started}))
 """
 
 
@@ -394,10 +407,15 @@ def test_deployed_signing_uses_iam_sign_blob_with_metadata_credentials(
     assert result.returncode == 0, result.stderr
     answer = json.loads(result.stdout)
     email = configured_account or LOCAL_SERVICE_ACCOUNT
-    assert answer["calls"] == [{"token": LOCAL_ACCESS_TOKEN, "email": email}]
+    assert answer["calls"] == [{"token": LOCAL_ACCESS_TOKEN, "email": email}] * 3
     query = dict(parse_qsl(urlsplit(answer["url"]).query))
     assert query["X-Goog-Credential"].startswith(email + "/")
-    assert signature_valid(signer_public_key(stack), "PUT", answer["url"], answer["headers"])
+    key = signer_public_key(stack)
+    assert signature_valid(key, "PUT", answer["url"], answer["headers"])
+    assert len(answer["downloads"]) == 2
+    assert all(signature_valid(key, "GET", url, {}) for url in answer["downloads"].values())
+    # A signBlob that does not answer costs the page its media URLs, not minutes.
+    assert answer["late"] == {} and answer["waited"] < 2
 
 
 def test_signing_key_is_refused_in_production(stack: LocalStack) -> None:
