@@ -320,13 +320,24 @@ class MediaStorage:
             "x-goog-content-length-range": f"0,{self.max_bytes}",
             "x-goog-custom-time": UNREFERENCED_CUSTOM_TIME,
         }
-        url = self._sign(
-            object_name,
-            self.upload_ttl_seconds,
-            method="PUT",
-            content_type=content_type,
-            headers={k: v for k, v in headers.items() if k != "Content-Type"},
-        )
+        options = {
+            "method": "PUT",
+            "content_type": content_type,
+            "headers": {k: v for k, v in headers.items() if k != "Content-Type"},
+        }
+        if not self.signer.network_bound:
+            url = self._sign(object_name, self.upload_ttl_seconds, **options)
+        else:
+            # The SDK retries a failing signBlob for up to two minutes: answer a 503 within
+            # SIGNING_WAIT_SECONDS instead (the abandoned call ends with its retries).
+            pool = ThreadPoolExecutor(1)
+            future = pool.submit(self._sign, object_name, self.upload_ttl_seconds, **options)
+            pool.shutdown(wait=False)
+            done, _ = wait([future], timeout=SIGNING_WAIT_SECONDS)
+            if not done:
+                logger.error("URL signing timed out")
+                raise StorageUnavailable("Cannot sign the URL right now, please retry")
+            url = future.result()
         return SignedUrl(url, _signed_expiry(url, self.upload_ttl_seconds), headers)
 
     def download_urls(self, object_names: Iterable[str]) -> dict[str, str]:

@@ -380,8 +380,15 @@ shared.storage.SIGNING_WAIT_SECONDS = 0.5
 signing._sign_message = unreachable
 started = time.monotonic()
 late = storage.download_urls(["uploads/user_x/4/d.png"])
+waited = time.monotonic() - started
+started = time.monotonic()
+try:
+    storage.sign_upload("uploads/user_x/5/e.png", "image/png")
+    refusal = None
+except shared.storage.StorageUnavailable as error:
+    refusal = [error.status, error.code, time.monotonic() - started]
 print(json.dumps({"url": signed.url, "headers": signed.headers, "calls": calls,
-                  "downloads": downloads, "late": late, "waited": time.monotonic() - started}))
+                  "downloads": downloads, "late": late, "waited": waited, "refusal": refusal}))
 """
 
 
@@ -416,6 +423,8 @@ def test_deployed_signing_uses_iam_sign_blob_with_metadata_credentials(
     assert all(signature_valid(key, "GET", url, {}) for url in answer["downloads"].values())
     # A signBlob that does not answer costs the page its media URLs, not minutes.
     assert answer["late"] == {} and answer["waited"] < 2
+    status, code, waited = answer["refusal"]  # and an upload URL a quick 503
+    assert (status, code) == (503, "storage_unavailable") and waited < 2
 
 
 def test_signing_key_is_refused_in_production(stack: LocalStack) -> None:
