@@ -1,21 +1,41 @@
-"""Run every benchmark, print the numbers and save them to bench/results/."""
+"""Run the benchmarks, print the numbers and save them to bench/results/.
+
+``python -m bench`` runs them all; ``python -m bench chat_stream`` runs the named ones.
+"""
 
 from __future__ import annotations
 
 import json
+import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from bench import chats_crud
+from bench import chat_stream, chats_crud, clerk_webhook, summaries
+
+BENCHMARKS: dict[str, Callable[[], dict[str, Any]]] = {
+    "chats_crud": chats_crud.run,
+    "chat_stream": chat_stream.run,
+    "summaries": summaries.run,
+    "clerk_webhook": clerk_webhook.run,
+}
 
 
 def main() -> None:
-    results = {"chats_crud": chats_crud.run()}
+    names = sys.argv[1:] or list(BENCHMARKS)
+    unknown = [name for name in names if name not in BENCHMARKS]
+    if unknown:
+        sys.exit(f"unknown benchmark(s): {', '.join(unknown)}; choose from {', '.join(BENCHMARKS)}")
+    results = {}
+    for name in names:
+        results[name] = BENCHMARKS[name]()
+        print()
     out = Path(__file__).parent / "results"
     out.mkdir(exist_ok=True)
     path = out / f"bench-{time.strftime('%Y%m%d-%H%M%S')}.json"
     path.write_text(json.dumps(results, indent=2, default=str))
-    print(f"\nsaved {path}")
+    print(f"saved {path}")
 
 
 if __name__ == "__main__":

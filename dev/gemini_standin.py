@@ -214,6 +214,7 @@ _SCRIPT_KEYS = frozenset(
         "times",
         "match",
         "method",
+        "stamp_chunks",
     }
 )
 
@@ -243,6 +244,9 @@ class Script:
         times: Requests the script still serves.
         match: Substring the last user text must contain, or None for any request.
         method: RPC the script is restricted to, or None for both generation RPCs.
+        stamp_chunks: Replace each streamed chunk's text with the time it is sent
+            (``time.time()``, 6 decimals, then a space): benchmarks measure the latency
+            each chunk gains on its way through the backend.
     """
 
     id: int
@@ -257,6 +261,7 @@ class Script:
     times: int = 1
     match: str | None = None
     method: str | None = None
+    stamp_chunks: bool = False
 
     def applies_to(self, method: str) -> bool:
         """Whether the script may serve a call of ``method``."""
@@ -357,6 +362,10 @@ def parse_script(payload: Any, script_id: int) -> Script:
         if not isinstance(payload["match"], str) or not payload["match"]:
             raise ScriptError("match must be a non-empty string")
         script.match = payload["match"]
+    if "stamp_chunks" in payload:
+        if not isinstance(payload["stamp_chunks"], bool):
+            raise ScriptError("stamp_chunks must be true or false")
+        script.stamp_chunks = payload["stamp_chunks"]
     if "method" in payload:
         if payload["method"] not in MODEL_METHODS:
             raise ScriptError(f"method must be one of {', '.join(sorted(MODEL_METHODS))}")
@@ -627,6 +636,7 @@ class StandinServer(ThreadingHTTPServer):
         """Updates a recorded request's outcome."""
         with self.lock:
             entry["outcome"] = outcome
+            entry["settled_at"] = time.time()
 
     def snapshot(self, match: str | None = None) -> list[dict[str, Any]]:
         """A JSON-safe copy of the records, oldest first, optionally filtered.
@@ -994,6 +1004,8 @@ class _Handler(BaseHTTPRequestHandler):
                 break
             if delay:
                 self._sleep(delay)
+            if script is not None and script.stamp_chunks:
+                response["candidates"][0]["content"]["parts"] = [{"text": f"{time.time():.6f} "}]
             self._write_chunk(_sse_event(response))
         # fail_after_chunks cuts the connection at its chunk, even after every chunk; a
         # stream_error due first is sent before the cut.

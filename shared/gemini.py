@@ -163,11 +163,12 @@ class GeminiStreamer:
                     continue
                 last_activity = time.monotonic()
                 if kind == "text":
-                    yield TextChunk(payload)
-                elif kind == "done":
+                    text, (kind, payload) = _coalesce(events, payload)
+                    yield TextChunk(text)
+                if kind == "done":
                     yield payload
                     return
-                else:
+                if kind == "error":
                     raise _describe_failure(payload)
         finally:
             future.cancel()  # a no-op when done; otherwise stops reading from the model
@@ -230,6 +231,25 @@ class GeminiStreamer:
             usage.candidates_token_count or 0,
             str(reason.value) if reason else None,
         )
+
+
+def _coalesce(
+    events: queue.SimpleQueue[tuple[str, Any]], text: str
+) -> tuple[str, tuple[str, Any]]:
+    """Join the text chunks already waiting behind ``text``; return it and the next event.
+
+    Under load this sends what has piled up as one chunk (one wake-up and one write instead
+    of many), so a busy instance catches up instead of falling further behind. The next
+    event is ``("none", None)`` when nothing else was waiting.
+    """
+    while True:
+        try:
+            kind, payload = events.get_nowait()
+        except queue.Empty:
+            return text, ("none", None)
+        if kind != "text":
+            return text, (kind, payload)
+        text += payload
 
 
 def _text_of(response: Any) -> str:

@@ -84,11 +84,17 @@ class ApiClient:
         return dict(response.json())
 
 
+def sse_lines(response: requests.Response) -> Iterator[str]:
+    """The response body's lines as they arrive, decoded."""
+    for line in response.iter_lines():
+        yield line.decode()
+
+
 def sse_events(response: requests.Response) -> list[Any]:
     """Every SSE event of a response: ``data:`` lines as dicts, comment lines as strings."""
     assert response.headers["Content-Type"].startswith("text/event-stream"), response.text
     events: list[Any] = []
-    for line in response.iter_lines(decode_unicode=True):
+    for line in sse_lines(response):
         if line.startswith("data: "):
             events.append(json.loads(line[len("data: ") :]))
         elif line.startswith(":"):

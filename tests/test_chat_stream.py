@@ -15,7 +15,7 @@ import requests
 from dev.gemini_standin import StandinControl
 from dev.stack import LocalStack
 from shared.db import Database
-from tests.conftest import ApiClient, assert_error, function_process, sse_events
+from tests.conftest import ApiClient, assert_error, function_process, sse_events, sse_lines
 
 
 @pytest.fixture(scope="module")
@@ -248,9 +248,8 @@ def test_client_disconnect_stops_the_model_and_keeps_the_partial_answer(
     question = unique("disconnect")
     model.script(match=question, chunks=[f"part{n} " for n in range(30)], delay_per_chunk=0.2)
     response = alice.send(question)
-    lines = response.iter_lines(decode_unicode=True)
     seen = []
-    for line in lines:
+    for line in sse_lines(response):
         if line.startswith("data: "):
             seen.append(line)
         if len(seen) == 3:  # start and two chunks
@@ -380,7 +379,7 @@ def test_answers_arrive_as_they_are_produced(alice: ApiClient, model: StandinCon
     model.script(match=question, chunks=["a", "b", "c", "d"], delay_per_chunk=0.4)
     response = alice.send(question)
     arrivals = []
-    for line in response.iter_lines(decode_unicode=True):
+    for line in sse_lines(response):
         if line.startswith("data: "):
             arrivals.append(time.monotonic())
     gaps = [later - earlier for earlier, later in itertools.pairwise(arrivals[1:])]

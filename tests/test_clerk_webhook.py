@@ -8,7 +8,6 @@ object (``user.created``/``user.updated``) or ``{"id", "deleted": true, "object"
 from __future__ import annotations
 
 import json
-import statistics
 import subprocess
 import sys
 import threading
@@ -808,25 +807,3 @@ def test_old_webhook_events_are_pruned(stack: LocalStack, svix: Svix, db: Databa
         assert_acknowledged(response, "user saved")
     assert recorded(db, old_id) is None
     assert recorded(db, recent_id) == {"event_type": "user.updated"}
-
-
-def test_answers_well_inside_svix_timeout(svix: Svix) -> None:
-    user_id, started = new_user_id(), now_ms()
-    svix.deliver(clerk_event("user.created", clerk_user(user_id, updated_at=started)))
-    latencies = []
-    for n in range(100):
-        event = clerk_event("user.updated", clerk_user(user_id, updated_at=started + n + 1))
-        body = json.dumps(event)
-        headers = svix.headers(body, new_msg_id())
-        began = time.perf_counter()
-        response = svix.post(body, headers)
-        latencies.append(time.perf_counter() - began)
-        assert response.status_code == 200
-    p50 = statistics.median(latencies)
-    p99 = statistics.quantiles(latencies, n=100)[98]
-    print(
-        f"clerk_webhook latency over 100 user.updated: p50 {p50 * 1000:.1f} ms, "
-        f"p99 {p99 * 1000:.1f} ms, max {max(latencies) * 1000:.1f} ms"
-    )
-    assert p50 < 0.5
-    assert max(latencies) < 5

@@ -1,0 +1,348 @@
+"""chat_stream: the backend's own cost of a turn, and one instance carrying 200 streams.
+
+(a) Overhead of a turn, measured from the outside: from sending ``POST /chat`` to the model
+    request arriving at the Gemini stand-in, and from the stand-in's last chunk to the
+    ``done`` event arriving, in a chat of 10 messages and in one of 10,000 (which must be
+    within 20% of each other: the window query reads the window, not the history).
+    Target: at most 15 ms at p50.
+(b) One instance with 200 concurrent streams, the stand-in sending 50 chunks per second on
+    each: errors, the latency each chunk gains between the stand-in and the client (chunks
+    carry their send time), and the instance's peak resident memory.
+    Targets: 0 errors, p99 added latency at most 50 ms, at most 250 MB resident.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import multiprocessing
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pg8000.dbapi
+
+from dev.bundle import REPO_ROOT
+from dev.gemini_standin import StandinControl
+from dev.stack import LocalStack, free_port
+from shared.db import Database, connect_kwargs_from_url
+
+# (concurrent streams, chunks per second on each): the target load, then lighter ones that
+# show where one instance's capacity lies.
+STREAM_LOADS = [(200, 50), (100, 50), (50, 50), (200, 10)]
+STREAM_SECONDS = 5
+SAMPLES = 40
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * fraction))]
+
+
+def start_instance(
+    env: dict[str, str],
+    threads: int,
+    log_path: Path | None = None,
+    overrides: dict[str, str] | None = None,
+) -> tuple[subprocess.Popen[bytes], str]:
+    """One chat_stream instance with generous rate limits, as a benchmark needs."""
+    port = free_port()
+    log = log_path.open("ab") if log_path is not None else subprocess.DEVNULL
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "functions_framework",
+            "--target",
+            "chat_stream",
+            "--source",
+            str(REPO_ROOT / "functions/chat_stream/main.py"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        env={
+            **env,
+            "PORT": str(port),
+            "THREADS": str(threads),
+            "RATE_LIMIT_MESSAGES_PER_MINUTE": "1000000",
+            "RATE_LIMIT_TOKENS_PER_DAY": "1000000000",
+            **(overrides or {}),
+        },
+        stdout=log,
+        stderr=log,
+    )
+    url = f"http://127.0.0.1:{port}"
+    while True:
+        try:
+            urllib.request.urlopen(url + "/", timeout=1)
+        except urllib.error.HTTPError:
+            return process, url
+        except OSError:
+            time.sleep(0.05)
+
+
+def resident_peak_mb(pid: int) -> float:
+    """Peak resident memory (VmHWM) of a process and its children (gunicorn's worker)."""
+    pids = [pid]
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    if children.exists():
+        pids += [int(child) for child in children.read_text().split()]
+    total_kb = 0
+    for each in pids:
+        for line in Path(f"/proc/{each}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                total_kb += int(line.split()[1])
+    return total_kb / 1024
+
+
+def seed_chat(db: Database, user_id: str, messages: int) -> str:
+    """A chat of ``messages`` alternating messages of ~40 tokens, inserted in bulk."""
+    chat_id = uuid.uuid4()
+    with db.transaction() as tx:
+        tx.execute("INSERT INTO users (id) VALUES (:id) ON CONFLICT DO NOTHING", id=user_id)
+        tx.execute(
+            "INSERT INTO chats (id, user_id, message_count) VALUES (:id, :user, :n)",
+            id=chat_id,
+            user=user_id,
+            n=messages,
+        )
+        tx.execute(
+            """
+            INSERT INTO messages (id, chat_id, position, role, content, parts, token_count)
+            SELECT gen_random_uuid(), :chat, n,
+                   CASE WHEN n % 2 = 0 THEN 'user' ELSE 'assistant' END,
+                   'message ' || n || repeat(' lorem ipsum', 12),
+                   jsonb_build_array(jsonb_build_object(
+                       'type', 'text', 'text', 'message ' || n || repeat(' lorem ipsum', 12))),
+                   40
+            FROM generate_series(0, :last) AS n
+            """,
+            chat=chat_id,
+            last=messages - 1,
+        )
+    return str(chat_id)
+
+
+def one_turn(
+    url: str, token: str, chat_id: str | None, control: StandinControl
+) -> tuple[float, float]:
+    """(request -> model request, model's last chunk -> done) in milliseconds."""
+    marker = uuid.uuid4().hex
+    control.script(match=marker, chunks=["a ", "b ", "c"])
+    body = json.dumps(
+        {
+            "chatId": chat_id,
+            "messages": [
+                {"role": "user", "parts": [{"type": "text", "text": f"question {marker}"}]}
+            ],
+        }
+    ).encode()
+    target = urllib.parse.urlsplit(url)
+    connection = http.client.HTTPConnection(target.hostname or "127.0.0.1", target.port, timeout=30)
+    sent = time.time()
+    connection.request(
+        "POST",
+        "/chat",
+        body=body,
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+    )
+    response = connection.getresponse()
+    done_at = None
+    while line := response.readline():
+        if line.startswith(b"data: ") and b'"type":"done"' in line:
+            done_at = time.time()
+    connection.close()
+    assert done_at is not None, "the turn did not finish"
+    record = control.requests(match=marker)[0]
+    return (record["time"] - sent) * 1000, (done_at - record["settled_at"]) * 1000
+
+
+def _stream_worker(args: tuple[str, str, list[str], float]) -> tuple[list[float], int]:
+    """Open streams (one thread each), return every chunk's added latency and the errors."""
+    url, token, markers, start_at = args
+    target = urllib.parse.urlsplit(url)
+    latencies: list[float] = []
+    errors = 0
+    lock = threading.Lock()
+
+    def stream(marker: str) -> None:
+        nonlocal errors
+        mine: list[float] = []
+        ok = False
+        try:
+            connection = http.client.HTTPConnection(
+                target.hostname or "127.0.0.1", target.port, timeout=60
+            )
+            body = json.dumps(
+                {
+                    "chatId": None,
+                    "messages": [
+                        {"role": "user", "parts": [{"type": "text", "text": f"stream {marker}"}]}
+                    ],
+                }
+            )
+            time.sleep(max(0.0, start_at - time.time()))
+            connection.request(
+                "POST",
+                "/chat",
+                body=body,
+                headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+            )
+            response = connection.getresponse()
+            while line := response.readline():
+                if not line.startswith(b"data: "):
+                    continue
+                event = json.loads(line[6:])
+                if event["type"] == "chunk":
+                    # A busy instance joins chunks that piled up: one stamp per model chunk.
+                    arrived = time.time()
+                    mine += [(arrived - float(sent)) * 1000 for sent in event["content"].split()]
+                elif event["type"] == "done":
+                    ok = True
+            connection.close()
+        except (OSError, ValueError, http.client.HTTPException):
+            ok = False
+        with lock:
+            latencies.extend(mine)
+            errors += 0 if ok else 1
+
+    threads = [threading.Thread(target=stream, args=(marker,)) for marker in markers]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return latencies, errors
+
+
+def stream_load(
+    env: dict[str, str], token: str, control: StandinControl, streams: int, rate: int
+) -> dict[str, Any]:
+    """``streams`` concurrent turns on one fresh instance, the model sending ``rate`` chunks/s."""
+    process, url = start_instance(env, threads=streams + 20)
+    try:
+        markers = [uuid.uuid4().hex for _ in range(streams)]
+        for marker in markers:
+            control.script(
+                match=marker,
+                chunks=["x"] * (rate * STREAM_SECONDS),
+                delay_per_chunk=1 / rate,
+                stamp_chunks=True,
+            )
+        one_turn(url, token, None, control)  # warm-up: model client and statements
+        memory_before = resident_peak_mb(process.pid)
+        start_at = time.time() + 1.0
+        halves = [markers[: streams // 2], markers[streams // 2 :]]
+        with multiprocessing.get_context("spawn").Pool(2) as pool:
+            parts = pool.map(_stream_worker, [(url, token, half, start_at) for half in halves])
+        latencies = [latency for part, _ in parts for latency in part]
+        return {
+            "streams": streams,
+            "chunks_per_second_each": rate,
+            "errors": sum(errors for _, errors in parts),
+            "chunks": len(latencies),
+            "added_latency_p50_ms": statistics.median(latencies),
+            "added_latency_p99_ms": percentile(latencies, 0.99),
+            "peak_rss_mb": resident_peak_mb(process.pid),
+            "rss_before_mb": memory_before,
+        }
+    finally:
+        process.terminate()
+        process.wait()
+
+
+def backend_prepare_ms(log_path: Path, chats: set[str]) -> list[float]:
+    """The instance's own share of the way to the model: request received -> context ready."""
+    values = []
+    for line in log_path.read_text().splitlines():
+        if line.startswith("{"):
+            entry = json.loads(line)
+            if entry.get("message") == "turn context" and entry.get("chat") in chats:
+                values.append(float(entry["prepare_ms"]))
+    return values
+
+
+def run() -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as data_dir:
+        stack = LocalStack(Path(data_dir), free_port(), log_to_files=True)
+        stack.start()
+        assert stack.gemini_standin_url is not None
+        control = StandinControl(stack.gemini_standin_url)
+        database_kwargs = connect_kwargs_from_url(stack.env["DATABASE_URL"])
+        db = Database(lambda: pg8000.dbapi.connect(**database_kwargs), 2)
+        log_path = Path(data_dir) / "chat_stream_bench.log"
+        user = "user_bench_stream"
+        token = stack.signer.token(user, lifetime_seconds=7200)
+        try:
+            process, url = start_instance(stack.env, threads=16, log_path=log_path)
+            try:
+                small = [seed_chat(db, user, 10) for _ in range(SAMPLES)]
+                large = seed_chat(db, user, 10_000)
+                for chat in small[:3]:
+                    one_turn(url, token, chat, control)  # warm-up: model client, statements
+                overhead: dict[str, list[tuple[float, float]]] = {"10": [], "10000": []}
+                for index in range(SAMPLES):
+                    overhead["10"].append(one_turn(url, token, small[index], control))
+                    overhead["10000"].append(one_turn(url, token, large, control))
+            finally:
+                process.terminate()
+                process.wait()
+            prepare = {
+                "10": backend_prepare_ms(log_path, set(small[3:])),
+                "10000": backend_prepare_ms(log_path, {large}),
+            }
+            loads = [
+                stream_load(stack.env, token, control, streams, rate)
+                for streams, rate in STREAM_LOADS
+            ]
+        finally:
+            db.close()
+            stack.stop()
+
+    def summary(pairs: list[tuple[float, float]], own: list[float]) -> dict[str, float]:
+        before = [p[0] for p in pairs]
+        after = [p[1] for p in pairs]
+        return {
+            "to_model_p50_ms": statistics.median(before),
+            "to_model_p95_ms": percentile(before, 0.95),
+            "backend_prepare_p50_ms": statistics.median(own),
+            "to_done_p50_ms": statistics.median(after),
+            "to_done_p95_ms": percentile(after, 0.95),
+        }
+
+    results: dict[str, Any] = {
+        "overhead_chat_10": summary(overhead["10"], prepare["10"]),
+        "overhead_chat_10000": summary(overhead["10000"], prepare["10000"]),
+        "stream_loads": loads,
+    }
+    print("chat_stream")
+    for size in ("10", "10000"):
+        row = results[f"overhead_chat_{size}"]
+        print(
+            f"  chat of {size:>5} messages: request->model request p50 "
+            f"{row['to_model_p50_ms']:.1f} ms (p95 {row['to_model_p95_ms']:.1f}; of which the "
+            f"backend's own prepare {row['backend_prepare_p50_ms']:.1f}), "
+            f"last chunk->done p50 {row['to_done_p50_ms']:.1f} ms (p95 {row['to_done_p95_ms']:.1f})"
+        )
+    for load in loads:
+        print(
+            f"  {load['streams']:>3} streams x {load['chunks_per_second_each']:>2} chunks/s: "
+            f"errors {load['errors']}, added latency per chunk p50 "
+            f"{load['added_latency_p50_ms']:.1f} ms p99 {load['added_latency_p99_ms']:.1f} ms, "
+            f"peak RSS {load['peak_rss_mb']:.0f} MB"
+        )
+    print(
+        "  targets: overhead p50 <= 15 ms (10 vs 10,000 within 20%); 200 x 50/s: 0 errors, "
+        "p99 <= 50 ms, <= 250 MB"
+    )
+    return results
