@@ -18,7 +18,6 @@ import json
 import multiprocessing
 import statistics
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -31,9 +30,8 @@ from typing import Any
 
 import pg8000.dbapi
 
-from dev.bundle import REPO_ROOT
 from dev.gemini_standin import StandinControl
-from dev.stack import LocalStack, free_port
+from dev.stack import LocalStack, free_port, function_command
 from shared.db import Database, connect_kwargs_from_url
 
 # (concurrent streams, chunks per second on each): the target load, then lighter ones that
@@ -58,19 +56,7 @@ def start_instance(
     port = free_port()
     log = log_path.open("ab") if log_path is not None else subprocess.DEVNULL
     process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "functions_framework",
-            "--target",
-            "chat_stream",
-            "--source",
-            str(REPO_ROOT / "functions/chat_stream/main.py"),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ],
+        function_command("chat_stream", port),
         env={
             **env,
             "PORT": str(port),

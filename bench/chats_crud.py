@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.error
@@ -18,8 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.load import run_load
-from dev.bundle import REPO_ROOT
-from dev.stack import LocalStack, free_port
+from dev.stack import LocalStack, free_port, function_command
 
 THREADS = "8"  # the instance's concurrency, as Terraform deploys it
 
@@ -29,19 +27,7 @@ def start_instance(env: dict[str, str], token: str) -> tuple[subprocess.Popen[by
     port = free_port()
     started = time.perf_counter()
     process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "functions_framework",
-            "--target",
-            "chats_crud",
-            "--source",
-            str(REPO_ROOT / "functions/chats_crud/main.py"),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ],
+        function_command("chats_crud", port),
         env={**env, "PORT": str(port), "THREADS": THREADS},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

@@ -48,6 +48,31 @@ FUNCTION_THREADS = "16"  # like Cloud Run's concurrency: one open SSE stream hol
 TASKS_MAX_RETRIES = 20  # the emulator retries at once, with no backoff: keep it bounded
 
 
+def function_command(name: str, port: int, source: Path | str | None = None) -> list[str]:
+    """How a function runs, locally as on Cloud Run: functions-framework with its entry point.
+
+    Args:
+        name: the function's folder, which is also its entry point's name.
+        port: the port to listen on (0 lets the system pick; the process then cannot be
+            reached, which suits a start-up check).
+        source: its ``main.py``; by default the one under ``functions/<name>/``.
+    """
+    main = source if source is not None else REPO_ROOT / "functions" / name / "main.py"
+    return [
+        sys.executable,
+        "-m",
+        "functions_framework",
+        "--target",
+        name,
+        "--source",
+        str(main),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -195,19 +220,7 @@ class LocalStack:
             port = int(url.rsplit(":", 1)[1])
             log = None if self.log_dir is None else (self.log_dir / f"{name}.log").open("ab")
             self.processes[name] = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "functions_framework",
-                    "--target",
-                    name,
-                    "--source",
-                    str(REPO_ROOT / "functions" / name / "main.py"),
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(port),
-                ],
+                function_command(name, port),
                 cwd=REPO_ROOT,
                 env={**env, "PORT": str(port)},
                 stdout=log,

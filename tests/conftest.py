@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -21,7 +20,7 @@ import pg8000.dbapi
 import pytest
 import requests
 
-from dev.stack import LocalStack, free_port
+from dev.stack import LocalStack, free_port, function_command
 from shared.db import Database, connect_kwargs_from_url
 from shared.settings import load_settings
 from shared.storage import MediaStorage
@@ -159,6 +158,27 @@ def bob(make_user: Any) -> ApiClient:
     return make_user(email="bob@example.com", first_name="Bob")
 
 
+def store_history(db: Database, chat_id: str, count: int, tokens_each: int = 10) -> None:
+    """``count`` alternating user/assistant messages "message 0".., as earlier turns store them."""
+    with db.transaction() as tx:
+        tx.execute(
+            "UPDATE chats SET message_count = :n WHERE id = :id", n=count, id=uuid.UUID(chat_id)
+        )
+        for position in range(count):
+            text = f"message {position}"
+            tx.execute(
+                "INSERT INTO messages (id, chat_id, position, role, content, parts, token_count) "
+                "VALUES (:id, :chat, :pos, :role, :text, CAST(:parts AS jsonb), :tokens)",
+                id=uuid.uuid4(),
+                chat=uuid.UUID(chat_id),
+                pos=position,
+                role="user" if position % 2 == 0 else "assistant",
+                text=text,
+                parts=[{"type": "text", "text": text}],
+                tokens=tokens_each,
+            )
+
+
 def read_logs(stack: LocalStack, function: str) -> list[dict[str, Any]]:
     """Every JSON log line a function wrote so far."""
     assert stack.log_dir is not None
@@ -228,19 +248,7 @@ def function_process(stack: LocalStack, name: str, **env: str) -> Iterator[str]:
     assert stack.log_dir is not None
     log = (stack.log_dir / f"{name}-{port}.log").open("ab")
     process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "functions_framework",
-            "--target",
-            name,
-            "--source",
-            str(REPO_ROOT / "functions" / name / "main.py"),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ],
+        function_command(name, port),
         env={**stack.env, "PORT": str(port), **env},
         stdout=log,
         stderr=log,

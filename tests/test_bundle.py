@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from dev.bundle import REPO_ROOT, build_bundle, bundle_manifest, function_names
-from dev.stack import LocalStack, free_port
+from dev.stack import LocalStack, free_port, function_command
 
 FUNCTIONS = function_names()
 STDLIB = set(sys.stdlib_module_names)
@@ -62,19 +62,7 @@ def test_bundle_starts_and_answers_alone(function: str, stack: LocalStack, tmp_p
     env["PORT"] = str(port)
     # Started the way Cloud Run starts it: from the bundle's folder, by entry point name.
     process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "functions_framework",
-            "--target",
-            function,
-            "--source",
-            "main.py",
-            "--port",
-            str(port),
-            "--host",
-            "127.0.0.1",
-        ],
+        function_command(function, port, source="main.py"),
         cwd=bundle,
         env=env,
         stdout=subprocess.DEVNULL,

@@ -15,7 +15,14 @@ import requests
 from dev.gemini_standin import StandinControl
 from dev.stack import LocalStack
 from shared.db import Database
-from tests.conftest import ApiClient, assert_error, function_process, sse_events, sse_lines
+from tests.conftest import (
+    ApiClient,
+    assert_error,
+    function_process,
+    sse_events,
+    sse_lines,
+    store_history,
+)
 
 
 @pytest.fixture(scope="module")
@@ -36,27 +43,6 @@ def stored_messages(db: Database, chat_id: str) -> list[dict[str, Any]]:
     )
 
 
-def insert_history(db: Database, chat_id: str, count: int, tokens_each: int) -> None:
-    """``count`` alternating user/assistant messages, as earlier turns would have stored."""
-    with db.transaction() as tx:
-        tx.execute(
-            "UPDATE chats SET message_count = :n WHERE id = :id", n=count, id=uuid.UUID(chat_id)
-        )
-        for position in range(count):
-            text = f"history message {position}"
-            tx.execute(
-                "INSERT INTO messages (id, chat_id, position, role, content, parts, token_count) "
-                "VALUES (:id, :chat, :pos, :role, :text, CAST(:parts AS jsonb), :tokens)",
-                id=uuid.uuid4(),
-                chat=uuid.UUID(chat_id),
-                pos=position,
-                role="user" if position % 2 == 0 else "assistant",
-                text=text,
-                parts=[{"type": "text", "text": text}],
-                tokens=tokens_each,
-            )
-
-
 def texts_of(content: dict[str, Any]) -> list[str]:
     return [part["text"] for part in content["parts"] if "text" in part]
 
@@ -66,7 +52,10 @@ def texts_of(content: dict[str, Any]) -> list[str]:
 
 def test_full_exchange_in_a_new_chat(alice: ApiClient, db: Database, model: StandinControl) -> None:
     question = unique("What is Raven")
-    model.script(match=question, chunks=["Raven is ", "a chat ", "assistant."])
+    # Paced like a model: chunks that arrive together may be sent as one (see shared.gemini).
+    model.script(
+        match=question, chunks=["Raven is ", "a chat ", "assistant."], delay_per_chunk=0.05
+    )
     response = alice.send(question)
     assert response.status_code == 200
     assert response.headers["Cache-Control"].startswith("no-cache")
@@ -131,25 +120,25 @@ def test_model_receives_server_history_in_gemini_roles(
 
 def test_the_window_is_cut_by_count(alice: ApiClient, db: Database, model: StandinControl) -> None:
     chat = alice.create_chat()
-    insert_history(db, chat["chatId"], count=80, tokens_each=10)
+    store_history(db, chat["chatId"], count=80, tokens_each=10)
     question = unique("count window")
     sse_events(alice.send(question, chat["chatId"]))
     contents = model.requests(match=question)[0]["body"]["contents"]
     # CHAT_WINDOW_SIZE=50: positions 31..80 (80 is the new message); 31 is an answer whose
     # question fell out of the window, and a Gemini conversation opens with a user turn.
     all_texts = [text for c in contents for text in texts_of(c)]
-    assert all_texts == [f"history message {n}" for n in range(32, 80)] + [question]
+    assert all_texts == [f"message {n}" for n in range(32, 80)] + [question]
 
 
 def test_the_window_is_cut_by_tokens(alice: ApiClient, db: Database, model: StandinControl) -> None:
     chat = alice.create_chat()
-    insert_history(db, chat["chatId"], count=40, tokens_each=1500)
+    store_history(db, chat["chatId"], count=40, tokens_each=1500)
     question = unique("token window")
     sse_events(alice.send(question, chat["chatId"]))
     contents = model.requests(match=question)[0]["body"]["contents"]
     all_texts = [text for c in contents for text in texts_of(c)]
     # TARGET_WINDOW_TOKENS=8000: the new message (~10 tokens) and four 1500-token messages.
-    assert all_texts == [f"history message {n}" for n in range(36, 40)] + [question]
+    assert all_texts == [f"message {n}" for n in range(36, 40)] + [question]
     assert contents[0]["role"] == "user"
 
 
@@ -157,7 +146,7 @@ def test_the_newest_summary_replaces_what_it_covers(
     alice: ApiClient, db: Database, model: StandinControl
 ) -> None:
     chat = alice.create_chat()
-    insert_history(db, chat["chatId"], count=12, tokens_each=10)
+    store_history(db, chat["chatId"], count=12, tokens_each=10)
     with db.transaction() as tx:
         for version, cut in ((1, 3), (2, 7)):
             tx.execute(
@@ -178,7 +167,7 @@ def test_the_newest_summary_replaces_what_it_covers(
     assert "Summary of the earlier conversation\nSUMMARY v2: the user likes ravens." in system
     assert "SUMMARY v1" not in system
     all_texts = [text for c in body["contents"] for text in texts_of(c)]
-    assert all_texts == [f"history message {n}" for n in range(8, 12)] + [question]
+    assert all_texts == [f"message {n}" for n in range(8, 12)] + [question]
 
 
 # --- failures ---------------------------------------------------------------------------
@@ -188,7 +177,9 @@ def test_failure_mid_stream_keeps_the_partial_answer(
     alice: ApiClient, db: Database, model: StandinControl
 ) -> None:
     question = unique("mid-stream failure")
-    model.script(match=question, chunks=["one ", "two ", "three"], fail_after_chunks=2)
+    model.script(
+        match=question, chunks=["one ", "two ", "three"], fail_after_chunks=2, delay_per_chunk=0.05
+    )
     events = sse_events(alice.send(question))
     assert [e["type"] for e in events] == ["start", "chunk", "chunk", "error"]
     assert events[-1]["detail"]

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from dev.stack import read_env_file
+from dev.stack import function_command, read_env_file
 from shared.settings import Settings, SettingsError, load_settings
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -105,17 +104,7 @@ def test_a_function_with_a_bad_value_fails_at_start(tmp_path: Path) -> None:
     env = {**LOCAL, "CHAT_WINDOW_SIZE": "lots", "CLERK_JWKS_URL": "http://127.0.0.1:9/jwks"}
     env["PYTHONPATH"] = str(REPO_ROOT)
     result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "functions_framework",
-            "--target",
-            "chats_crud",
-            "--source",
-            str(REPO_ROOT / "functions/chats_crud/main.py"),
-            "--port",
-            "0",
-        ],
+        function_command("chats_crud", 0),
         env=env,
         capture_output=True,
         text=True,
@@ -129,17 +118,7 @@ def test_a_function_with_a_bad_value_fails_at_start(tmp_path: Path) -> None:
 def test_a_function_without_a_clerk_key_fails_at_start() -> None:
     env = {**LOCAL, "PYTHONPATH": str(REPO_ROOT)}
     result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "functions_framework",
-            "--target",
-            "chats_crud",
-            "--source",
-            str(REPO_ROOT / "functions/chats_crud/main.py"),
-            "--port",
-            "0",
-        ],
+        function_command("chats_crud", 0),
         env=env,
         capture_output=True,
         text=True,

@@ -19,7 +19,7 @@ import requests
 from dev.gemini_standin import StandinControl
 from dev.stack import LocalStack
 from shared.db import Database
-from tests.conftest import ApiClient, function_process, sse_events
+from tests.conftest import ApiClient, function_process, sse_events, store_history
 
 # Low thresholds so a few turns are a "long" chat.
 SUMMARY_ENV = {
@@ -130,22 +130,8 @@ def test_a_long_chat_gets_a_summary_a_title_and_uses_it(
 
 
 def make_chat_with_messages(client: ApiClient, db: Database, count: int) -> str:
-    chat_id = client.create_chat()["chatId"]
-    with db.transaction() as tx:
-        tx.execute(
-            "UPDATE chats SET message_count = :n WHERE id = :id", n=count, id=uuid.UUID(chat_id)
-        )
-        for position in range(count):
-            tx.execute(
-                "INSERT INTO messages (id, chat_id, position, role, content, parts) "
-                "VALUES (:id, :chat, :pos, :role, :text, CAST(:parts AS jsonb))",
-                id=uuid.uuid4(),
-                chat=uuid.UUID(chat_id),
-                pos=position,
-                role="user" if position % 2 == 0 else "assistant",
-                text=f"message {position}",
-                parts=[{"type": "text", "text": f"message {position}"}],
-            )
+    chat_id = str(client.create_chat()["chatId"])
+    store_history(db, chat_id, count)
     return chat_id
 
 

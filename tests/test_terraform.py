@@ -39,8 +39,22 @@ TF_FILES = sorted(TERRAFORM.glob("*.tf"))
 # Environment variables Terraform sets that shared/settings.py does not read: functions-framework's.
 RUNTIME_ONLY_ENV = {"THREADS"}
 
-# Settings that exist for local development and tests only, never set in a deployment.
-DEV_ONLY_SETTINGS = {"DEBUG", "PORT", "DATABASE_URL", "TASKS_EMULATOR_HOST", "GEMINI_BASE_URL"}
+# Settings that exist for local development and tests only, never set in a deployment, and why.
+DEV_ONLY_SETTINGS = {
+    "DEBUG": "settings refuse DEBUG with ENVIRONMENT=production",
+    "PORT": "Cloud Run sets it itself",
+    "DATABASE_URL": "deployed, the Cloud SQL connector uses INSTANCE_CONNECTION_NAME, DB_IAM_USER",
+    "TASKS_EMULATOR_HOST": "the local Cloud Tasks emulator",
+    "GEMINI_BASE_URL": "the local Gemini stand-in",
+    "SIGNER_KEY_FILE": (
+        "a key file signs URLs locally; deployed, IAM signBlob signs as the function's own "
+        "account (SIGNER_SERVICE_ACCOUNT), and settings refuse a key file in production"
+    ),
+    "STORAGE_EMULATOR_HOST": "the local Cloud Storage emulator; settings refuse it in production",
+    "STORAGE_PUBLIC_URL": (
+        "the local router's storage base URL; deployed, browsers use Google's endpoint, the default"
+    ),
+}
 
 
 # --- reading the configuration -----------------------------------------------------------------
@@ -249,6 +263,7 @@ def test_the_expected_files_exist() -> None:
         "outputs.tf",
         "network.tf",
         "migrations.tf",
+        "scheduler.tf",
     }
     assert expected <= {path.name for path in TF_FILES}
     for other in (
@@ -386,9 +401,13 @@ def test_every_required_setting_is_provided(function: str) -> None:
 
 @pytest.mark.parametrize("function", sorted(function_folders()))
 def test_functions_that_authenticate_users_can_verify_clerk_tokens(function: str) -> None:
-    if not authenticates_users(function):
-        pytest.skip(f"functions/{function}/main.py has no authenticated route yet")
     env = env_given_to(function)
+    if not authenticates_users(function):
+        # Every Route has auth=False: the function verifies no session token, so it gets no
+        # Clerk key (clerk_webhook's own secret is checked in the secrets test).
+        assert not {"CLERK_JWT_KEY", "CLERK_SECRET_KEY"} & secrets_given_to(function), function
+        assert not {"CLERK_ISSUER", "CLERK_JWKS_URL"} & env, function
+        return
     assert "CLERK_ISSUER" in env, function
     # shared/auth.py: CLERK_JWT_KEY, else CLERK_JWKS_URL (Terraform defaults it from the issuer).
     assert "CLERK_JWKS_URL" in env and "CLERK_JWT_KEY" in secrets_given_to(function), function
@@ -422,8 +441,13 @@ def test_every_environment_variable_is_a_setting() -> None:
 def test_every_setting_is_deployed_or_dev_only() -> None:
     deployed = set().union(*(env_given_to(function) for function in function_defaults()))
     deployed |= set(all_locals()["secret_consumers"])
-    missing = settings_aliases() - deployed - DEV_ONLY_SETTINGS
+    missing = settings_aliases() - deployed - set(DEV_ONLY_SETTINGS)
     assert not missing, f"settings with no way to set them in a deployment: {sorted(missing)}"
+    assert set(DEV_ONLY_SETTINGS) <= settings_aliases(), "a dev-only setting that does not exist"
+    leaked = deployed & set(DEV_ONLY_SETTINGS)
+    assert not leaked, f"dev-only settings given to a deployment: {sorted(leaked)}"
+    for name, reason in DEV_ONLY_SETTINGS.items():
+        assert reason.strip(), f"say why {name} is dev-only"
 
 
 def test_tuning_fields_are_settings_fields_of_the_same_type() -> None:
@@ -443,9 +467,10 @@ def test_tuning_fields_are_settings_fields_of_the_same_type() -> None:
         assert expected_types.get(origin) == type_, f"tuning.{name}: {type_} for {annotation}"
 
 
-def test_public_functions_and_private_summarize() -> None:
+def test_public_functions_and_private_workers() -> None:
     defaults = function_defaults()
     assert defaults["summarize"]["public"] is False
+    assert defaults["storage_sweep"]["public"] is False
     for name in ("chat_stream", "chats_crud", "upload_url", "clerk_webhook"):
         assert defaults[name]["public"] is True, name
     public = resource("google_cloud_run_v2_service_iam_member", "public")
@@ -458,12 +483,106 @@ def test_public_functions_and_private_summarize() -> None:
     invoker = resource("google_cloud_run_v2_service_iam_member", "tasks_invoke_summarize")
     assert unquote(invoker["name"]) == 'google_cloudfunctions2_function.function["summarize"].name'
     assert unquote(invoker["member"]) == "google_service_account.tasks_invoker.member"
+    # storage_sweep: only the sweep scheduler may call it.
+    sweep = resource("google_cloud_run_v2_service_iam_member", "scheduler_invokes_storage_sweep")
+    assert (
+        unquote(sweep["name"]) == 'google_cloudfunctions2_function.function["storage_sweep"].name'
+    )
+    assert unquote(sweep["role"]) == "roles/run.invoker"
+    assert unquote(sweep["member"]) == "google_service_account.sweep_scheduler.member"
     for type_, name in blocks("resource"):
         if "allUsers" in json.dumps(blocks("resource")[(type_, name)]):
             assert (type_, name) == ("google_cloud_run_v2_service_iam_member", "public"), (
                 type_,
                 name,
             )
+
+
+def test_functions_that_use_the_uploads_bucket_are_given_it() -> None:
+    """shared.storage.media_storage() require()s GCS_BUCKET_NAME, also inside a handler."""
+    for function in sorted(function_folders()):
+        module = _main_module(function)
+        assert module is not None, function
+        uses_media_storage = any(
+            isinstance(node, ast.ImportFrom)
+            and node.module == "shared.storage"
+            and any(alias.name == "media_storage" for alias in node.names)
+            for node in ast.walk(module)
+        )
+        if uses_media_storage:
+            assert "GCS_BUCKET_NAME" in env_given_to(function), function
+            assert function in literal_keys(all_locals()["uploads_bucket_roles"]), function
+
+
+def test_bucket_roles_of_each_function() -> None:
+    roles = {
+        function: set(re.findall(r'"(roles/[\w.]+)"', expression))
+        for function, expression in all_locals()["uploads_bucket_roles"].items()
+    }
+    assert set(roles) == set(function_defaults())
+    # chat_stream reads an upload's metadata and patches its custom time (get + update); chats_crud,
+    # clerk_webhook and storage_sweep delete objects; upload_url only signs PUTs; summarize none.
+    for function in ("chat_stream", "chats_crud", "clerk_webhook", "storage_sweep"):
+        assert roles[function] == {"roles/storage.objectUser"}, function
+    assert roles["upload_url"] == {"roles/storage.objectCreator"}
+    assert roles["summarize"] == set()
+    grant = resource("google_storage_bucket_iam_member", "uploads")
+    assert unquote(grant["bucket"]) == "google_storage_bucket.uploads.name"
+    # Vertex AI fetches gs:// media parts itself, as its service agent.
+    vertex = resource("google_storage_bucket_iam_member", "uploads_vertex_ai")
+    assert unquote(vertex["bucket"]) == "google_storage_bucket.uploads.name"
+    assert unquote(vertex["role"]) == "roles/storage.objectViewer"
+    assert "google_project_service_identity.vertex_ai.email" in unquote(vertex["member"])
+    # chat_stream reads SYSTEM_INSTRUCTION_URL (gs://<config bucket>/...) with its own account.
+    config = resource("google_storage_bucket_iam_member", "config_chat_stream")
+    assert unquote(config["bucket"]) == "google_storage_bucket.config.name"
+    assert unquote(config["role"]) == "roles/storage.objectViewer"
+    assert unquote(config["member"]) == 'google_service_account.function["chat_stream"].member'
+    assert "SYSTEM_INSTRUCTION_URL" in env_given_to("chat_stream")
+    assert (
+        "google_storage_bucket.config.name" in all_locals()["shared_env"]["SYSTEM_INSTRUCTION_URL"]
+    )
+
+
+def test_storage_sweep_is_called_every_ten_minutes_by_its_own_account() -> None:
+    defaults = function_defaults()["storage_sweep"]
+    assert 240 < defaults["timeout_seconds"] <= 600, "the sweep's budget is 240 s"
+    assert 1 <= defaults["concurrency"] <= 2 and defaults["max_instances"] <= 3
+    roles = unquote(all_locals()["function_project_roles"]["storage_sweep"])
+    assert roles == "local.database_client_roles", "the database, and no Gemini"
+    assert "cloudscheduler.googleapis.com" in unquote(
+        resource("google_project_service", "api")["for_each"]
+    )
+
+    job = resource("google_cloud_scheduler_job", "storage_sweep")
+    assert unquote(job["schedule"]) == "var.storage_sweep_schedule"
+    assert unquote(variables()["storage_sweep_schedule"]["default"]) == "*/10 * * * *"
+    assert "local.functions.storage_sweep.timeout_seconds" in unquote(job["attempt_deadline"])
+    target = job["http_target"][0]
+    assert unquote(target["http_method"]) == "POST"
+    assert unquote(target["uri"]) == "${local.storage_sweep_url}/"
+    token = target["oidc_token"][0]
+    assert unquote(token["service_account_email"]) == "google_service_account.sweep_scheduler.email"
+    assert unquote(token["audience"]) == "local.storage_sweep_url"
+    assert 'google_cloudfunctions2_function.function["storage_sweep"]' in unquote(
+        all_locals()["storage_sweep_url"]
+    )
+    # The scheduler's account holds nothing but run.invoker on storage_sweep.
+    holders = [
+        key
+        for key, body in blocks("resource").items()
+        if "google_service_account.sweep_scheduler.member" in json.dumps(body)
+    ]
+    assert holders == [
+        ("google_cloud_run_v2_service_iam_member", "scheduler_invokes_storage_sweep")
+    ]
+
+
+def test_chat_stream_concurrency_stays_in_the_measured_range() -> None:
+    """README.md (chat_stream's concurrency): bench/chat_stream.py on 2 vCPU."""
+    defaults = function_defaults()["chat_stream"]
+    assert unquote(defaults["cpu"]) == "2"
+    assert 50 <= defaults["concurrency"] <= 100
 
 
 def test_summarize_url_is_the_summarize_service() -> None:
