@@ -34,11 +34,11 @@ def fetch_instruction(source: str | None) -> str:
         return BUNDLED_DEFAULT.read_text(encoding="utf-8")
     if source.startswith("gs://"):
         # Only instances configured with gs:// pay this import (~0.3 s), in the background.
-        from google.cloud import storage  # type: ignore[attr-defined]
+        from google.cloud.storage import Client
 
         bucket, _, name = source[len("gs://") :].partition("/")
         data: bytes = (
-            storage.Client()
+            Client()
             .bucket(bucket)
             .blob(name)
             .download_as_bytes(timeout=FETCH_TIMEOUT_SECONDS)
