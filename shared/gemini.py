@@ -85,6 +85,13 @@ class GeminiStreamer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._client: Any = None
 
+    def warm_up_in_background(self) -> None:
+        """Import google-genai (~1.1 s) and build the client now, off the first request's path.
+
+        Called at instance start; a request that arrives first simply waits on the same lock.
+        """
+        threading.Thread(target=self._ensure_started, daemon=True, name="gemini-warm-up").start()
+
     @property
     def client(self) -> Any:
         """The google-genai client, created once. Keep it referenced: it closes on collection."""
