@@ -8,6 +8,7 @@ resource "google_project_service" "api" {
     "cloudbuild.googleapis.com",           # builds the functions from source, and the migrations image
     "cloudfunctions.googleapis.com",       # Cloud Run functions (gen2)
     "cloudresourcemanager.googleapis.com", # project IAM bindings
+    "cloudscheduler.googleapis.com",       # the periodic storage_sweep call
     "cloudtasks.googleapis.com",           # the summaries queue
     "compute.googleapis.com",              # VPC, load balancer
     "iam.googleapis.com",                  # service accounts

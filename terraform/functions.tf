@@ -1,4 +1,4 @@
-# The five Cloud Run functions (gen2), one per folder under ../functions, each built from its own
+# The six Cloud Run functions (gen2), one per folder under ../functions, each built from its own
 # source archive and configured entirely through environment variables that shared/settings.py reads.
 
 # --- sizing ----------------------------------------------------------------------------------
@@ -9,13 +9,23 @@ locals {
   # gunicorn thread count (THREADS): functions-framework serves one request per thread, and an open
   # chat stream holds its thread for the whole answer.
   function_defaults = {
+    # chat_stream: 80 streams per 2-vCPU instance (README.md: chat_stream's concurrency). A stream
+    # mostly waits on Gemini, but the google-genai SDK spends ~200 µs of CPU on each streamed chunk,
+    # all of it in the one gunicorn process (one GIL, so about one core of Python). bench/chat_stream.py
+    # on 2 vCPU: 50 streams x 50 chunks/s (2,500 chunks/s) add ~130 ms at p99; 200 x 50/s saturate a
+    # core. Gemini really sends a few to ~15 chunks/s per stream: 80 x 15/s = 1,200 chunks/s, about a
+    # quarter of a core and half the load measured at ~130 ms, leaving room for bursts and the rest of
+    # each turn. Even if all 80 ran at 50/s (4,000 chunks/s, ~0.8 core) the instance is slower, not
+    # saturated. Higher packs more fast streams behind one GIL; lower means more instances, cold starts
+    # and connections. The second vCPU takes the work that releases the GIL (TLS, socket I/O).
+    # 1Gi: 200 streams peaked at ~190 MB resident in the same benchmark.
     chat_stream = {
       description     = "POST /chat: streams Raven's answer as server-sent events."
       public          = true
       min_instances   = 0
       max_instances   = 20
-      concurrency     = 40
-      cpu             = "1"
+      concurrency     = 80
+      cpu             = "2"
       memory          = "1Gi"
       timeout_seconds = 900 # a stream lasts as long as the answer: far above MODEL_TIMEOUT_SECONDS
       db_pool_size    = 4
@@ -63,6 +73,22 @@ locals {
       memory          = "512Mi"
       timeout_seconds = 300
       db_pool_size    = 2
+    }
+    # Called by Cloud Scheduler every 10 minutes (scheduler.tf). One sweep at a time per instance:
+    # it works through the queue row by row with one database connection, within a 240 s budget
+    # (SWEEP_BUDGET_SECONDS in its main.py) that the 300 s timeout covers with the last row's work.
+    # A second instance only serves a call that overlaps a running sweep (a manual run); both may
+    # work the queue at once, since rows are claimed with FOR UPDATE SKIP LOCKED and a lease.
+    storage_sweep = {
+      description     = "Cloud Scheduler worker: deletes the bucket objects of deleted chats and users. Private."
+      public          = false
+      min_instances   = 0
+      max_instances   = 2
+      concurrency     = 1
+      cpu             = "1"
+      memory          = "512Mi"
+      timeout_seconds = 300
+      db_pool_size    = 1
     }
   }
 
@@ -125,6 +151,7 @@ locals {
     upload_url    = ["ALLOWED_ORIGINS", "CLERK_ISSUER", "CLERK_JWKS_URL", "GCS_BUCKET_NAME", "SIGNER_SERVICE_ACCOUNT"]
     clerk_webhook = ["GCS_BUCKET_NAME"]
     summarize     = ["SUMMARY_MODEL", "THINKING_BUDGET", "TASKS_INVOKER_SERVICE_ACCOUNT"]
+    storage_sweep = [] # the queue rows name their buckets; only the database and PROJECT_ID (common_env)
   }
 
   # var.tuning: chat_window_size = 30 -> CHAT_WINDOW_SIZE=30; lists are joined with commas.
@@ -229,7 +256,7 @@ resource "google_cloudfunctions2_function" "function" {
   location    = var.region
   description = each.value.description
 
-  #checkov:skip=CKV_GCP_124:Ingress stays ALLOW_ALL: the browser calls chat_stream, chats_crud and upload_url, Clerk calls clerk_webhook, and Cloud Tasks calls summarize, all from the internet. summarize is still private: only the tasks invoker account holds run.invoker on it.
+  #checkov:skip=CKV_GCP_124:Ingress stays ALLOW_ALL: the browser calls chat_stream, chats_crud and upload_url, Clerk calls clerk_webhook, Cloud Tasks calls summarize and Cloud Scheduler calls storage_sweep, all at their public URLs. summarize and storage_sweep are still private: only the tasks invoker, respectively the sweep scheduler account, holds run.invoker on them.
 
   build_config {
     runtime         = "python311"
@@ -299,7 +326,8 @@ resource "google_cloudfunctions2_function" "function" {
 }
 
 # The four browser- and Clerk-facing functions are public: they authenticate callers themselves (Clerk
-# session tokens, Clerk webhook signatures). summarize is not in this list.
+# session tokens, Clerk webhook signatures). summarize and storage_sweep are not in this list: Cloud Run
+# admits only their one invoker account each (iam.tf, scheduler.tf).
 resource "google_cloud_run_v2_service_iam_member" "public" {
   for_each = local.public_functions
 

@@ -25,6 +25,15 @@ resource "google_service_account" "tasks_invoker" {
   depends_on = [google_project_service.api]
 }
 
+# The identity whose OIDC token Cloud Scheduler attaches when it calls storage_sweep (scheduler.tf).
+resource "google_service_account" "sweep_scheduler" {
+  account_id   = "${var.name_prefix}-sweep-scheduler"
+  display_name = "Raven storage sweep scheduler"
+  description  = "Cloud Scheduler calls the storage_sweep function as this account."
+
+  depends_on = [google_project_service.api]
+}
+
 # Cloud Build runs as this account to build the functions' images and the migrations image, instead
 # of a default account with broad project roles.
 resource "google_service_account" "build" {
@@ -66,6 +75,7 @@ locals {
     summarize = setunion(local.database_client_roles, toset([
       "roles/aiplatform.user", # call Gemini on Vertex AI to write chat summaries
     ]))
+    storage_sweep = local.database_client_roles # claim and finish storage_deletions rows; no Gemini
   }
 
   build_project_roles = toset([
@@ -104,7 +114,7 @@ resource "google_project_iam_member" "grant" {
 locals {
   uploads_bucket_roles = {
     chat_stream = toset([
-      "roles/storage.objectUser", # read attached media for Gemini, and set custom time on an upload a message references
+      "roles/storage.objectUser", # resolve_media: objects.get (an upload's type and size) and objects.update (mark it referenced: custom time)
     ])
     chats_crud = toset([
       "roles/storage.objectUser", # sign GET URLs for stored media (signing needs read), delete a deleted chat's media
@@ -116,6 +126,9 @@ locals {
       "roles/storage.objectUser", # list and delete every object of a user Clerk reports deleted
     ])
     summarize = toset([]) # summaries are text: no media access
+    storage_sweep = toset([
+      "roles/storage.objectUser", # list a deleted user's folder and delete the queued objects (list + delete; no narrower predefined role)
+    ])
   }
 
   uploads_bucket_grants = merge([
@@ -200,6 +213,19 @@ resource "google_cloud_run_v2_service_iam_member" "tasks_invoke_summarize" {
   name     = google_cloudfunctions2_function.function["summarize"].name
   role     = "roles/run.invoker" # call the summarize service with an OIDC token
   member   = google_service_account.tasks_invoker.member
+}
+
+# --- Cloud Scheduler -------------------------------------------------------------------------
+
+# The sweep scheduler may call storage_sweep, and nothing else. (storage_sweep has no allUsers
+# binding: functions.tf.) Cloud Scheduler's own service agent mints the OIDC token for this account
+# through roles/cloudscheduler.serviceAgent, which Google grants it when the API is enabled.
+resource "google_cloud_run_v2_service_iam_member" "scheduler_invokes_storage_sweep" {
+  project  = var.project_id
+  location = var.region
+  name     = google_cloudfunctions2_function.function["storage_sweep"].name
+  role     = "roles/run.invoker" # call the storage_sweep service with an OIDC token
+  member   = google_service_account.sweep_scheduler.member
 }
 
 # --- builds ----------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 # What the frontend, Clerk and operators need. No secret is ever output.
 
 output "function_urls" {
-  description = "Each function's URL, by function folder name. summarize's only accepts Cloud Tasks' OIDC tokens."
+  description = "Each function's URL, by function folder name. summarize's only accepts Cloud Tasks' OIDC tokens, storage_sweep's only Cloud Scheduler's."
   value       = { for name, function in google_cloudfunctions2_function.function : name => function.url }
 }
 
@@ -28,6 +28,11 @@ output "clerk_webhook_url" {
 output "summarize_url" {
   description = "The summarize function's URL, as Cloud Tasks calls it (SUMMARIZE_URL)."
   value       = local.summarize_url
+}
+
+output "storage_sweep_job" {
+  description = "The Cloud Scheduler job that calls storage_sweep (run it now: gcloud scheduler jobs run <name> --location=<region>)."
+  value       = google_cloud_scheduler_job.storage_sweep.name
 }
 
 output "backend_url" {
@@ -85,9 +90,10 @@ output "service_accounts" {
   value = merge(
     { for name, account in google_service_account.function : name => account.email },
     {
-      tasks_invoker = google_service_account.tasks_invoker.email
-      build         = google_service_account.build.email
-      migrate       = google_service_account.migrate.email
+      tasks_invoker   = google_service_account.tasks_invoker.email
+      sweep_scheduler = google_service_account.sweep_scheduler.email
+      build           = google_service_account.build.email
+      migrate         = google_service_account.migrate.email
     },
   )
 }

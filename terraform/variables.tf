@@ -162,8 +162,8 @@ variable "function_settings" {
   }))
   description = <<-EOT
     Per-function overrides of the sizing defaults in functions.tf (local.function_defaults), keyed by
-    function folder name (chat_stream, chats_crud, upload_url, clerk_webhook, summarize); any field left
-    out keeps its default. concurrency is the requests one instance serves at once
+    function folder name (chat_stream, chats_crud, upload_url, clerk_webhook, summarize, storage_sweep);
+    any field left out keeps its default. concurrency is the requests one instance serves at once
     (max_instance_request_concurrency) and also its thread count (THREADS): one open chat stream holds one
     thread. db_pool_size is DB_POOL_SIZE, the database connections one instance may open; Cloud SQL's
     max_connections is sized from max_instances x db_pool_size of every function.
@@ -173,9 +173,9 @@ variable "function_settings" {
   validation {
     condition = alltrue([
       for name in keys(var.function_settings) :
-      contains(["chat_stream", "chats_crud", "upload_url", "clerk_webhook", "summarize"], name)
+      contains(["chat_stream", "chats_crud", "upload_url", "clerk_webhook", "summarize", "storage_sweep"], name)
     ])
-    error_message = "function_settings keys must be function folder names: chat_stream, chats_crud, upload_url, clerk_webhook, summarize."
+    error_message = "function_settings keys must be function folder names: chat_stream, chats_crud, upload_url, clerk_webhook, summarize, storage_sweep."
   }
 
   validation {
@@ -377,6 +377,17 @@ variable "unreferenced_upload_days" {
   validation {
     condition     = var.unreferenced_upload_days >= 1
     error_message = "unreferenced_upload_days must be at least 1."
+  }
+}
+
+variable "storage_sweep_schedule" {
+  type        = string
+  description = "When Cloud Scheduler calls storage_sweep, which finishes the bucket deletions of deleted chats and users (unix-cron, UTC). Every 10 minutes by default; each sweep runs at most 240 s."
+  default     = "*/10 * * * *"
+
+  validation {
+    condition     = can(regex("^\\S+(\\s+\\S+){4}$", trimspace(var.storage_sweep_schedule)))
+    error_message = "storage_sweep_schedule must be a unix-cron expression of five fields, e.g. \"*/10 * * * *\"."
   }
 }
 
