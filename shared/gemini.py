@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import queue
 import threading
 import time
@@ -84,13 +85,24 @@ class GeminiStreamer:
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._client: Any = None
+        os.register_at_fork(after_in_child=self._forget_process_state)
 
-    def warm_up_in_background(self) -> None:
-        """Import google-genai (~1.1 s) and build the client now, off the first request's path.
+    @staticmethod
+    def preload() -> None:
+        """Import google-genai (~1.1 s) now, at instance start, not in the first request.
 
-        Called at instance start; a request that arrives first simply waits on the same lock.
+        Only the import: functions-framework imports the entry module in gunicorn's master
+        and forks the worker afterwards, so threads, event loops and connections must be
+        created lazily, in the worker (see :meth:`_forget_process_state`).
         """
-        threading.Thread(target=self._ensure_started, daemon=True, name="gemini-warm-up").start()
+        import google.genai
+        import google.genai.types  # noqa: F401
+
+    def _forget_process_state(self) -> None:
+        """After a fork, drop what belonged to the parent: its loop thread did not survive."""
+        self._lock = threading.Lock()
+        self._loop = None
+        self._client = None
 
     @property
     def client(self) -> Any:

@@ -4,11 +4,10 @@
 account), ``https://...``, a file path, or empty for the bundled default
 (``shared/system_instruction.md``). The text may contain ``{user_name}``, replaced per turn.
 
-The first load happens at instance start in a background thread. A cached text older than
+The first load happens at instance start, before any request (a failure falls back to the
+bundled default and is retried 30 s later). A cached text older than
 ``SYSTEM_INSTRUCTION_TTL_SECONDS`` is still used while one background thread reloads it, so
-no request ever waits on the network for it (except the very first ones if the initial load
-is still running; they wait at most :data:`FIRST_LOAD_WAIT_SECONDS` and then use the bundled
-default). A failed reload keeps the last good text.
+no request ever waits on the network for it. A failed reload keeps the last good text.
 """
 
 from __future__ import annotations
@@ -70,8 +69,14 @@ class SystemInstruction:
         self._first_load = threading.Event()
 
     def start(self) -> None:
-        """Begin the first load in the background (call at instance start)."""
-        self._refresh_in_background()
+        """Load the instruction now (call at instance start, before any request).
+
+        Synchronous on purpose: the entry module is imported in gunicorn's master, which
+        forks the worker afterwards, and a thread started here would not exist in the worker.
+        Later refreshes start their threads lazily, in the process that serves requests.
+        """
+        if self._refreshing.acquire(blocking=False):
+            self._refresh()
 
     def text(self) -> str:
         """The current instruction template, never blocking on a reload."""

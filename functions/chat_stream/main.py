@@ -47,7 +47,7 @@ SYSTEM_INSTRUCTION = SystemInstruction(
 )
 SYSTEM_INSTRUCTION.start()
 MODEL = GeminiStreamer(settings)
-MODEL.warm_up_in_background()
+MODEL.preload()
 
 # Proxies must pass events through as they come (nginx honours X-Accel-Buffering).
 SSE_HEADERS = {"Cache-Control": "no-cache, no-transform", "X-Accel-Buffering": "no"}

@@ -38,7 +38,7 @@ logger = logging.getLogger("raven.summarize")
 
 settings = start_function()
 MODEL = GeminiStreamer(settings)
-MODEL.warm_up_in_background()
+MODEL.preload()
 
 # Read at most this many messages between two summaries (a backlog beyond it is skipped:
 # the summary still covers through the cut and the newest messages stay verbatim).
