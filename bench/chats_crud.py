@@ -19,7 +19,7 @@ from typing import Any
 from bench.load import run_load
 from dev.stack import LocalStack, free_port, function_command
 
-THREADS = "8"  # the instance's concurrency, as Terraform deploys it
+THREADS = "40"  # the instance's concurrency, as Terraform deploys it (terraform/functions.tf)
 
 
 def start_instance(env: dict[str, str], token: str) -> tuple[subprocess.Popen[bytes], str, float]:
