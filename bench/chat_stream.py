@@ -273,18 +273,23 @@ def run() -> dict[str, Any]:
             process, url = start_instance(stack.env, threads=16, log_path=log_path)
             try:
                 small = [seed_chat(db, user, 10) for _ in range(SAMPLES)]
+                # 60 messages fill the window (CHAT_WINDOW_SIZE=50) as 10,000 do: the pair
+                # that isolates the cost of the chat's length from the size of the window.
+                full_window = [seed_chat(db, user, 60) for _ in range(SAMPLES)]
                 large = seed_chat(db, user, 10_000)
                 for chat in small[:3]:
                     one_turn(url, token, chat, control)  # warm-up: model client, statements
-                overhead: dict[str, list[tuple[float, float]]] = {"10": [], "10000": []}
+                overhead: dict[str, list[tuple[float, float]]] = {"10": [], "60": [], "10000": []}
                 for index in range(SAMPLES):
                     overhead["10"].append(one_turn(url, token, small[index], control))
+                    overhead["60"].append(one_turn(url, token, full_window[index], control))
                     overhead["10000"].append(one_turn(url, token, large, control))
             finally:
                 process.terminate()
                 process.wait()
             prepare = {
                 "10": backend_prepare_ms(log_path, set(small[3:])),
+                "60": backend_prepare_ms(log_path, set(full_window)),
                 "10000": backend_prepare_ms(log_path, {large}),
             }
             loads = [
@@ -308,11 +313,12 @@ def run() -> dict[str, Any]:
 
     results: dict[str, Any] = {
         "overhead_chat_10": summary(overhead["10"], prepare["10"]),
+        "overhead_chat_60": summary(overhead["60"], prepare["60"]),
         "overhead_chat_10000": summary(overhead["10000"], prepare["10000"]),
         "stream_loads": loads,
     }
     print("chat_stream")
-    for size in ("10", "10000"):
+    for size in ("10", "60", "10000"):
         row = results[f"overhead_chat_{size}"]
         print(
             f"  chat of {size:>5} messages: request->model request p50 "
