@@ -269,6 +269,20 @@ def test_scripted_chunks_and_usage(api_client: genai.Client, control: StandinCon
     assert usage.total_token_count == 10
 
 
+def test_stamp_chunks_carry_their_send_time(
+    api_client: genai.Client, control: StandinControl
+) -> None:
+    key = token()
+    before = time.time()
+    control.script(chunks=["a", "b", "c"], stamp_chunks=True, match=key)
+    stamps = [float(c.text) for c in stream(api_client, key)]
+    after = time.time()
+    assert len(stamps) == 3
+    assert before <= stamps[0] <= stamps[1] <= stamps[2] <= after
+    record = control.requests(match=key)[-1]
+    assert record["outcome"] == "ok" and record["time"] <= record["settled_at"] <= after
+
+
 def test_delay_per_chunk_streams_without_buffering(
     api_client: genai.Client, control: StandinControl
 ) -> None:
