@@ -275,7 +275,7 @@ def test_stamp_chunks_carry_their_send_time(
     key = token()
     before = time.time()
     control.script(chunks=["a", "b", "c"], stamp_chunks=True, match=key)
-    stamps = [float(c.text) for c in stream(api_client, key)]
+    stamps = [float(str(c.text)) for c in stream(api_client, key)]
     after = time.time()
     assert len(stamps) == 3
     assert before <= stamps[0] <= stamps[1] <= stamps[2] <= after
