@@ -196,21 +196,33 @@ class _MediaBudget:
         return True
 
 
+def window_budget(settings: Settings, summary: StoredSummary | None, system_tokens: int) -> int:
+    """Tokens the recent-message window may use: ``TARGET_WINDOW_TOKENS``, and never more
+    than what ``MAX_CONTEXT_TOKENS`` leaves once the system instruction and summary are in."""
+    summary_tokens = summary.token_count if summary is not None else 0
+    room = settings.max_context_tokens - system_tokens - summary_tokens
+    return max(0, min(settings.target_window_tokens, room))
+
+
 def build_context(
     summary: StoredSummary | None,
     newest_first: list[StoredMessage],
     settings: Settings,
+    system_tokens: int = 0,
 ) -> ModelContext:
     """Choose the window and media, and shape them as Gemini ``contents``.
 
     Args:
         summary: the newest rolling summary, if any (its text goes to the system instruction).
         newest_first: messages after the summary, newest first; the first one is the turn's
-            new user message, always included.
+            new user message, always included (its size was checked against
+            ``MAX_CONTEXT_TOKENS`` when it arrived).
         settings: window and media settings.
+        system_tokens: the system instruction's size, which the window must leave room for.
     """
     assert newest_first and newest_first[0].role == "user", "the turn's message comes first"
     current = newest_first[0]
+    budget = window_budget(settings, summary, system_tokens)
 
     window: list[StoredMessage] = []
     tokens = 0
@@ -219,7 +231,7 @@ def build_context(
             continue  # a placeholder of an answer still streaming, or one that failed empty
         if window and (
             len(window) >= settings.chat_window_size
-            or tokens + message.token_count > settings.target_window_tokens
+            or tokens + message.token_count > budget
         ):
             break
         window.append(message)
@@ -229,7 +241,7 @@ def build_context(
         tokens -= window[0].token_count
         window.pop(0)  # Gemini's conversation must open with a user turn
 
-    budget = _MediaBudget(settings)
+    media_budget = _MediaBudget(settings)
     wanted_kinds: set[str] = set()
     if settings.media_allow_history_if_referenced and not settings.media_include_only_current:
         wanted_kinds = referenced_media_kinds(current.content)
@@ -243,7 +255,7 @@ def build_context(
             if part.get("type") == "text":
                 continue
             is_current = message.position == current.position
-            if (is_current or media_kind(part["mime_type"]) in wanted_kinds) and budget.take(
+            if (is_current or media_kind(part["mime_type"]) in wanted_kinds) and media_budget.take(
                 part["mime_type"]
             ):
                 include.add((message.position, index))

@@ -170,6 +170,44 @@ def test_the_newest_summary_replaces_what_it_covers(
     assert all_texts == [f"message {n}" for n in range(8, 12)] + [question]
 
 
+def test_the_window_leaves_room_for_instruction_and_summary(
+    stack: LocalStack, make_user: Any, db: Database, model: StandinControl
+) -> None:
+    # MAX_CONTEXT_TOKENS is the hard ceiling: a 1,500-token summary and the ~170-token
+    # instruction leave ~2,330 of the 4,000 for the window, below TARGET_WINDOW_TOKENS.
+    limits = {"MAX_CONTEXT_TOKENS": "4000", "TARGET_WINDOW_TOKENS": "4000"}
+    with function_process(stack, "chat_stream", **limits) as base:
+        user = make_user()
+        client = ApiClient(base, user.token, user.user_id)
+        chat = user.create_chat()  # chats_crud, through the router
+        store_history(db, chat["chatId"], count=12, tokens_each=500)
+        with db.transaction() as tx:
+            tx.execute(
+                "INSERT INTO summaries (id, chat_id, version, covers_through_position, content, "
+                "token_count) VALUES (:id, :chat, 1, 1, 'Earlier: ravens.', 1500)",
+                id=uuid.uuid4(),
+                chat=uuid.UUID(chat["chatId"]),
+            )
+        question = unique("ceiling")
+        assert sse_events(client.send(question, chat["chatId"]))[-1]["type"] == "done"
+    contents = model.requests(match=question)[0]["body"]["contents"]
+    all_texts = [text for c in contents for text in texts_of(c)]
+    assert all_texts == [f"message {n}" for n in range(8, 12)] + [question]
+
+
+def test_a_message_too_long_for_the_context_is_refused(
+    stack: LocalStack, make_user: Any, db: Database
+) -> None:
+    limits = {"MAX_CONTEXT_TOKENS": "3000", "TARGET_WINDOW_TOKENS": "2000"}
+    with function_process(stack, "chat_stream", **limits) as base:
+        user = make_user()
+        client = ApiClient(base, user.token, user.user_id)
+        body = assert_error(client.send("word " * 2000), 413, "message_exceeds_context")
+        assert "context" in body["detail"]
+        assert user.get("/api/chats").json() == []  # nothing stored
+        assert sse_events(client.send("a short one"))[-1]["type"] == "done"
+
+
 # --- failures ---------------------------------------------------------------------------
 
 

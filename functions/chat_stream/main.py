@@ -31,7 +31,7 @@ from flask import Request, Response, stream_with_context
 
 from shared import chats, context, usage
 from shared.auth import AuthenticatedUser, request_authenticator
-from shared.errors import UnprocessableEntity
+from shared.errors import PayloadTooLarge, UnprocessableEntity
 from shared.gemini import Finished, GeminiStreamer, Heartbeat, ModelError, TextChunk
 from shared.runtime import database, make_api, start_function
 from shared.schemas import ChatRequest
@@ -48,6 +48,9 @@ SYSTEM_INSTRUCTION = SystemInstruction(
 SYSTEM_INSTRUCTION.start()
 MODEL = GeminiStreamer(settings)
 MODEL.preload()
+
+# Room left in the instruction for the user's name (``{user_name}``).
+SYSTEM_NAME_TOKENS = 16
 
 # Proxies must pass events through as they come (nginx honours X-Accel-Buffering).
 SSE_HEADERS = {"Cache-Control": "no-cache, no-transform", "X-Accel-Buffering": "no"}
@@ -117,6 +120,16 @@ def send_message(request: Request, user: AuthenticatedUser) -> Response:
     tokens = estimate_message_tokens(
         message.text, [(part["mime_type"], part.get("size")) for part in media_parts]
     )
+    template = SYSTEM_INSTRUCTION.text()
+    system_tokens = estimate_text_tokens(template) + SYSTEM_NAME_TOKENS
+    # The message must fit the context with the instruction and the largest summary.
+    room = settings.max_context_tokens - system_tokens - settings.summary_max_tokens
+    if tokens > room:
+        raise PayloadTooLarge(
+            f"The message is too long for the model's context: about {tokens} tokens, "
+            f"at most {max(room, 0)}",
+            code="message_exceeds_context",
+        )
 
     db = database()
     with db.transaction() as tx:
@@ -138,10 +151,8 @@ def send_message(request: Request, user: AuthenticatedUser) -> Response:
     summary, recent = context.load_recent(
         db, turn["chat_id"], turn["user_position"], settings.chat_window_size
     )
-    model_context = context.build_context(summary, recent, settings)
-    system = context.system_text(
-        personalise(SYSTEM_INSTRUCTION.text(), user_name), model_context.summary
-    )
+    model_context = context.build_context(summary, recent, settings, system_tokens)
+    system = context.system_text(personalise(template, user_name), model_context.summary)
     logger.info(
         "turn context",
         extra={
