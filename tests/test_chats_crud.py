@@ -113,6 +113,18 @@ def test_list_is_most_recently_active_first(alice: ApiClient, db: Database) -> N
     assert set(listed[0]) >= {"chatId", "userId", "title", "createdAt", "updatedAt"}
 
 
+def test_listed_chats_are_the_objects_create_and_rename_return(alice: ApiClient) -> None:
+    # The list's JSON is built by Postgres, create's and rename's in Python: same objects.
+    created = alice.create_chat("Ünïcode \"quoted\" title ✓")
+    renamed = alice.patch(f"/api/chats/{created['chatId']}", json={"title": "Ravens 🐦"}).json()
+    [listed] = alice.get("/api/chats").json()
+    assert listed == renamed
+    assert {key: value for key, value in created.items() if key != "chat_id"} == {
+        **renamed,
+        "title": created["title"],
+    }
+
+
 def test_list_pages_with_a_cursor(alice: ApiClient) -> None:
     created = [alice.create_chat(f"chat {n}")["chatId"] for n in range(5)]
     seen: list[str] = []

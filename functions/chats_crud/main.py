@@ -39,23 +39,24 @@ from shared.web import Route, json_response, parse_json, validate
 start_function("GCS_BUCKET_NAME")
 
 
-def _paged(body: object, request: Request, cursor_name: str, cursor: object | None) -> Response:
+def _next_page_headers(request: Request, cursor_name: str, cursor: object | None) -> dict[str, str]:
     if cursor is None:
-        return json_response(body)
+        return {}
     query = {**request.args.to_dict(), cursor_name: str(cursor)}
-    return json_response(
-        body,
-        headers={
-            "X-Next-Cursor": str(cursor),
-            "Link": f'<{request.path}?{urlencode(query)}>; rel="next"',
-        },
-    )
+    return {
+        "X-Next-Cursor": str(cursor),
+        "Link": f'<{request.path}?{urlencode(query)}>; rel="next"',
+    }
 
 
 def list_chats(request: Request, user: AuthenticatedUser) -> Response:
     query = validate(ChatListQuery, request.args.to_dict(), where="query.")
-    rows, next_cursor = chats.list_chats(database(), user.id, query.limit, query.cursor)
-    return _paged([chats.chat_object(row) for row in rows], request, "cursor", next_cursor)
+    page, next_cursor = chats.list_chats_json(database(), user.id, query.limit, query.cursor)
+    return Response(
+        page,
+        mimetype="application/json",
+        headers=_next_page_headers(request, "cursor", next_cursor),
+    )
 
 
 def create_chat(request: Request, user: AuthenticatedUser) -> Response:
@@ -72,7 +73,8 @@ def read_chat(request: Request, user: AuthenticatedUser, chat_id: str) -> Respon
         database(), user.id, chats.parse_chat_id(chat_id), query.limit, query.before
     )
     sign = media.media_url_signer(media_storage(), rows)
-    return _paged([chats.message_object(row, sign) for row in rows], request, "before", older)
+    messages = [chats.message_object(row, sign) for row in rows]
+    return json_response(messages, headers=_next_page_headers(request, "before", older))
 
 
 def rename_chat(request: Request, user: AuthenticatedUser, chat_id: str) -> Response:
@@ -95,7 +97,7 @@ API = make_api(
         Route("GET", "/api/chats/<chat_id>", read_chat),
         Route("PATCH", "/api/chats/<chat_id>", rename_chat),
         Route("DELETE", "/api/chats/<chat_id>", delete_chat),
-    ]
+    ],
 )
 
 
