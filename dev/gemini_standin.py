@@ -560,14 +560,23 @@ class StandinServer(ThreadingHTTPServer):
     request_queue_size = 1024
     allow_reuse_address = True
 
-    def __init__(self, address: tuple[str, int], *, max_records: int = MAX_RECORDS) -> None:
+    def __init__(
+        self,
+        address: tuple[str, int],
+        *,
+        max_records: int = MAX_RECORDS,
+        default_delay_per_chunk: float = 0.0,
+    ) -> None:
         """Binds the server.
 
         Args:
             address: ``(host, port)``; port 0 picks a free port.
             max_records: How many requests to remember.
+            default_delay_per_chunk: Seconds before each chunk of an unscripted stream, so a
+                person watching the local stack sees the answer stream in (0 for tests).
         """
         super().__init__(address, _Handler)
+        self.default_delay_per_chunk = default_delay_per_chunk
         self.lock = threading.Lock()
         self.stopping = threading.Event()
         self.scripts: list[Script] = []
@@ -986,7 +995,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _stream(self, responses: list[dict[str, Any]], script: Script | None) -> None:
         """Sends the responses as SSE events over a chunked body, one flush per event."""
-        delay = script.delay_per_chunk if script is not None else 0.0
+        delay = (
+            script.delay_per_chunk if script is not None else self.server.default_delay_per_chunk
+        )
         fail_after = script.fail_after_chunks if script is not None else None
         stream_error = script.stream_error if script is not None else None
         self.send_response(200)
@@ -1043,7 +1054,11 @@ def _sse_event(payload: Any) -> bytes:
 
 
 def start_standin(
-    port: int = 0, host: str = DEFAULT_HOST, *, max_records: int = MAX_RECORDS
+    port: int = 0,
+    host: str = DEFAULT_HOST,
+    *,
+    max_records: int = MAX_RECORDS,
+    default_delay_per_chunk: float = 0.0,
 ) -> tuple[StandinServer, str]:
     """Starts the stand-in on a background daemon thread.
 
@@ -1051,12 +1066,15 @@ def start_standin(
         port: Port to listen on; 0 picks a free one.
         host: Interface to bind.
         max_records: How many requests to remember.
+        default_delay_per_chunk: Pacing of unscripted streams (see :class:`StandinServer`).
 
     Returns:
         The running server (call ``server.stop()`` when done) and its base URL with the
         real port, e.g. ``http://127.0.0.1:40123``.
     """
-    server = StandinServer((host, port), max_records=max_records)
+    server = StandinServer(
+        (host, port), max_records=max_records, default_delay_per_chunk=default_delay_per_chunk
+    )
     thread = threading.Thread(
         target=server.serve_forever,
         kwargs={"poll_interval": 0.1},

@@ -45,6 +45,7 @@ from dev.tokens import LocalSigner
 logger = logging.getLogger("raven.stack")
 
 FUNCTION_THREADS = "16"  # like Cloud Run's concurrency: one open SSE stream holds one thread
+STANDIN_CHUNK_SECONDS = 0.08  # the Gemini stand-in's pace under `make dev`
 TASKS_MAX_RETRIES = 20  # the emulator retries at once, with no backoff: keep it bounded
 
 
@@ -262,7 +263,10 @@ class LocalStack:
         if env.get("GEMINI_API_KEY"):
             self.gemini_description = "the real Gemini API (GEMINI_API_KEY is set)"
             return
-        gemini, url = start_standin(port=0)
+        # Paced like a model, so the local frontend shows answers streaming in; the tests
+        # (ENVIRONMENT=test) script their own pacing and run unpaced.
+        pacing = 0.0 if env.get("ENVIRONMENT") == "test" else STANDIN_CHUNK_SECONDS
+        gemini, url = start_standin(port=0, default_delay_per_chunk=pacing)
         self._standins.append(gemini)
         self.gemini_standin_url = url
         env["GEMINI_BASE_URL"] = url
