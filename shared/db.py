@@ -214,13 +214,20 @@ class Database:
         raw.autocommit = True
         return _Connection(raw)
 
-    def _acquire(self) -> tuple[_Connection, bool]:
-        """Borrow a connection; returns it and whether it was reused from the pool."""
+    def _acquire(self, fresh: bool = False) -> tuple[_Connection, bool]:
+        """Borrow a connection; returns it and whether it was reused from the pool.
+
+        Args:
+            fresh: open a new connection even if idle ones are pooled (after one broke,
+                the others, opened at the same time to the same server, likely broke too).
+        """
         if not self._slots.acquire(timeout=self._acquire_timeout):
             logger.warning("database pool exhausted")
             raise DatabaseUnavailable()
-        with self._lock:
-            connection = self._idle.pop() if self._idle else None
+        connection = None
+        if not fresh:
+            with self._lock:
+                connection = self._idle.pop() if self._idle else None
         if connection is not None:
             return connection, True
         try:
@@ -244,7 +251,7 @@ class Database:
         connection stays borrowed: the caller releases it.
         """
         for attempt in (1, 2):
-            connection, reused = self._acquire()
+            connection, reused = self._acquire(fresh=attempt == 2)
             try:
                 return connection, action(connection)
             except Exception as error:

@@ -8,6 +8,7 @@ import sys
 import time
 import urllib.request
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -178,7 +179,10 @@ def test_broken_pooled_connections_are_replaced_unnoticed(
     stack: LocalStack, alice: ApiClient, db: Database
 ) -> None:
     alice.create_chat("before the outage")
-    assert alice.get("/api/chats").status_code == 200
+    # Fill the pool: concurrent requests leave several idle connections behind.
+    with ThreadPoolExecutor(8) as pool:
+        statuses = list(pool.map(lambda _: alice.get("/api/chats").status_code, range(16)))
+    assert statuses == [200] * 16
     # Cloud SQL maintenance or an idle timeout: the server ends every client session.
     terminated = db.fetch_all(
         "SELECT pg_terminate_backend(pid) AS ok FROM pg_stat_activity "
