@@ -26,7 +26,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from shared.settings import Settings
 
@@ -53,13 +53,24 @@ class Finished:
 StreamEvent = TextChunk | Heartbeat | Finished
 
 
-class ModelError(Exception):
-    """The model failed; ``detail`` is safe to show the user."""
+# How a model call failed, which decides whether retrying can help:
+# busy (429) and unavailable (5xx, timeouts, broken connections) pass; refused (other 4xx)
+# will fail the same way again.
+FailureKind = Literal["busy", "unavailable", "refused"]
 
-    def __init__(self, detail: str, cause: str) -> None:
+
+class ModelError(Exception):
+    """The model failed; ``detail`` is safe to show the user, ``cause`` is for the logs."""
+
+    def __init__(self, detail: str, kind: FailureKind, cause: str) -> None:
         super().__init__(detail)
         self.detail = detail
+        self.kind = kind
         self.cause = cause
+
+    @property
+    def retryable(self) -> bool:
+        return self.kind != "refused"
 
 
 def _describe_failure(error: BaseException) -> ModelError:
@@ -68,12 +79,18 @@ def _describe_failure(error: BaseException) -> ModelError:
     if isinstance(error, errors.APIError):
         code = error.code or 0
         if code == 429:
-            return ModelError("The model is busy right now; please try again shortly.", "429")
+            return ModelError(
+                "The model is busy right now; please try again shortly.", "busy", "429"
+            )
         if code >= 500:
-            return ModelError("The model is unavailable right now; please try again.", str(code))
-        return ModelError("The model could not answer this request.", str(code))
+            return ModelError(
+                "The model is unavailable right now; please try again.", "unavailable", str(code)
+            )
+        return ModelError("The model could not answer this request.", "refused", str(code))
     return ModelError(
-        "The connection to the model was interrupted; please try again.", type(error).__name__
+        "The connection to the model was interrupted; please try again.",
+        "unavailable",
+        type(error).__name__,
     )
 
 
@@ -170,7 +187,9 @@ class GeminiStreamer:
                 silent_for = time.monotonic() - last_activity
                 if silent_for >= idle_limit:
                     raise ModelError(
-                        "The model took too long to answer; please try again.", "timeout"
+                        "The model took too long to answer; please try again.",
+                        "unavailable",
+                        "timeout",
                     )
                 try:
                     kind, payload = events.get(
@@ -252,9 +271,7 @@ class GeminiStreamer:
         )
 
 
-def _coalesce(
-    events: queue.SimpleQueue[tuple[str, Any]], text: str
-) -> tuple[str, tuple[str, Any]]:
+def _coalesce(events: queue.SimpleQueue[tuple[str, Any]], text: str) -> tuple[str, tuple[str, Any]]:
     """Join the text chunks already waiting behind ``text``; return it and the next event.
 
     Under load this sends what has piled up as one chunk (one wake-up and one write instead

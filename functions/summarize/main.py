@@ -208,9 +208,9 @@ def model_failure(task: SummaryTask, error: ModelError) -> Response:
     logger.warning(
         "summary model call failed", extra={"chat": str(task.chat_id), "cause": error.cause}
     )
-    if error.cause == "429":
+    if error.kind == "busy":
         raise RateLimited("The model is busy", retry_after=30, code="model_busy")
-    if error.cause.isdigit() and 400 <= int(error.cause) < 500:
+    if not error.retryable:
         return done("dropped: the model refused this input")
     raise ServiceUnavailable("The model is unavailable", retry_after=30, code="model_unavailable")
 
