@@ -18,6 +18,7 @@ A turn (see ../shared/contract.md, "Sending a message"):
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
@@ -110,6 +111,12 @@ def resolve_attachments(
     return [{**record.part(), "size": record.size} for record in records]
 
 
+@functools.lru_cache(maxsize=4)
+def instruction_tokens(template: str) -> int:
+    """The instruction's size with room for the user's name; counted once per loaded text."""
+    return estimate_text_tokens(template) + SYSTEM_NAME_TOKENS
+
+
 def send_message(request: Request, user: AuthenticatedUser) -> Response:
     received = time.perf_counter()
     body = parse_json(request, ChatRequest)
@@ -121,7 +128,7 @@ def send_message(request: Request, user: AuthenticatedUser) -> Response:
         message.text, [(part["mime_type"], part.get("size")) for part in media_parts]
     )
     template = SYSTEM_INSTRUCTION.text()
-    system_tokens = estimate_text_tokens(template) + SYSTEM_NAME_TOKENS
+    system_tokens = instruction_tokens(template)
     # The message must fit the context with the instruction and the largest summary.
     room = settings.max_context_tokens - system_tokens - settings.summary_max_tokens
     if tokens > room:
