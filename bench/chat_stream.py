@@ -120,30 +120,39 @@ def seed_chat(db: Database, user_id: str, messages: int) -> str:
     return str(chat_id)
 
 
+def connect(url: str) -> http.client.HTTPConnection:
+    target = urllib.parse.urlsplit(url)
+    return http.client.HTTPConnection(target.hostname or "127.0.0.1", target.port, timeout=60)
+
+
+def send_chat(
+    connection: http.client.HTTPConnection, token: str, chat_id: str | None, text: str
+) -> http.client.HTTPResponse:
+    """POST /chat as the frontend does; returns the (streaming) response."""
+    body = json.dumps(
+        {
+            "chatId": chat_id,
+            "messages": [{"role": "user", "parts": [{"type": "text", "text": text}]}],
+        }
+    )
+    connection.request(
+        "POST",
+        "/chat",
+        body=body.encode(),
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+    )
+    return connection.getresponse()
+
+
 def one_turn(
     url: str, token: str, chat_id: str | None, control: StandinControl
 ) -> tuple[float, float]:
     """(request -> model request, model's last chunk -> done) in milliseconds."""
     marker = uuid.uuid4().hex
     control.script(match=marker, chunks=["a ", "b ", "c"])
-    body = json.dumps(
-        {
-            "chatId": chat_id,
-            "messages": [
-                {"role": "user", "parts": [{"type": "text", "text": f"question {marker}"}]}
-            ],
-        }
-    ).encode()
-    target = urllib.parse.urlsplit(url)
-    connection = http.client.HTTPConnection(target.hostname or "127.0.0.1", target.port, timeout=30)
+    connection = connect(url)
     sent = time.time()
-    connection.request(
-        "POST",
-        "/chat",
-        body=body,
-        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
-    )
-    response = connection.getresponse()
+    response = send_chat(connection, token, chat_id, f"question {marker}")
     done_at = None
     while line := response.readline():
         if line.startswith(b"data: ") and b'"type":"done"' in line:
@@ -157,7 +166,6 @@ def one_turn(
 def _stream_worker(args: tuple[str, str, list[str], float]) -> tuple[list[float], int]:
     """Open streams (one thread each), return every chunk's added latency and the errors."""
     url, token, markers, start_at = args
-    target = urllib.parse.urlsplit(url)
     latencies: list[float] = []
     errors = 0
     lock = threading.Lock()
@@ -167,25 +175,9 @@ def _stream_worker(args: tuple[str, str, list[str], float]) -> tuple[list[float]
         mine: list[float] = []
         ok = False
         try:
-            connection = http.client.HTTPConnection(
-                target.hostname or "127.0.0.1", target.port, timeout=60
-            )
-            body = json.dumps(
-                {
-                    "chatId": None,
-                    "messages": [
-                        {"role": "user", "parts": [{"type": "text", "text": f"stream {marker}"}]}
-                    ],
-                }
-            )
+            connection = connect(url)
             time.sleep(max(0.0, start_at - time.time()))
-            connection.request(
-                "POST",
-                "/chat",
-                body=body,
-                headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
-            )
-            response = connection.getresponse()
+            response = send_chat(connection, token, None, f"stream {marker}")
             while line := response.readline():
                 if not line.startswith(b"data: "):
                     continue

@@ -100,29 +100,24 @@ def test_require_names_each_missing_variable() -> None:
     assert "PROJECT_ID" not in message
 
 
-def test_a_function_with_a_bad_value_fails_at_start(tmp_path: Path) -> None:
-    env = {**LOCAL, "CHAT_WINDOW_SIZE": "lots", "CLERK_JWKS_URL": "http://127.0.0.1:9/jwks"}
-    env["PYTHONPATH"] = str(REPO_ROOT)
+def start_failure(**env: str) -> str:
+    """Start chats_crud with these settings; it must exit at once. Returns its stderr."""
     result = subprocess.run(
         function_command("chats_crud", 0),
-        env=env,
+        env={**LOCAL, "PYTHONPATH": str(REPO_ROOT), **env},
         capture_output=True,
         text=True,
         timeout=60,
     )
     assert result.returncode != 0
-    assert "CHAT_WINDOW_SIZE" in result.stderr
-    assert "SettingsError" in result.stderr
+    return result.stderr
+
+
+def test_a_function_with_a_bad_value_fails_at_start() -> None:
+    stderr = start_failure(CHAT_WINDOW_SIZE="lots", CLERK_JWKS_URL="http://127.0.0.1:9/jwks")
+    assert "CHAT_WINDOW_SIZE" in stderr
+    assert "SettingsError" in stderr
 
 
 def test_a_function_without_a_clerk_key_fails_at_start() -> None:
-    env = {**LOCAL, "PYTHONPATH": str(REPO_ROOT)}
-    result = subprocess.run(
-        function_command("chats_crud", 0),
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert result.returncode != 0
-    assert "CLERK_JWT_KEY, CLERK_JWKS_URL or CLERK_SECRET_KEY" in result.stderr
+    assert "CLERK_JWT_KEY, CLERK_JWKS_URL or CLERK_SECRET_KEY" in start_failure()
