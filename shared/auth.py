@@ -320,11 +320,6 @@ class KnownUsers:
                 self._seen.clear()
             self._seen[user.id] = now
 
-    def forget(self, user_id: str) -> None:
-        """Drop a user from the cache, e.g. after their row turned out to be gone."""
-        with self._lock:
-            self._seen.pop(user_id, None)
-
 
 # --- per-instance wiring -----------------------------------------------------------------------
 
