@@ -31,6 +31,13 @@ SSE_EVENTS: list[type[BaseModel]] = [
     schemas.DoneEvent,
     schemas.ErrorEvent,
 ]
+NDJSON_EVENTS: list[type[BaseModel]] = [
+    schemas.StartEvent,
+    schemas.NdjsonChunkEvent,
+    schemas.DoneEvent,
+    schemas.NdjsonErrorEvent,
+    schemas.HeartbeatEvent,
+]
 
 MODELS: list[type[BaseModel]] = [
     schemas.ErrorBody,
@@ -42,6 +49,7 @@ MODELS: list[type[BaseModel]] = [
     schemas.DeletedChat,
     schemas.ChatRequest,
     *SSE_EVENTS,
+    *NDJSON_EVENTS[1:],
     schemas.UploadUrlRequest,
     schemas.UploadUrlResponse,
     schemas.WebhookAck,
@@ -180,8 +188,27 @@ def _paths() -> dict[str, Any]:
         "/chat": {
             "post": {
                 "operationId": "sendMessage",
-                "summary": "Send the last message of `messages` and stream the answer (SSE).",
+                "summary": "Send the last message of `messages` and stream the answer.",
+                "description": (
+                    "The answer streams as events: `start`, `chunk`..., then `done` or `error`. "
+                    "Two framings of the same events: an `Accept` naming `text/event-stream` "
+                    "gets Server-Sent Events, one naming `application/x-ndjson` gets NDJSON "
+                    "(the higher quality wins if both are named); any other request gets the "
+                    "deployment's `CHAT_STREAM_FORMAT` (`sse` unless set; the existing web "
+                    "frontend, which sends no `Accept`, needs `ndjson`). The schemas below "
+                    "describe one event (one SSE `data:` line, or one NDJSON line)."
+                ),
                 "security": BEARER,
+                "parameters": [
+                    {
+                        "name": "Accept",
+                        "in": "header",
+                        "required": False,
+                        "description": "text/event-stream or application/x-ndjson; "
+                        "anything else gets the deployment's default framing.",
+                        "schema": {"type": "string"},
+                    }
+                ],
                 "requestBody": {
                     "required": True,
                     "content": _json_content(_ref(schemas.ChatRequest)),
@@ -189,15 +216,27 @@ def _paths() -> dict[str, Any]:
                 "responses": {
                     "200": {
                         "description": (
-                            "Server-Sent Events, one JSON object per `data:` line: `start`, "
-                            "`chunk`..., then `done` or `error`. "
-                            "Comment lines (`: ...`) are heartbeats."
+                            "SSE: one event JSON per `data:` line, a blank line after each; "
+                            "comment lines (`: keep-alive`) are heartbeats. NDJSON: one event "
+                            "JSON per line; a chunk also carries `response` (= `content`), an "
+                            'error `error` (= `detail`), and `{"type": "heartbeat"}` lines '
+                            "are heartbeats."
                         ),
+                        "headers": {
+                            "Vary": {
+                                "description": "Includes Accept: the framing depends on it.",
+                                "schema": {"type": "string"},
+                            }
+                        },
                         "content": {
                             "text/event-stream": {
                                 "schema": {"oneOf": [_ref(event) for event in SSE_EVENTS]},
-                                "x-sse-data": True,
-                            }
+                                "x-stream-item": "one event per `data:` line",
+                            },
+                            "application/x-ndjson": {
+                                "schema": {"oneOf": [_ref(event) for event in NDJSON_EVENTS]},
+                                "x-stream-item": "one event per line",
+                            },
                         },
                     },
                     **_errors("400", "401", "404", "413", "422", "429", "503"),
@@ -253,7 +292,7 @@ def build_openapi() -> dict[str, Any]:
         "info": {
             "title": "Raven backend",
             "version": "1.0.0",
-            "description": "The HTTP contract of ../shared/contract.md.",
+            "description": "The Raven backend's HTTP API; docs/api.md is the guide.",
         },
         "servers": [{"url": "http://localhost:8000", "description": "make dev"}],
         "paths": _paths(),

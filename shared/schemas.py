@@ -1,4 +1,4 @@
-"""The wire contract as pydantic models: request bodies, response objects and SSE events.
+"""The wire contract as pydantic models: request bodies, response objects and stream events.
 
 ``../shared/contract.md`` fixes the field names; these models are the single place the code
 spells them, and ``dev/openapi.py`` builds the OpenAPI description from them.
@@ -6,7 +6,7 @@ spells them, and ``dev/openapi.py`` builds the OpenAPI description from them.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
@@ -112,15 +112,28 @@ class ChatRequest(RequestModel):
     messages: list[ChatMessageIn] = Field(min_length=1)
 
 
-class StartEvent(BaseModel):
-    type: Literal["start"]
+def _type_is_required(schema: dict[str, Any]) -> None:
+    required = schema.setdefault("required", [])
+    if "type" not in required:
+        required.insert(0, "type")
+
+
+class Event(BaseModel):
+    """A stream event. ``type`` has a default for the code and is always sent on the wire;
+    fields that are ``None`` are left out of it."""
+
+    model_config = ConfigDict(json_schema_extra=_type_is_required)
+
+
+class StartEvent(Event):
+    type: Literal["start"] = "start"
     chat_id: str
     message_id: str = Field(description="Id of the stored user message.")
 
 
-class ChunkEvent(BaseModel):
-    type: Literal["chunk"]
-    content: str
+class ChunkEvent(Event):
+    type: Literal["chunk"] = "chunk"
+    content: str = Field(description="The next piece of the answer's text.")
 
 
 class Usage(BaseModel):
@@ -129,16 +142,42 @@ class Usage(BaseModel):
     total_tokens: int
 
 
-class DoneEvent(BaseModel):
-    type: Literal["done"]
+class DoneEvent(Event):
+    type: Literal["done"] = "done"
     message_id: str = Field(description="Id of the stored assistant message.")
     usage: Usage | None = None
 
 
-class ErrorEvent(BaseModel):
-    type: Literal["error"]
-    detail: str
+class ErrorEvent(Event):
+    type: Literal["error"] = "error"
+    detail: str = Field(description="Human-readable; safe to show the user.")
+    code: str = Field(
+        description="Machine-readable: model_busy, model_unavailable, model_refused, "
+        "answer_not_saved."
+    )
     message_id: str | None = Field(None, description="The partial answer kept, if any.")
+
+
+StreamEvent = StartEvent | ChunkEvent | DoneEvent | ErrorEvent
+
+
+# The NDJSON framing (``application/x-ndjson``) sends the same events, one JSON object per
+# line, plus the two fields the existing frontend's reader looks for: it appends each
+# line's ``response`` to the answer and stops at a line that has ``error``.
+
+
+class NdjsonChunkEvent(ChunkEvent):
+    response: str = Field(description="The same text as `content`, for NDJSON readers.")
+
+
+class NdjsonErrorEvent(ErrorEvent):
+    error: str = Field(description="The same text as `detail`, for NDJSON readers.")
+
+
+class HeartbeatEvent(Event):
+    """NDJSON only: a line sent while the model is silent (SSE sends a comment line)."""
+
+    type: Literal["heartbeat"] = "heartbeat"
 
 
 # --- uploads -----------------------------------------------------------------------------

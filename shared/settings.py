@@ -109,6 +109,7 @@ class Settings(BaseModel):
     sse_heartbeat_seconds: Annotated[float, Field(gt=0)] = Field(
         15.0, alias="SSE_HEARTBEAT_SECONDS"
     )
+    chat_stream_format: Literal["sse", "ndjson"] = Field("sse", alias="CHAT_STREAM_FORMAT")
     chat_max_request_bytes: PositiveInt = Field(8 * 1024 * 1024, alias="CHAT_MAX_REQUEST_BYTES")
     max_message_chars: PositiveInt = Field(32_000, alias="MAX_MESSAGE_CHARS")
     system_instruction_url: OptionalStr = Field(None, alias="SYSTEM_INSTRUCTION_URL")

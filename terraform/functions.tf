@@ -127,6 +127,7 @@ locals {
     RAVEN_MODEL                   = var.raven_model
     SUMMARY_MODEL                 = var.summary_model
     THINKING_BUDGET               = var.thinking_budget == null ? null : tostring(var.thinking_budget)
+    CHAT_STREAM_FORMAT            = var.chat_stream_format
     SYSTEM_INSTRUCTION_URL        = "gs://${google_storage_bucket.config.name}/${google_storage_bucket_object.system_instruction.name}"
     TASKS_QUEUE                   = google_cloud_tasks_queue.summaries.id
     SUMMARIZE_URL                 = local.summarize_url
@@ -144,7 +145,7 @@ locals {
   function_env_keys = {
     chat_stream = [
       "ALLOWED_ORIGINS", "CLERK_ISSUER", "CLERK_JWKS_URL", "GCS_BUCKET_NAME",
-      "RAVEN_MODEL", "SUMMARY_MODEL", "THINKING_BUDGET", "SYSTEM_INSTRUCTION_URL",
+      "RAVEN_MODEL", "SUMMARY_MODEL", "THINKING_BUDGET", "SYSTEM_INSTRUCTION_URL", "CHAT_STREAM_FORMAT",
       "TASKS_QUEUE", "SUMMARIZE_URL", "TASKS_INVOKER_SERVICE_ACCOUNT",
     ]
     chats_crud    = ["ALLOWED_ORIGINS", "CLERK_ISSUER", "CLERK_JWKS_URL", "GCS_BUCKET_NAME", "SIGNER_SERVICE_ACCOUNT"]

@@ -79,8 +79,8 @@ locals {
   }
 
   build_project_roles = toset([
-    "roles/logging.logWriter",        # write build logs
-    "roles/artifactregistry.writer",  # push the images it builds (gcf-artifacts and the migrations repository)
+    "roles/logging.logWriter",       # write build logs
+    "roles/artifactregistry.writer", # push the images it builds (gcf-artifacts and the migrations repository)
   ])
 
   migrate_project_roles = toset([

@@ -150,6 +150,21 @@ variable "thinking_budget" {
 
 # --- functions -------------------------------------------------------------------------------
 
+variable "chat_stream_format" {
+  type        = string
+  description = <<-EOT
+    How POST /chat frames its events for a request whose Accept names neither text/event-stream nor
+    application/x-ndjson (CHAT_STREAM_FORMAT): "ndjson" or "sse". The existing Raven web frontend sends no
+    Accept and reads NDJSON, so the default is "ndjson"; a client that wants SSE asks for it with Accept.
+  EOT
+  default     = "ndjson"
+
+  validation {
+    condition     = contains(["ndjson", "sse"], var.chat_stream_format)
+    error_message = "chat_stream_format must be \"ndjson\" or \"sse\"."
+  }
+}
+
 variable "function_settings" {
   type = map(object({
     min_instances   = optional(number)

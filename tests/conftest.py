@@ -28,6 +28,8 @@ from shared.storage import MediaStorage
 # Settings every test process agrees on; anything not here comes from .env.example.
 TEST_ENV = {
     "ENVIRONMENT": "test",
+    # As deployed for the existing frontend, which sends no Accept and reads NDJSON.
+    "CHAT_STREAM_FORMAT": "ndjson",
     "ALLOWED_ORIGINS": "http://localhost:3000,https://app.example.com",
     "MAX_REQUEST_BYTES": "65536",
 }
@@ -83,21 +85,47 @@ class ApiClient:
         return dict(response.json())
 
 
-def sse_lines(response: requests.Response) -> Iterator[str]:
+def stream_lines(response: requests.Response) -> Iterator[str]:
     """The response body's lines as they arrive, decoded."""
     for line in response.iter_lines():
         yield line.decode()
 
 
-def sse_events(response: requests.Response) -> list[Any]:
-    """Every SSE event of a response: ``data:`` lines as dicts, comment lines as strings."""
-    assert response.headers["Content-Type"].startswith("text/event-stream"), response.text
+HEARTBEAT = "heartbeat"  # what stream_events lists for a heartbeat, in either framing
+
+
+def stream_events(response: requests.Response) -> list[Any]:
+    """Every event of a ``POST /chat`` stream, in either framing, checked against its rules.
+
+    Events come back as dicts without the NDJSON-only fields, so one test body serves both
+    framings; heartbeats as :data:`HEARTBEAT`. NDJSON lines must each be one JSON object,
+    a chunk's ``response`` equal to its ``content`` and an error's ``error`` to its ``detail``
+    (what the existing frontend reads); SSE events are ``data:`` lines and comment lines.
+    """
+    media_type = response.headers["Content-Type"]
     events: list[Any] = []
-    for line in sse_lines(response):
+    if media_type.startswith("application/x-ndjson"):
+        for line in stream_lines(response):
+            if not line:
+                continue
+            event = json.loads(line)
+            assert isinstance(event, dict), line
+            if event["type"] == "chunk":
+                assert event.pop("response") == event["content"], line
+            elif event["type"] == "error":
+                assert event.pop("error") == event["detail"], line
+            elif event["type"] == "heartbeat":
+                event = HEARTBEAT
+            events.append(event)
+        return events
+    assert media_type.startswith("text/event-stream"), (media_type, response.text)
+    for line in stream_lines(response):
         if line.startswith("data: "):
             events.append(json.loads(line[len("data: ") :]))
         elif line.startswith(":"):
-            events.append(line)
+            events.append(HEARTBEAT)
+        else:
+            assert line == "", line  # SSE events are separated by blank lines
     return events
 
 

@@ -12,7 +12,7 @@ import requests
 from dev.gemini_standin import StandinControl
 from dev.stack import LocalStack
 from shared.db import Database
-from tests.conftest import ApiClient, assert_error, function_process, sse_events, upload_file
+from tests.conftest import ApiClient, assert_error, function_process, stream_events, upload_file
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64
 
@@ -51,7 +51,7 @@ def send_and_capture(
     media: list[dict[str, Any]] | None = None,
 ) -> tuple[list[Any], dict[str, Any]]:
     marker = uuid.uuid4().hex[:10]
-    events = sse_events(client.send(f"{text} [{marker}]", chat_id, media=media))
+    events = stream_events(client.send(f"{text} [{marker}]", chat_id, media=media))
     assert events[-1]["type"] == "done", events
     return events, model.requests(match=marker)[0]
 

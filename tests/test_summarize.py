@@ -19,7 +19,7 @@ import requests
 from dev.gemini_standin import StandinControl
 from dev.stack import LocalStack
 from shared.db import Database
-from tests.conftest import ApiClient, function_process, sse_events, store_history
+from tests.conftest import ApiClient, function_process, store_history, stream_events
 
 # Low thresholds so a few turns are a "long" chat.
 SUMMARY_ENV = {
@@ -75,7 +75,7 @@ def deliver(stack: LocalStack, payload: Any, task_name: str = "t") -> requests.R
 
 def long_turn(client: ApiClient, marker: str, n: int, chat_id: str | None = None) -> list[Any]:
     text = f"{marker} turn {n}: " + "tell me more about ravens and their habits " * 3
-    events = sse_events(client.send(text, chat_id))
+    events = stream_events(client.send(text, chat_id))
     assert events[-1]["type"] == "done", events
     return events
 

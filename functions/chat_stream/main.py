@@ -1,6 +1,6 @@
-"""chat_stream: ``POST /chat`` streams Gemini's answer over Server-Sent Events.
+"""chat_stream: ``POST /chat`` streams Gemini's answer as Server-Sent Events or NDJSON.
 
-A turn (see ../shared/contract.md, "Sending a message"):
+A turn (see docs/api.md, "Sending a message"):
 
 1. authenticate; validate the body (only the last message is new and must be the user's:
    the client's copy of the history is never fed to the model nor stored); check every media
@@ -9,8 +9,9 @@ A turn (see ../shared/contract.md, "Sending a message"):
    create the chat (someone else's or unknown: 404 before any stream), store the user's
    message and reserve the answer's position;
 3. build the context from the store only (newest summary + recent window, one bounded query);
-4. stream: ``start``, ``chunk``..., then ``done`` (with usage) or ``error``; a comment
-   heartbeat while the model is silent;
+4. stream: ``start``, ``chunk``..., then ``done`` (with usage) or ``error``; a heartbeat
+   while the model is silent. The turn produces events; the framing the request asked for
+   (:mod:`shared.stream_framing`: SSE or NDJSON) only writes them;
 5. store the answer: complete, or, if the model failed or the client left, what was produced
    marked incomplete; add the turn's tokens to the user's usage;
 6. ask for a rolling summary when the chat's unsummarised tokens pass the trigger.
@@ -19,7 +20,6 @@ A turn (see ../shared/contract.md, "Sending a message"):
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import time
 import uuid
@@ -35,7 +35,8 @@ from shared.auth import AuthenticatedUser, request_authenticator
 from shared.errors import PayloadTooLarge, UnprocessableEntity
 from shared.gemini import Finished, GeminiStreamer, Heartbeat, ModelError, TextChunk
 from shared.runtime import database, make_api, start_function
-from shared.schemas import ChatRequest
+from shared.schemas import ChatRequest, ChunkEvent, DoneEvent, ErrorEvent, StartEvent, Usage
+from shared.stream_framing import Framing, choose_framing
 from shared.system_instruction import SystemInstruction, personalise
 from shared.token_estimate import estimate_message_tokens, estimate_text_tokens
 from shared.web import Route, parse_json
@@ -53,8 +54,13 @@ MODEL.preload()
 # Room left in the instruction for the user's name (``{user_name}``).
 SYSTEM_NAME_TOKENS = 16
 
-# Proxies must pass events through as they come (nginx honours X-Accel-Buffering).
-SSE_HEADERS = {"Cache-Control": "no-cache, no-transform", "X-Accel-Buffering": "no"}
+# Proxies must pass events through as they come (nginx honours X-Accel-Buffering); the
+# framing depends on Accept, so caches must key on it.
+STREAM_HEADERS = {
+    "Cache-Control": "no-cache, no-transform",
+    "X-Accel-Buffering": "no",
+    "Vary": "Accept",
+}
 
 
 @dataclass(frozen=True)
@@ -171,12 +177,18 @@ def send_message(request: Request, user: AuthenticatedUser) -> Response:
             "prepare_ms": round((time.perf_counter() - received) * 1000, 2),
         },
     )
-    events = stream_turn(user, turn, model_context, system)
-    return Response(stream_with_context(events), mimetype="text/event-stream", headers=SSE_HEADERS)
+    framing = choose_framing(request.headers.get("Accept"), settings.chat_stream_format)
+    wire = framing_of(framing, stream_turn(user, turn, model_context, system))
+    return Response(stream_with_context(wire), mimetype=framing.media_type, headers=STREAM_HEADERS)
 
 
-def sse(event: dict[str, Any]) -> str:
-    return f"data: {json.dumps(event, ensure_ascii=False, separators=(',', ':'))}\n\n"
+TurnEvent = StartEvent | ChunkEvent | DoneEvent | ErrorEvent | Heartbeat
+
+
+def framing_of(framing: Framing, events: Iterator[TurnEvent]) -> Iterator[str]:
+    """The turn's events written in one framing."""
+    for event in events:
+        yield framing.heartbeat() if isinstance(event, Heartbeat) else framing.encode(event)
 
 
 def stream_turn(
@@ -184,10 +196,10 @@ def stream_turn(
     turn: dict[str, Any],
     model_context: context.ModelContext,
     system: str,
-) -> Iterator[str]:
-    """The SSE events of one turn; stores the answer however the stream ends."""
+) -> Iterator[TurnEvent]:
+    """The events of one turn, heartbeats included; stores the answer however it ends."""
     chat_id = str(turn["chat_id"])
-    yield sse({"type": "start", "chat_id": chat_id, "message_id": str(turn["user_message_id"])})
+    yield StartEvent(chat_id=chat_id, message_id=str(turn["user_message_id"]))
     answer: list[str] = []
     finished: Finished | None = None
     failure: ModelError | None = None
@@ -201,9 +213,9 @@ def stream_turn(
         ):
             if isinstance(event, TextChunk):
                 answer.append(event.text)
-                yield sse({"type": "chunk", "content": event.text})
+                yield ChunkEvent(content=event.text)
             elif isinstance(event, Heartbeat):
-                yield ": keep-alive\n\n"
+                yield event
             else:
                 finished = event
     except ModelError as error:
@@ -216,20 +228,21 @@ def stream_turn(
     finally:
         saved = save_answer(user, turn, model_context, "".join(answer), finished)
     if finished is not None and saved:
-        done: dict[str, Any] = {"type": "done", "message_id": str(turn["assistant_message_id"])}
-        done["usage"] = {
-            "input_tokens": finished.input_tokens,
-            "output_tokens": finished.output_tokens,
-            "total_tokens": finished.input_tokens + finished.output_tokens,
-        }
-        yield sse(done)
+        yield DoneEvent(
+            message_id=str(turn["assistant_message_id"]),
+            usage=Usage(
+                input_tokens=finished.input_tokens,
+                output_tokens=finished.output_tokens,
+                total_tokens=finished.input_tokens + finished.output_tokens,
+            ),
+        )
         request_summary_if_due(turn, model_context, finished.output_tokens)
     elif not client_left:
-        detail = failure.detail if failure else "The answer could not be saved; please retry."
-        error_event: dict[str, Any] = {"type": "error", "detail": detail}
-        if answer and saved:
-            error_event["message_id"] = str(turn["assistant_message_id"])
-        yield sse(error_event)
+        yield ErrorEvent(
+            detail=failure.detail if failure else "The answer could not be saved; please retry.",
+            code=f"model_{failure.kind}" if failure else "answer_not_saved",
+            message_id=str(turn["assistant_message_id"]) if answer and saved else None,
+        )
 
 
 def save_answer(
