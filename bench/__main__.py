@@ -12,11 +12,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import chat_stream, chats_crud, clerk_webhook, summaries
+from bench import chat_stream, chats_crud, clerk_webhook, stream_framing, summaries
 
 BENCHMARKS: dict[str, Callable[[], dict[str, Any]]] = {
     "chats_crud": chats_crud.run,
     "chat_stream": chat_stream.run,
+    "stream_framing": stream_framing.run,
     "summaries": summaries.run,
     "clerk_webhook": clerk_webhook.run,
 }

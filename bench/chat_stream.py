@@ -16,6 +16,7 @@ from __future__ import annotations
 import http.client
 import json
 import multiprocessing
+import os
 import statistics
 import subprocess
 import tempfile
@@ -126,22 +127,34 @@ def connect(url: str) -> http.client.HTTPConnection:
 
 
 def send_chat(
-    connection: http.client.HTTPConnection, token: str, chat_id: str | None, text: str
+    connection: http.client.HTTPConnection,
+    token: str,
+    chat_id: str | None,
+    text: str,
+    accept: str | None = None,
 ) -> http.client.HTTPResponse:
-    """POST /chat as the frontend does; returns the (streaming) response."""
+    """POST /chat as the frontend does (no Accept: the default framing); the streaming response."""
     body = json.dumps(
         {
             "chatId": chat_id,
             "messages": [{"role": "user", "parts": [{"type": "text", "text": text}]}],
         }
     )
-    connection.request(
-        "POST",
-        "/chat",
-        body=body.encode(),
-        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
-    )
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    if accept:
+        headers["Accept"] = accept
+    connection.request("POST", "/chat", body=body.encode(), headers=headers)
     return connection.getresponse()
+
+
+def read_event(line: bytes) -> dict[str, Any] | None:
+    """The event on one line of either framing (SSE ``data:`` or NDJSON); None for the rest."""
+    if line.startswith(b"data: "):
+        line = line[6:]
+    elif not line.startswith(b"{"):
+        return None
+    event = json.loads(line)
+    return event if isinstance(event, dict) else None
 
 
 def one_turn(
@@ -155,7 +168,8 @@ def one_turn(
     response = send_chat(connection, token, chat_id, f"question {marker}")
     done_at = None
     while line := response.readline():
-        if line.startswith(b"data: ") and b'"type":"done"' in line:
+        event = read_event(line)
+        if event is not None and event["type"] == "done":
             done_at = time.time()
     connection.close()
     assert done_at is not None, "the turn did not finish"
@@ -163,9 +177,11 @@ def one_turn(
     return (record["time"] - sent) * 1000, (done_at - record["settled_at"]) * 1000
 
 
-def _stream_worker(args: tuple[str, str, list[str], float]) -> tuple[list[float], int]:
+def _stream_worker(
+    args: tuple[str, str, list[str], float, str | None],
+) -> tuple[list[float], int]:
     """Open streams (one thread each), return every chunk's added latency and the errors."""
-    url, token, markers, start_at = args
+    url, token, markers, start_at, accept = args
     latencies: list[float] = []
     errors = 0
     lock = threading.Lock()
@@ -177,11 +193,11 @@ def _stream_worker(args: tuple[str, str, list[str], float]) -> tuple[list[float]
         try:
             connection = connect(url)
             time.sleep(max(0.0, start_at - time.time()))
-            response = send_chat(connection, token, None, f"stream {marker}")
+            response = send_chat(connection, token, None, f"stream {marker}", accept)
             while line := response.readline():
-                if not line.startswith(b"data: "):
+                event = read_event(line)
+                if event is None:
                     continue
-                event = json.loads(line[6:])
                 if event["type"] == "chunk":
                     # A busy instance joins chunks that piled up: one stamp per model chunk.
                     arrived = time.time()
@@ -203,8 +219,26 @@ def _stream_worker(args: tuple[str, str, list[str], float]) -> tuple[list[float]
     return latencies, errors
 
 
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process and its children (gunicorn's worker), in seconds."""
+    pids = [pid]
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    if children.exists():
+        pids += [int(child) for child in children.read_text().split()]
+    ticks = 0
+    for each in pids:
+        fields = Path(f"/proc/{each}/stat").read_text().rsplit(")", 1)[1].split()
+        ticks += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 def stream_load(
-    env: dict[str, str], token: str, control: StandinControl, streams: int, rate: int
+    env: dict[str, str],
+    token: str,
+    control: StandinControl,
+    streams: int,
+    rate: int,
+    accept: str | None = None,
 ) -> dict[str, Any]:
     """``streams`` concurrent turns on one fresh instance, the model sending ``rate`` chunks/s."""
     process, url = start_instance(env, threads=streams + 20)
@@ -222,9 +256,14 @@ def stream_load(
         start_at = time.time() + 1.0
         halves = [markers[: streams // 2], markers[streams // 2 :]]
         with multiprocessing.get_context("spawn").Pool(2) as pool:
-            parts = pool.map(_stream_worker, [(url, token, half, start_at) for half in halves])
+            cpu_before = process_cpu_seconds(process.pid)
+            parts = pool.map(
+                _stream_worker, [(url, token, half, start_at, accept) for half in halves]
+            )
+            cpu_seconds = process_cpu_seconds(process.pid) - cpu_before
         latencies = [latency for part, _ in parts for latency in part]
         return {
+            "cpu_us_per_chunk": cpu_seconds * 1e6 / max(len(latencies), 1),
             "streams": streams,
             "chunks_per_second_each": rate,
             "errors": sum(errors for _, errors in parts),

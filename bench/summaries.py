@@ -24,7 +24,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from bench.chat_stream import start_instance
+from bench.chat_stream import read_event, start_instance
 from dev.gemini_standin import StandinControl
 from dev.stack import LocalStack, free_port
 from shared.context import SUMMARY_HEADING
@@ -56,8 +56,8 @@ def conversation(url: str, token: str, control: StandinControl, label: str) -> l
         done: dict[str, Any] = {}
         with urllib.request.urlopen(request, timeout=60) as response:
             for raw in response:
-                if raw.startswith(b"data: "):
-                    event = json.loads(raw[6:])
+                event = read_event(raw)
+                if event is not None:
                     if event["type"] == "start":
                         chat_id = event["chat_id"]
                     elif event["type"] == "done":

@@ -50,13 +50,20 @@ class Framing:
 
     def encode(self, event: StreamEvent) -> str:
         """One event as it goes on the wire (``None`` fields are left out)."""
-        if self.name == "sse":
-            return f"data: {event.model_dump_json(exclude_none=True)}\n\n"
         if isinstance(event, ChunkEvent):
-            event = NdjsonChunkEvent(content=event.content, response=event.content)
-        elif isinstance(event, ErrorEvent):
+            return self.chunk(event.content)
+        if self.name == "ndjson" and isinstance(event, ErrorEvent):
             event = NdjsonErrorEvent(**event.model_dump(), error=event.detail)
-        return event.model_dump_json(exclude_none=True) + "\n"
+        return self._frame(event.model_dump_json(exclude_none=True))
+
+    def chunk(self, text: str) -> str:
+        """A chunk event carrying ``text``: the hot path, one model built per chunk."""
+        if self.name == "sse":
+            return self._frame(ChunkEvent(content=text).model_dump_json())
+        return self._frame(NdjsonChunkEvent(content=text, response=text).model_dump_json())
+
+    def _frame(self, event_json: str) -> str:
+        return f"data: {event_json}\n\n" if self.name == "sse" else event_json + "\n"
 
     def heartbeat(self) -> str:
         """What keeps the connection alive while the model is silent."""

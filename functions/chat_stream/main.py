@@ -35,7 +35,7 @@ from shared.auth import AuthenticatedUser, request_authenticator
 from shared.errors import PayloadTooLarge, UnprocessableEntity
 from shared.gemini import Finished, GeminiStreamer, Heartbeat, ModelError, TextChunk
 from shared.runtime import database, make_api, start_function
-from shared.schemas import ChatRequest, ChunkEvent, DoneEvent, ErrorEvent, StartEvent, Usage
+from shared.schemas import ChatRequest, DoneEvent, ErrorEvent, StartEvent, Usage
 from shared.stream_framing import Framing, choose_framing
 from shared.system_instruction import SystemInstruction, personalise
 from shared.token_estimate import estimate_message_tokens, estimate_text_tokens
@@ -182,13 +182,20 @@ def send_message(request: Request, user: AuthenticatedUser) -> Response:
     return Response(stream_with_context(wire), mimetype=framing.media_type, headers=STREAM_HEADERS)
 
 
-TurnEvent = StartEvent | ChunkEvent | DoneEvent | ErrorEvent | Heartbeat
+# A turn's events: the contract's events, and the model's text chunks and heartbeats as they
+# come (each framing writes those itself: a chunk is the hot path of a stream).
+TurnEvent = StartEvent | TextChunk | Heartbeat | DoneEvent | ErrorEvent
 
 
 def framing_of(framing: Framing, events: Iterator[TurnEvent]) -> Iterator[str]:
     """The turn's events written in one framing."""
     for event in events:
-        yield framing.heartbeat() if isinstance(event, Heartbeat) else framing.encode(event)
+        if isinstance(event, TextChunk):
+            yield framing.chunk(event.text)
+        elif isinstance(event, Heartbeat):
+            yield framing.heartbeat()
+        else:
+            yield framing.encode(event)
 
 
 def stream_turn(
@@ -211,13 +218,12 @@ def stream_turn(
             contents=model_context.contents,
             heartbeat_seconds=settings.sse_heartbeat_seconds,
         ):
+            if isinstance(event, Finished):
+                finished = event
+                continue
             if isinstance(event, TextChunk):
                 answer.append(event.text)
-                yield ChunkEvent(content=event.text)
-            elif isinstance(event, Heartbeat):
-                yield event
-            else:
-                finished = event
+            yield event
     except ModelError as error:
         failure = error
         logger.warning("model failed", extra={"chat": chat_id, "cause": error.cause})
