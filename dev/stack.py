@@ -361,13 +361,15 @@ class LocalStack:
             self._postgres.cleanup()
 
 
-def banner(base_url: str, gemini: str) -> str:
+def banner(base_url: str, gemini: str, stream_format: str) -> str:
     return f"""
 Raven backend is running at {base_url}
   Model: {gemini}
+  POST /chat streams {stream_format.upper()} unless the request's Accept asks otherwise
+  (CHAT_STREAM_FORMAT; the existing Raven frontend needs ndjson).
 
-  Every path of ../shared/contract.md is served here; the API description is at
-  {base_url}/dev/openapi.json and the health check at {base_url}/dev/healthz.
+  The API: docs/api.md; as OpenAPI: {base_url}/dev/openapi.json
+  Health: {base_url}/dev/healthz. Frontend: NEXT_PUBLIC_BACKEND_URL={base_url}
 
   Try it:
     TOKEN=$(curl -s -X POST {base_url}/dev/token -d '{{"sub": "user_demo", "first_name": "Ada"}}' \\
@@ -375,6 +377,8 @@ Raven backend is running at {base_url}
     curl -s -X POST {base_url}/api/chats/create -H "Authorization: Bearer $TOKEN" \\
          -d '{{"title": "Hello"}}'
     curl -s {base_url}/api/chats -H "Authorization: Bearer $TOKEN"
+    curl -sN {base_url}/chat -H "Authorization: Bearer $TOKEN" \\
+         -d '{{"messages": [{{"role": "user", "parts": [{{"type": "text", "text": "Hi!"}}]}}]}}'
 
   Ctrl-C stops everything; the data stays in .data/.
 """
@@ -397,7 +401,8 @@ def main() -> None:
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
     try:
         stack.start()
-        print(banner(stack.base_url, stack.gemini_description), flush=True)
+        stream_format = stack.env.get("CHAT_STREAM_FORMAT") or "sse"
+        print(banner(stack.base_url, stack.gemini_description, stream_format), flush=True)
         while not stopping.is_set():
             for name, process in stack.processes.items():
                 if process.poll() is not None:

@@ -1,7 +1,7 @@
 """The errors an endpoint raises; :mod:`shared.web` turns each into the contract's JSON error.
 
 Every error body is ``{"detail": "<for people>", "code": "<for programs>"}`` with the status
-``../shared/contract.md`` gives: 400/422 bad input, 401 bad token, 404 unknown *or someone
+``docs/api.md`` gives: 400/422 bad input, 401 bad token, 404 unknown *or someone
 else's* resource, 413 too large, 429 rate limited and 503 dependency down (both with
 ``Retry-After``).
 """

@@ -1,7 +1,8 @@
 """The wire contract as pydantic models: request bodies, response objects and stream events.
 
-``../shared/contract.md`` fixes the field names; these models are the single place the code
-spells them, and ``dev/openapi.py`` builds the OpenAPI description from them.
+``docs/api.md`` (the wire contract the frontend depends on) fixes the field names; these
+models are the single place the code spells them, and ``dev/openapi.py`` builds the OpenAPI
+description from them.
 """
 
 from __future__ import annotations
