@@ -22,7 +22,7 @@ locals {
   # With no JWT key given, verify Clerk's tokens against its public JWKS under the issuer.
   clerk_jwks_url = (
     var.clerk_jwks_url != null ? var.clerk_jwks_url
-    : nonsensitive(var.clerk_jwt_key == null) ? "${var.clerk_issuer}/.well-known/jwks.json"
+    : !contains(keys(var.secret_versions), "CLERK_JWT_KEY") ? "${var.clerk_issuer}/.well-known/jwks.json"
     : null
   )
 }
