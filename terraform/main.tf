@@ -4,6 +4,13 @@ data "google_project" "this" {
   project_id = var.project_id
 }
 
+# Names a deleted resource keeps reserved for a while get this suffix (the summaries queue: up to 3
+# days; the URL signer custom role: weeks), so that destroy + apply works at once. It is drawn anew
+# only with a new state.
+resource "random_id" "name_suffix" {
+  byte_length = 2
+}
+
 locals {
   labels = merge(var.labels, {
     app        = "raven"

@@ -4,12 +4,8 @@
 # roles/run.invoker on summarize (iam.tf). Rate limits protect Gemini quota and the database;
 # retries back off exponentially.
 
-# A deleted queue's name may stay blocked for up to 3 days (Cloud Tasks' tombstone window): the
-# suffix lets destroy + apply work at once.
-resource "random_id" "name_suffix" {
-  byte_length = 2
-}
-
+# The name carries a random suffix (main.tf): a deleted queue's name may stay blocked for up to 3 days
+# (Cloud Tasks' tombstone window), and the suffix lets destroy + apply work at once.
 resource "google_cloud_tasks_queue" "summaries" {
   name     = "${var.name_prefix}-summaries-${random_id.name_suffix.hex}"
   location = var.region

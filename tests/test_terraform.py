@@ -1199,3 +1199,44 @@ def test_the_state_check_finds_a_leak() -> None:
         "google_sql_user.u.password <- ephemeral.random_password.p",
         "output o <- var.token",
     ]
+
+
+# --- migrations build context and operations -------------------------------------------------------
+
+
+def test_migrations_build_context_holds_only_the_allow_list(tmp_path: Path) -> None:
+    """migrate.sh uploads a context it assembles, never the checkout (tfvars, .data/, venvs)."""
+    context = tmp_path / "context"
+    subprocess.run(
+        ["bash", str(TERRAFORM / "migrations" / "migrate.sh"), "--context-only", str(context)],
+        check=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    files = {path.relative_to(context).as_posix() for path in context.rglob("*") if path.is_file()}
+    assert {
+        "Dockerfile",
+        "cloudbuild.yaml",
+        "requirements.txt",
+        "app/alembic.ini",
+        "app/migrations/env.py",
+        "app/shared/settings.py",
+        "app/terraform/migrations/run_migrations.py",
+    } <= files
+    for name in files:
+        assert name in {"Dockerfile", "cloudbuild.yaml", "requirements.txt", "app/alembic.ini"} or (
+            name.startswith(("app/migrations/", "app/shared/", "app/terraform/migrations/"))
+            and name.endswith((".py", ".mako", "system_instruction.md"))
+        ), name
+    assert not any("__pycache__" in name or "tfvars" in name for name in files)
+    requirements = (context / "requirements.txt").read_text()
+    assert re.search(r"^alembic==", requirements, re.M) and re.search(r"^pg8000==", requirements, re.M)
+    dockerfile = (TERRAFORM / "migrations" / "Dockerfile").read_text()
+    assert "COPY . ." not in dockerfile and "COPY app/ ./" in dockerfile
+
+
+def test_readme_has_the_operations_section() -> None:
+    readme = (TERRAFORM / "README.md").read_text()
+    operations = readme.split("## Operations", 1)[1].split("\n## ", 1)[0]
+    for heading in ("Rotate a secret", "Resize", "Change domain", "Destroy and re-create"):
+        assert f"### {heading}" in operations, heading
