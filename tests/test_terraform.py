@@ -1201,7 +1201,7 @@ def test_the_state_check_finds_a_leak() -> None:
     ]
 
 
-# --- migrations build context and operations -------------------------------------------------------
+# --- migrations build context and operations -----------------------------------------
 
 
 def test_migrations_build_context_holds_only_the_allow_list(tmp_path: Path) -> None:
@@ -1230,7 +1230,9 @@ def test_migrations_build_context_holds_only_the_allow_list(tmp_path: Path) -> N
         ), name
     assert not any("__pycache__" in name or "tfvars" in name for name in files)
     requirements = (context / "requirements.txt").read_text()
-    assert re.search(r"^alembic==", requirements, re.M) and re.search(r"^pg8000==", requirements, re.M)
+    assert re.search(r"^alembic==", requirements, re.M) and re.search(
+        r"^pg8000==", requirements, re.M
+    )
     dockerfile = (TERRAFORM / "migrations" / "Dockerfile").read_text()
     assert "COPY . ." not in dockerfile and "COPY app/ ./" in dockerfile
 
