@@ -65,7 +65,8 @@ locals {
     "roles/cloudsql.instanceUser", # log in to Postgres as its IAM database user (IAM database authentication)
   ])
 
-  # Cloud SQL's roles are granted on the project but hold only for this instance.
+  # Cloud SQL's roles are granted on the project (Cloud SQL has no instance-level IAM policy) but hold
+  # only for this instance: the condition Google's Cloud SQL sample "instance_iam_condition" uses.
   database_condition = {
     title       = "raven-instance-only"
     description = "Only the Raven Cloud SQL instance."
@@ -126,6 +127,13 @@ resource "google_project_iam_member" "grant" {
       description = condition.value.description
       expression  = condition.value.expression
     }
+  }
+
+  # A grant whose condition changes (e.g. the instance-only condition added to an existing
+  # deployment's database roles) is a new binding: create it before removing the old one, so the
+  # functions never lose their database access in between.
+  lifecycle {
+    create_before_destroy = true
   }
 }
 
