@@ -74,4 +74,4 @@ migrate: install
 	$(PY) -m alembic upgrade head
 
 clean:
-	rm -rf $(VENV) $(TASKS_VENV) $(CHECKOV_VENV) .data build .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(TASKS_VENV) $(CHECKOV_VENV) .data build terraform/.build .pytest_cache .mypy_cache .ruff_cache
