@@ -11,7 +11,7 @@ TASKS_STAMP   := $(TASKS_VENV)/.installed
 CHECKOV_VENV  := .venv-checkov
 CHECKOV_STAMP := $(CHECKOV_VENV)/.installed
 
-.PHONY: install dev test lint pytest bench migrate migrate-cloud checkov clean
+.PHONY: install dev test lint terraform-fmt pytest bench archives migrate migrate-cloud checkov clean
 
 $(STAMP): requirements-dev.txt functions/*/requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -35,12 +35,20 @@ install: $(STAMP) $(TASKS_STAMP)
 dev: install
 	$(PY) -m dev.stack
 
-## make test: lint, types, then the whole test suite against real components
-test: lint pytest
+## make test: lint, types, terraform fmt, then the whole test suite against real components
+test: lint terraform-fmt pytest
 
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
+
+## terraform fmt -check (the terraform binary only, no provider); skipped, saying so, without it
+terraform-fmt:
+	@if command -v terraform >/dev/null 2>&1; then \
+		terraform fmt -check -recursive -diff terraform; \
+	else \
+		echo "SKIPPED terraform fmt -check: no terraform binary on PATH (install Terraform >= 1.11 to run it)"; \
+	fi
 
 pytest: install $(CHECKOV_STAMP)
 	$(PY) -m pytest
@@ -53,6 +61,10 @@ bench: install
 checkov: $(CHECKOV_STAMP)
 	$(CHECKOV_VENV)/bin/checkov -d terraform --quiet --compact --skip-download
 
+## make archives: the functions' source archives in terraform/.build/ (before every terraform plan/apply)
+archives: install
+	$(PY) tools/build_function_archives.py
+
 ## make migrate-cloud: build the migrations image and run the raven-migrate Cloud Run job
 migrate-cloud:
 	terraform/migrations/migrate.sh
@@ -62,4 +74,4 @@ migrate: install
 	$(PY) -m alembic upgrade head
 
 clean:
-	rm -rf $(VENV) $(TASKS_VENV) $(CHECKOV_VENV) .data build .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(TASKS_VENV) $(CHECKOV_VENV) .data build terraform/.build .pytest_cache .mypy_cache .ruff_cache

@@ -18,12 +18,14 @@ resource "random_id" "database_suffix" {
 }
 
 locals {
-  # Cloud SQL's max_connections: every function instance may hold db_pool_size connections, at most
-  # max_instances of them at once, plus headroom for the migrations job, operators and Cloud SQL itself.
+  # What the functions' pools can open at most: every instance may hold db_pool_size connections, at
+  # most max_instances of them at once, plus headroom for the migrations job, operators and Cloud SQL
+  # itself. It must fit under var.database_max_connections (precondition below), which is what the
+  # instance is configured with: PostgreSQL applies max_connections only at a restart, so the flag
+  # follows a ceiling the operator sets, not the sizing, and a resize never restarts the database.
   database_connections_needed = sum([
     for name, function in local.functions : function.max_instances * function.db_pool_size
-  ])
-  database_max_connections = local.database_connections_needed + var.database_connection_headroom
+  ]) + var.database_connection_headroom
 }
 
 resource "google_sql_database_instance" "main" {
@@ -34,6 +36,7 @@ resource "google_sql_database_instance" "main" {
 
   #checkov:skip=CKV_GCP_79:PostgreSQL 16 is the version this application is built and tested on; move to a newer major version deliberately, with an in-place upgrade and a test run.
   #checkov:skip=CKV_GCP_110:pgAudit is not enabled: statement-level audit logs are costly at chat volume; log_statement=ddl already records every schema change. Enable cloudsql.enable_pgaudit when compliance requires it.
+  #checkov:skip=CKV_GCP_108:log_hostname stays off: it costs a reverse DNS lookup on every connection, and every client is our own private subnet, whose addresses log_connections already records.
   #checkov:skip=CKV2_GCP_13:log_duration=on would log a line for every statement the chat traffic runs; Query Insights (below) records statement latency instead.
 
   settings {
@@ -86,13 +89,16 @@ resource "google_sql_database_instance" "main" {
       value = "on"
     }
 
-    # Sized from the functions' pools (locals above), not from the tier's default.
+    # A ceiling the functions' pools must fit under (locals above), not the tier's default. Changing
+    # it restarts the instance; resizing the functions does not touch it.
     database_flags {
       name  = "max_connections"
-      value = tostring(local.database_max_connections)
+      value = tostring(var.database_max_connections)
     }
 
-    # Logging: connections, lock waits, temp files, errors with their statement, schema changes.
+    # Logging: connections, lock waits, temp files, errors with their statement, schema changes. No
+    # log_hostname: it would cost a reverse DNS lookup on every connection, for addresses that are
+    # our own private subnet.
     database_flags {
       name  = "log_checkpoints"
       value = "on"
@@ -103,10 +109,6 @@ resource "google_sql_database_instance" "main" {
     }
     database_flags {
       name  = "log_disconnections"
-      value = "on"
-    }
-    database_flags {
-      name  = "log_hostname"
       value = "on"
     }
     database_flags {
@@ -151,6 +153,13 @@ resource "google_sql_database_instance" "main" {
     }
   }
 
+  lifecycle {
+    precondition {
+      condition     = local.database_connections_needed <= var.database_max_connections
+      error_message = "The functions' pools may open ${local.database_connections_needed} connections (sum of max_instances x db_pool_size, plus database_connection_headroom), more than database_max_connections (${var.database_max_connections}). Lower max_instances or db_pool_size, or raise database_max_connections (which restarts Cloud SQL once; README.md: Operations)."
+    }
+  }
+
   depends_on = [google_service_networking_connection.private_service_access]
 }
 
@@ -177,16 +186,14 @@ resource "google_sql_user" "function" {
 # Why a built-in user with a password, not an IAM user: Cloud SQL creates IAM users with no privileges,
 # and only a member of cloudsqlsuperuser, which built-in users created through the API are, can grant
 # them any. With no public IP there is nowhere an operator could run that first grant by hand, so the
-# migrations job is that member. The password is random, lives in Secret Manager (readable only by the
-# migrations service account) and in Terraform's state, and no person ever needs it.
-resource "random_password" "migrator" {
-  length  = 32
-  special = false
-}
-
+# migrations job is that member. The password is an ephemeral random value (secrets.tf) written with
+# the write-only password_wo, so it is in Secret Manager (readable only by the migrations service
+# account) and nowhere in Terraform's state; no person ever needs it. Bumping
+# var.migrator_password_version writes a new one here and in the secret, in the same apply.
 resource "google_sql_user" "migrator" {
-  instance        = google_sql_database_instance.main.name
-  name            = "${replace(var.name_prefix, "-", "_")}_migrator"
-  password        = random_password.migrator.result
-  deletion_policy = "ABANDON"
+  instance            = google_sql_database_instance.main.name
+  name                = "${replace(var.name_prefix, "-", "_")}_migrator"
+  password_wo         = ephemeral.random_password.migrator.result
+  password_wo_version = var.migrator_password_version
+  deletion_policy     = "ABANDON"
 }

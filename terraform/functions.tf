@@ -104,26 +104,28 @@ locals {
 # --- environment -----------------------------------------------------------------------------
 #
 # Every name below is an environment variable shared/settings.py reads (a field alias there), except
-# THREADS, which functions-framework reads. tests/test_terraform.py checks that every variable a
-# function's main.py require()s is given to that function here or as a secret (secrets.tf).
+# THREADS, which functions-framework reads. Each function gets only what its own code reads:
+# tests/test_terraform.py checks both ways, that every variable a function's main.py require()s is
+# given to it here or as a secret (secrets.tf), and that every variable given to a function is read
+# by the code in its archive (main.py and the shared/ modules it imports).
 
 locals {
-  # Given to every function.
+  # Given to every function: settings.py and the database connection read them at start.
   common_env = {
     ENVIRONMENT              = "production"
     PROJECT_ID               = var.project_id
-    LOCATION                 = local.vertex_location
     INSTANCE_CONNECTION_NAME = google_sql_database_instance.main.connection_name
     DB_NAME                  = google_sql_database.raven.name
     DB_IP_TYPE               = "PRIVATE" # the connector must use the private IP: there is no public one
   }
 
   # Given to the functions that list them in function_env_keys. A null value is left out.
-  shared_env = {
+  shared_env = merge(local.tuning_env, {
     ALLOWED_ORIGINS               = join(",", var.allowed_origins)
     CLERK_ISSUER                  = var.clerk_issuer
     CLERK_JWKS_URL                = local.clerk_jwks_url
     GCS_BUCKET_NAME               = google_storage_bucket.uploads.name
+    LOCATION                      = local.vertex_location
     RAVEN_MODEL                   = var.raven_model
     SUMMARY_MODEL                 = var.summary_model
     THINKING_BUDGET               = var.thinking_budget == null ? null : tostring(var.thinking_budget)
@@ -132,7 +134,7 @@ locals {
     TASKS_QUEUE                   = google_cloud_tasks_queue.summaries.id
     SUMMARIZE_URL                 = local.summarize_url
     TASKS_INVOKER_SERVICE_ACCOUNT = google_service_account.tasks_invoker.email
-  }
+  })
 
   # Values that are the function's own identity. SIGNER_SERVICE_ACCOUNT: URLs are signed with IAM
   # signBlob as the function's own account (iam.tf lets each sign only as itself).
@@ -142,16 +144,29 @@ locals {
     }
   }
 
+  # var.tuning's settings that shared/settings.py itself checks against each other at start (context
+  # and summary budgets, request and upload limits, URL lifetimes): every function reads them.
+  tuning_read_by_all = [
+    "DB_ACQUIRE_TIMEOUT_SECONDS", "JWT_LEEWAY_SECONDS", "MAX_CONTEXT_TOKENS", "MAX_REQUEST_BYTES",
+    "MEDIA_URL_TTL_SECONDS", "SUMMARY_MAX_TOKENS", "SUMMARY_TARGET_TOKENS", "TARGET_WINDOW_TOKENS",
+    "UPLOAD_MAX_BYTES", "UPLOAD_URL_TTL_SECONDS",
+  ]
+
   function_env_keys = {
     chat_stream = [
-      "ALLOWED_ORIGINS", "CLERK_ISSUER", "CLERK_JWKS_URL", "GCS_BUCKET_NAME",
-      "RAVEN_MODEL", "SUMMARY_MODEL", "THINKING_BUDGET", "SYSTEM_INSTRUCTION_URL", "CHAT_STREAM_FORMAT",
+      "ALLOWED_ORIGINS", "CLERK_ISSUER", "CLERK_JWKS_URL", "GCS_BUCKET_NAME", "LOCATION",
+      "RAVEN_MODEL", "THINKING_BUDGET", "SYSTEM_INSTRUCTION_URL", "CHAT_STREAM_FORMAT",
       "TASKS_QUEUE", "SUMMARIZE_URL", "TASKS_INVOKER_SERVICE_ACCOUNT",
+      "CHAT_MAX_REQUEST_BYTES", "CHAT_WINDOW_SIZE", "MAX_MESSAGE_CHARS", "MODEL_TIMEOUT_SECONDS",
+      "MEDIA_ALLOW_HISTORY_IF_REFERENCED", "MEDIA_INCLUDE_ONLY_CURRENT", "MEDIA_MAX_IMAGES",
+      "MEDIA_MAX_PARTS", "MEDIA_MAX_VIDEOS", "RATE_LIMIT_MESSAGES_PER_MINUTE",
+      "RATE_LIMIT_TOKENS_PER_DAY", "SSE_HEARTBEAT_SECONDS", "SUMMARY_KEEP_RECENT",
+      "SUMMARY_MIN_MESSAGES", "SUMMARY_TRIGGER_TOKENS", "SYSTEM_INSTRUCTION_TTL_SECONDS",
     ]
     chats_crud    = ["ALLOWED_ORIGINS", "CLERK_ISSUER", "CLERK_JWKS_URL", "GCS_BUCKET_NAME", "SIGNER_SERVICE_ACCOUNT"]
-    upload_url    = ["ALLOWED_ORIGINS", "CLERK_ISSUER", "CLERK_JWKS_URL", "GCS_BUCKET_NAME", "SIGNER_SERVICE_ACCOUNT"]
+    upload_url    = ["ALLOWED_ORIGINS", "CLERK_ISSUER", "CLERK_JWKS_URL", "GCS_BUCKET_NAME", "SIGNER_SERVICE_ACCOUNT", "UPLOAD_ALLOWED_TYPES"]
     clerk_webhook = ["GCS_BUCKET_NAME"]
-    summarize     = ["SUMMARY_MODEL", "THINKING_BUDGET", "TASKS_INVOKER_SERVICE_ACCOUNT"]
+    summarize     = ["LOCATION", "SUMMARY_MODEL", "THINKING_BUDGET", "MODEL_TIMEOUT_SECONDS"]
     storage_sweep = [] # the queue rows name their buckets; only the database and PROJECT_ID (common_env)
   }
 
@@ -164,11 +179,10 @@ locals {
   function_env = {
     for function, config in local.functions : function => merge(
       local.common_env,
-      local.tuning_env,
       {
-        for key in local.function_env_keys[function] :
+        for key in concat(local.tuning_read_by_all, local.function_env_keys[function]) :
         key => merge(local.shared_env, local.own_env[function])[key]
-        if merge(local.shared_env, local.own_env[function])[key] != null
+        if lookup(merge(local.shared_env, local.own_env[function]), key, null) != null
       },
       {
         # Cloud SQL IAM users for service accounts are named by the email without this suffix.
@@ -186,66 +200,26 @@ locals {
 
 # --- source archives -------------------------------------------------------------------------
 #
-# A function's archive is its folder at the archive's root plus shared/ beside main.py, without
-# bytecode caches: exactly what dev/bundle.py builds for the tests (tests/test_terraform.py checks the
-# exclusions agree). Files are read as UTF-8 text (file()), which every source file is. The object
-# name carries the archive's hash, so any change to the function or to shared/ redeploys it.
-
-locals {
-  bundle_excluded_parts    = ["__pycache__"]
-  bundle_excluded_suffixes = [".pyc", ".pyo"]
-
-  function_files = {
-    for function in keys(local.function_defaults) : function => [
-      for relative in fileset("${path.module}/../functions/${function}", "**") : relative
-      if !anytrue(concat(
-        [for part in split("/", relative) : contains(local.bundle_excluded_parts, part)],
-        [for suffix in local.bundle_excluded_suffixes : endswith(relative, suffix)],
-      ))
-    ]
-  }
-
-  shared_files = [
-    for relative in fileset("${path.module}/../shared", "**") : relative
-    if !anytrue(concat(
-      [for part in split("/", relative) : contains(local.bundle_excluded_parts, part)],
-      [for suffix in local.bundle_excluded_suffixes : endswith(relative, suffix)],
-    ))
-  ]
-}
-
-data "archive_file" "source" {
-  for_each = local.functions
-
-  type        = "zip"
-  output_path = "${path.module}/.build/${each.key}.zip"
-
-  # functions/<name>/ at the archive's root: main.py, requirements.txt, ...
-  dynamic "source" {
-    for_each = toset(local.function_files[each.key])
-    content {
-      filename = source.value
-      content  = file("${path.module}/../functions/${each.key}/${source.value}")
-    }
-  }
-
-  # shared/ beside main.py.
-  dynamic "source" {
-    for_each = toset(local.shared_files)
-    content {
-      filename = "shared/${source.value}"
-      content  = file("${path.module}/../shared/${source.value}")
-    }
-  }
-}
+# Built by `make archives`, hashed by Terraform (archives.tf). The object is named by the content
+# hash Terraform computed from the sources; the precondition refuses an archive built from others.
 
 resource "google_storage_bucket_object" "source" {
   for_each = local.functions
 
   bucket       = google_storage_bucket.sources.name
-  name         = "functions/${each.key}/${data.archive_file.source[each.key].output_md5}.zip"
-  source       = data.archive_file.source[each.key].output_path
+  name         = "functions/${each.key}/${local.source_hash[each.key]}.zip"
+  source       = "${path.module}/.build/${each.key}.zip"
   content_type = "application/zip"
+
+  lifecycle {
+    precondition {
+      condition = (
+        fileexists("${path.module}/.build/${each.key}.zip.sha256")
+        && try(trimspace(file("${path.module}/.build/${each.key}.zip.sha256")), "") == local.source_hash[each.key]
+      )
+      error_message = "terraform/.build/${each.key}.zip is missing or was built from other sources: run `make archives` in the repository root, then plan or apply again."
+    }
+  }
 }
 
 # --- functions -------------------------------------------------------------------------------
@@ -300,16 +274,18 @@ resource "google_cloudfunctions2_function" "function" {
 
     # Private-range traffic (Cloud SQL's private IP) goes into the VPC; the rest goes out directly.
     direct_vpc_network_interface {
-      network    = google_compute_network.main.id
-      subnetwork = google_compute_subnetwork.serverless.id
+      # Names, as the provider documents these fields (an id would be rewritten to a name by the API
+      # and show as a change on every plan).
+      network    = google_compute_network.main.name
+      subnetwork = google_compute_subnetwork.serverless.name
     }
     direct_vpc_egress = "VPC_EGRESS_PRIVATE_RANGES_ONLY"
   }
 
   lifecycle {
     precondition {
-      condition     = local.clerk_jwks_url != null || nonsensitive(var.clerk_jwt_key != null)
-      error_message = "Give clerk_jwks_url or clerk_jwt_key (or neither: the JWKS under clerk_issuer is used)."
+      condition     = each.value.min_instances <= each.value.max_instances
+      error_message = "function_settings.${each.key}: min_instances (${each.value.min_instances}) must not exceed max_instances (${each.value.max_instances})."
     }
     precondition {
       condition     = each.value.concurrency == 1 || tonumber(each.value.cpu) >= 1

@@ -13,7 +13,7 @@ resource "google_service_account" "function" {
   display_name = "Raven ${each.key} function"
   description  = "Runs the ${each.key} Cloud Run function."
 
-  depends_on = [google_project_service.api]
+  depends_on = [time_sleep.apis_ready]
 }
 
 # The identity whose OIDC token Cloud Tasks attaches when it calls summarize.
@@ -22,7 +22,7 @@ resource "google_service_account" "tasks_invoker" {
   display_name = "Raven Cloud Tasks invoker"
   description  = "Cloud Tasks signs summary requests to the summarize function as this account."
 
-  depends_on = [google_project_service.api]
+  depends_on = [time_sleep.apis_ready]
 }
 
 # The identity whose OIDC token Cloud Scheduler attaches when it calls storage_sweep (scheduler.tf).
@@ -31,7 +31,7 @@ resource "google_service_account" "sweep_scheduler" {
   display_name = "Raven storage sweep scheduler"
   description  = "Cloud Scheduler calls the storage_sweep function as this account."
 
-  depends_on = [google_project_service.api]
+  depends_on = [time_sleep.apis_ready]
 }
 
 # Cloud Build runs as this account to build the functions' images and the migrations image, instead
@@ -41,7 +41,7 @@ resource "google_service_account" "build" {
   display_name = "Raven builds"
   description  = "Builds the function images and the migrations image."
 
-  depends_on = [google_project_service.api]
+  depends_on = [time_sleep.apis_ready]
 }
 
 # The migrations job's identity (migrations.tf).
@@ -50,13 +50,13 @@ resource "google_service_account" "migrate" {
   display_name = "Raven migrations"
   description  = "Runs alembic upgrade head against Cloud SQL from the migrations job."
 
-  depends_on = [google_project_service.api]
+  depends_on = [time_sleep.apis_ready]
 }
 
 # --- project-level roles ---------------------------------------------------------------------
 #
-# Only roles that have no narrower resource to grant on: Cloud SQL connections, Vertex AI calls,
-# writing build logs and images.
+# Only roles that have no narrower resource to grant on: Cloud SQL connections (kept to this one
+# instance by an IAM condition), Vertex AI calls, writing build logs and images.
 
 locals {
   # Every function uses the database.
@@ -65,17 +65,28 @@ locals {
     "roles/cloudsql.instanceUser", # log in to Postgres as its IAM database user (IAM database authentication)
   ])
 
+  # Cloud SQL's roles are granted on the project (Cloud SQL has no instance-level IAM policy) but hold
+  # only for this instance: the condition Google's Cloud SQL sample "instance_iam_condition" uses.
+  database_condition = {
+    title       = "raven-instance-only"
+    description = "Only the Raven Cloud SQL instance."
+    expression  = "resource.type == \"sqladmin.googleapis.com/Instance\" && resource.name == \"projects/${var.project_id}/instances/${google_sql_database_instance.main.name}\""
+  }
+
+  # Gemini through Vertex AI is used unless a Gemini API key is (secret_versions has GEMINI_API_KEY):
+  # with a key, no function holds any Vertex AI role.
+  use_vertex_ai = !contains(keys(var.secret_versions), "GEMINI_API_KEY")
+  vertex_ai_roles = local.use_vertex_ai ? toset([
+    "roles/aiplatform.user", # call Gemini on Vertex AI (no narrower predefined role can generate content)
+  ]) : toset([])
+
   function_project_roles = {
-    chat_stream = setunion(local.database_client_roles, toset([
-      "roles/aiplatform.user", # call Gemini on Vertex AI for answers (and summaries it runs inline)
-    ]))
+    chat_stream   = setunion(local.database_client_roles, local.vertex_ai_roles) # answers, and summaries it runs inline
     chats_crud    = local.database_client_roles
     upload_url    = local.database_client_roles
     clerk_webhook = local.database_client_roles
-    summarize = setunion(local.database_client_roles, toset([
-      "roles/aiplatform.user", # call Gemini on Vertex AI to write chat summaries
-    ]))
-    storage_sweep = local.database_client_roles # claim and finish storage_deletions rows; no Gemini
+    summarize     = setunion(local.database_client_roles, local.vertex_ai_roles) # chat summaries
+    storage_sweep = local.database_client_roles                                  # claim and finish storage_deletions rows; no Gemini
   }
 
   build_project_roles = toset([
@@ -91,13 +102,14 @@ locals {
     merge([
       for function, roles in local.function_project_roles : {
         for role in roles : "${function}/${role}" => {
-          role   = role
-          member = google_service_account.function[function].member
+          role      = role
+          member    = google_service_account.function[function].member
+          condition = contains(local.database_client_roles, role) ? local.database_condition : null
         }
       }
     ]...),
-    { for role in local.build_project_roles : "build/${role}" => { role = role, member = google_service_account.build.member } },
-    { for role in local.migrate_project_roles : "migrate/${role}" => { role = role, member = google_service_account.migrate.member } },
+    { for role in local.build_project_roles : "build/${role}" => { role = role, member = google_service_account.build.member, condition = null } },
+    { for role in local.migrate_project_roles : "migrate/${role}" => { role = role, member = google_service_account.migrate.member, condition = local.database_condition } },
   )
 }
 
@@ -107,6 +119,22 @@ resource "google_project_iam_member" "grant" {
   project = var.project_id
   role    = each.value.role
   member  = each.value.member
+
+  dynamic "condition" {
+    for_each = each.value.condition == null ? [] : [each.value.condition]
+    content {
+      title       = condition.value.title
+      description = condition.value.description
+      expression  = condition.value.expression
+    }
+  }
+
+  # A grant whose condition changes (e.g. the instance-only condition added to an existing
+  # deployment's database roles) is a new binding: create it before removing the old one, so the
+  # functions never lose their database access in between.
+  lifecycle {
+    create_before_destroy = true
+  }
 }
 
 # --- the uploads bucket ----------------------------------------------------------------------
@@ -147,19 +175,23 @@ resource "google_storage_bucket_iam_member" "uploads" {
 }
 
 # Gemini on Vertex AI fetches gs:// media itself, as the Vertex AI service agent: it may read uploads.
+# Not with a Gemini API key, where media goes inline and Vertex AI is not used.
 resource "google_project_service_identity" "vertex_ai" {
   provider = google-beta
+  count    = local.use_vertex_ai ? 1 : 0
 
   project = var.project_id
   service = "aiplatform.googleapis.com"
 
-  depends_on = [google_project_service.api]
+  depends_on = [time_sleep.apis_ready]
 }
 
 resource "google_storage_bucket_iam_member" "uploads_vertex_ai" {
+  count = local.use_vertex_ai ? 1 : 0
+
   bucket = google_storage_bucket.uploads.name
   role   = "roles/storage.objectViewer" # read media parts given to Gemini as gs:// URIs
-  member = "serviceAccount:${google_project_service_identity.vertex_ai.email}"
+  member = "serviceAccount:${google_project_service_identity.vertex_ai[0].email}"
 }
 
 # --- the config bucket -----------------------------------------------------------------------
@@ -174,16 +206,28 @@ resource "google_storage_bucket_iam_member" "config_chat_stream" {
 #
 # upload_url and chats_crud sign URLs with the IAM signBlob API as themselves (SIGNER_SERVICE_ACCOUNT
 # is their own email), so no key file exists anywhere: each may sign as itself, and only as itself.
+# A custom role with signBlob alone, rather than Service Account Token Creator, which would also let
+# them mint access and ID tokens and sign JWTs as themselves.
 
 locals {
   url_signers = toset(["upload_url", "chats_crud"])
+}
+
+resource "google_project_iam_custom_role" "url_signer" {
+  # A deleted custom role's id stays reserved for weeks: the suffix lets destroy + apply work.
+  role_id     = "${replace(var.name_prefix, "-", "_")}_url_signer_${random_id.name_suffix.hex}"
+  title       = "Raven URL signer"
+  description = "Sign bytes (V4 signed URLs) as a service account; nothing else."
+  permissions = ["iam.serviceAccounts.signBlob"]
+
+  depends_on = [time_sleep.apis_ready]
 }
 
 resource "google_service_account_iam_member" "sign_as_self" {
   for_each = local.url_signers
 
   service_account_id = google_service_account.function[each.key].name
-  role               = "roles/iam.serviceAccountTokenCreator" # iam.serviceAccounts.signBlob on its own account
+  role               = google_project_iam_custom_role.url_signer.id # iam.serviceAccounts.signBlob on its own account, only
   member             = google_service_account.function[each.key].member
 }
 

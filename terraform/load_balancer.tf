@@ -23,7 +23,7 @@ resource "google_compute_global_address" "load_balancer" {
 
   name = "${var.name_prefix}-api"
 
-  depends_on = [google_project_service.api]
+  depends_on = [time_sleep.apis_ready]
 
   lifecycle {
     precondition {
@@ -36,7 +36,9 @@ resource "google_compute_global_address" "load_balancer" {
 resource "google_compute_managed_ssl_certificate" "load_balancer" {
   count = local.load_balancer_count
 
-  name = "${var.name_prefix}-api-cert"
+  # Named after the domain: a new domain makes a new certificate, created before the old one is
+  # deleted (create_before_destroy), which a fixed name would make impossible.
+  name = "${var.name_prefix}-api-cert-${substr(sha256(coalesce(var.domain, "none")), 0, 8)}"
 
   managed {
     domains = [var.domain]
@@ -46,7 +48,7 @@ resource "google_compute_managed_ssl_certificate" "load_balancer" {
     create_before_destroy = true
   }
 
-  depends_on = [google_project_service.api]
+  depends_on = [time_sleep.apis_ready]
 }
 
 resource "google_compute_region_network_endpoint_group" "function" {
@@ -112,7 +114,7 @@ resource "google_compute_ssl_policy" "load_balancer" {
   profile         = "MODERN"
   min_tls_version = "TLS_1_2"
 
-  depends_on = [google_project_service.api]
+  depends_on = [time_sleep.apis_ready]
 }
 
 resource "google_compute_target_https_proxy" "load_balancer" {
@@ -146,7 +148,7 @@ resource "google_compute_url_map" "http_redirect" {
     strip_query            = false
   }
 
-  depends_on = [google_project_service.api]
+  depends_on = [time_sleep.apis_ready]
 }
 
 resource "google_compute_target_http_proxy" "http_redirect" {

@@ -4,6 +4,13 @@ data "google_project" "this" {
   project_id = var.project_id
 }
 
+# Names a deleted resource keeps reserved for a while get this suffix (the summaries queue: up to 3
+# days; the URL signer custom role: weeks), so that destroy + apply works at once. It is drawn anew
+# only with a new state.
+resource "random_id" "name_suffix" {
+  byte_length = 2
+}
+
 locals {
   labels = merge(var.labels, {
     app        = "raven"
@@ -22,7 +29,7 @@ locals {
   # With no JWT key given, verify Clerk's tokens against its public JWKS under the issuer.
   clerk_jwks_url = (
     var.clerk_jwks_url != null ? var.clerk_jwks_url
-    : nonsensitive(var.clerk_jwt_key == null) ? "${var.clerk_issuer}/.well-known/jwks.json"
+    : !contains(keys(var.secret_versions), "CLERK_JWT_KEY") ? "${var.clerk_issuer}/.well-known/jwks.json"
     : null
   )
 }

@@ -33,7 +33,7 @@ resource "google_artifact_registry_repository" "images" {
     }
   }
 
-  depends_on = [google_project_service.api]
+  depends_on = [time_sleep.apis_ready]
 }
 
 locals {
@@ -59,8 +59,9 @@ resource "google_cloud_run_v2_job" "migrate" {
       # Same subnet as the functions: the private IP is reachable, the rest goes out directly.
       vpc_access {
         network_interfaces {
-          network    = google_compute_network.main.id
-          subnetwork = google_compute_subnetwork.serverless.id
+          # Names, like the functions' Direct VPC fields (the provider's examples use names).
+          network    = google_compute_network.main.name
+          subnetwork = google_compute_subnetwork.serverless.name
         }
         egress = "PRIVATE_RANGES_ONLY"
       }

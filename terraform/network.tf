@@ -7,7 +7,7 @@ resource "google_compute_network" "main" {
   auto_create_subnetworks = false
   routing_mode            = "REGIONAL"
 
-  depends_on = [google_project_service.api]
+  depends_on = [time_sleep.apis_ready]
 }
 
 resource "google_compute_subnetwork" "serverless" {
@@ -64,5 +64,5 @@ resource "google_service_networking_connection" "private_service_access" {
   # a while after the instance is deleted: destroy leaves the peering rather than failing.
   deletion_policy = "ABANDON"
 
-  depends_on = [google_project_service.api]
+  depends_on = [time_sleep.apis_ready]
 }

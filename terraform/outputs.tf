@@ -76,8 +76,13 @@ output "instance_connection_name" {
 }
 
 output "database_max_connections" {
-  description = "Cloud SQL max_connections as sized from the functions' pools."
-  value       = local.database_max_connections
+  description = "Cloud SQL's max_connections: the ceiling var.database_max_connections."
+  value       = var.database_max_connections
+}
+
+output "database_connections_needed" {
+  description = "What the functions' pools can open at most, plus the headroom: must stay under database_max_connections."
+  value       = local.database_connections_needed
 }
 
 output "database_iam_users" {

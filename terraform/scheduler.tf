@@ -42,7 +42,7 @@ resource "google_cloud_scheduler_job" "storage_sweep" {
   }
 
   depends_on = [
-    google_project_service.api,
+    time_sleep.apis_ready,
     google_cloud_run_v2_service_iam_member.scheduler_invokes_storage_sweep,
   ]
 }

@@ -26,8 +26,13 @@ resource "google_storage_bucket" "uploads" {
   # Holds users' media: terraform destroy must not silently delete it.
   force_destroy = false
 
+  # No soft delete: a deleted user's or chat's media must really be gone, not recoverable for 7 days.
+  soft_delete_policy {
+    retention_duration_seconds = 0
+  }
+
   #checkov:skip=CKV_GCP_62:Usage logs would need a second bucket; object reads and writes are audited through Cloud Audit Logs (Data Access for Cloud Storage) when enabled on the project.
-  #checkov:skip=CKV_GCP_78:Not versioned on purpose: deleting a user (clerk_webhook) or a chat must really remove their media, not keep noncurrent copies; soft delete still allows recovery for its retention window.
+  #checkov:skip=CKV_GCP_78:Not versioned on purpose: deleting a user (clerk_webhook) or a chat must really remove their media, not keep noncurrent copies (soft delete is off for the same reason).
 
   # Direct browser uploads (PUT) and media fetches (GET) from the frontend's origins. The allowed
   # request headers are the ones the signed PUT requires.
@@ -59,7 +64,7 @@ resource "google_storage_bucket" "uploads" {
     }
   }
 
-  depends_on = [google_project_service.api]
+  depends_on = [time_sleep.apis_ready]
 }
 
 # --- function sources ------------------------------------------------------------------------
@@ -87,7 +92,7 @@ resource "google_storage_bucket" "sources" {
     }
   }
 
-  depends_on = [google_project_service.api]
+  depends_on = [time_sleep.apis_ready]
 }
 
 # --- configuration: the system instruction ---------------------------------------------------
@@ -119,7 +124,7 @@ resource "google_storage_bucket" "config" {
     }
   }
 
-  depends_on = [google_project_service.api]
+  depends_on = [time_sleep.apis_ready]
 }
 
 resource "google_storage_bucket_object" "system_instruction" {

@@ -4,8 +4,10 @@
 # roles/run.invoker on summarize (iam.tf). Rate limits protect Gemini quota and the database;
 # retries back off exponentially.
 
+# The name carries a random suffix (main.tf): a deleted queue's name may stay blocked for up to 3 days
+# (Cloud Tasks' tombstone window), and the suffix lets destroy + apply work at once.
 resource "google_cloud_tasks_queue" "summaries" {
-  name     = "${var.name_prefix}-summaries"
+  name     = "${var.name_prefix}-summaries-${random_id.name_suffix.hex}"
   location = var.region
 
   rate_limits {
@@ -25,5 +27,5 @@ resource "google_cloud_tasks_queue" "summaries" {
     sampling_ratio = 1.0 # log every dispatch: summaries are few and failures worth seeing
   }
 
-  depends_on = [google_project_service.api]
+  depends_on = [time_sleep.apis_ready]
 }

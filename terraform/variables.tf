@@ -24,8 +24,8 @@ variable "name_prefix" {
   default     = "raven"
 
   validation {
-    condition     = can(regex("^[a-z][a-z0-9-]{1,9}$", var.name_prefix))
-    error_message = "name_prefix must be 2-10 lowercase letters, digits or hyphens, starting with a letter (service account IDs are at most 30 characters)."
+    condition     = can(regex("^[a-z][a-z0-9-]{0,8}[a-z0-9]$", var.name_prefix))
+    error_message = "name_prefix must be 2-10 lowercase letters, digits or hyphens, starting with a letter and not ending with a hyphen (it is the Artifact Registry repository's id; service account IDs are at most 30 characters)."
   }
 }
 
@@ -77,7 +77,8 @@ variable "clerk_jwks_url" {
 
 variable "clerk_jwt_key" {
   type        = string
-  description = "Optional: Clerk's JWT verification key (PEM, from the Clerk dashboard's API keys page), to verify session tokens without fetching JWKS. Stored in Secret Manager as CLERK_JWT_KEY."
+  ephemeral   = true
+  description = "Optional: Clerk's JWT verification key (PEM, from the Clerk dashboard's API keys page), to verify session tokens without fetching JWKS. Written to Secret Manager as CLERK_JWT_KEY when secret_versions has CLERK_JWT_KEY; ephemeral, never in the state."
   default     = null
   sensitive   = true
 
@@ -89,7 +90,8 @@ variable "clerk_jwt_key" {
 
 variable "clerk_secret_key" {
   type        = string
-  description = "Optional: Clerk's secret key (sk_live_...), for calls to Clerk's Backend API. Stored in Secret Manager as CLERK_SECRET_KEY."
+  ephemeral   = true
+  description = "Optional: Clerk's secret key (sk_live_...), for calls to Clerk's Backend API. Written to Secret Manager as CLERK_SECRET_KEY when secret_versions has CLERK_SECRET_KEY; ephemeral, never in the state."
   default     = null
   sensitive   = true
 
@@ -101,12 +103,56 @@ variable "clerk_secret_key" {
 
 variable "clerk_webhook_secret" {
   type        = string
-  description = "The signing secret of the Clerk webhook endpoint that points at the clerk_webhook function (whsec_...). Stored in Secret Manager as CLERK_WEBHOOK_SECRET. README.md says how to get it before the first apply."
+  ephemeral   = true
+  description = "The signing secret of the Clerk webhook endpoint that points at the clerk_webhook function (whsec_...), written to Secret Manager as CLERK_WEBHOOK_SECRET. Ephemeral, never in the state: give it (TF_VAR_clerk_webhook_secret) on every plan and apply. README.md says how to get it before the first apply."
+  default     = null
   sensitive   = true
 
   validation {
-    condition     = can(regex("^whsec_", var.clerk_webhook_secret))
+    condition     = var.clerk_webhook_secret == null || can(regex("^whsec_", var.clerk_webhook_secret))
     error_message = "clerk_webhook_secret must be the signing secret Clerk shows, starting with whsec_."
+  }
+}
+
+variable "secret_versions" {
+  type        = map(number)
+  description = <<-EOT
+    Which secrets this deployment has, and the version number of each one's value: CLERK_WEBHOOK_SECRET
+    (required), CLERK_SECRET_KEY, CLERK_JWT_KEY, GEMINI_API_KEY. The values themselves come from the
+    ephemeral variables (clerk_webhook_secret, clerk_secret_key, clerk_jwt_key, gemini_api_key) and are
+    never stored, so Terraform cannot see them change: to rotate a secret, give the new value and bump
+    its number (README.md: Operations). A secret left out here is not created, and its variable is
+    ignored.
+  EOT
+  default     = { CLERK_WEBHOOK_SECRET = 1 }
+
+  validation {
+    condition = alltrue([
+      for name in keys(var.secret_versions) :
+      contains(["CLERK_WEBHOOK_SECRET", "CLERK_SECRET_KEY", "CLERK_JWT_KEY", "GEMINI_API_KEY"], name)
+    ])
+    error_message = "secret_versions keys must be CLERK_WEBHOOK_SECRET, CLERK_SECRET_KEY, CLERK_JWT_KEY or GEMINI_API_KEY."
+  }
+
+  validation {
+    condition     = contains(keys(var.secret_versions), "CLERK_WEBHOOK_SECRET")
+    error_message = "secret_versions must have CLERK_WEBHOOK_SECRET: clerk_webhook cannot start without it."
+  }
+
+  validation {
+    condition     = alltrue([for version in values(var.secret_versions) : version >= 1 && floor(version) == version])
+    error_message = "Each secret's version number must be a whole number, 1 or more."
+  }
+}
+
+variable "migrator_password_version" {
+  type        = number
+  description = "Bump to give the migrations job's database user a new random password (written to the user and its secret in the same apply; never stored in the state)."
+  default     = 1
+
+  validation {
+    condition     = var.migrator_password_version >= 1 && floor(var.migrator_password_version) == var.migrator_password_version
+    error_message = "migrator_password_version must be a whole number, 1 or more."
   }
 }
 
@@ -114,7 +160,8 @@ variable "clerk_webhook_secret" {
 
 variable "gemini_api_key" {
   type        = string
-  description = "Optional: a Gemini API key (GEMINI_API_KEY). Null (recommended): Gemini through Vertex AI with the functions' own service accounts, no key at all."
+  ephemeral   = true
+  description = "Optional: a Gemini API key (GEMINI_API_KEY), written to Secret Manager when secret_versions has GEMINI_API_KEY; ephemeral, never in the state. Without it (recommended): Gemini through Vertex AI with the functions' own service accounts, no key at all."
   default     = null
   sensitive   = true
 }
@@ -330,14 +377,25 @@ variable "database_log_retention_days" {
   default     = 7
 
   validation {
-    condition     = var.database_log_retention_days >= 1 && var.database_log_retention_days <= 35
-    error_message = "database_log_retention_days must be 1-35."
+    condition     = var.database_log_retention_days >= 1 && var.database_log_retention_days <= (var.database_edition == "ENTERPRISE_PLUS" ? 35 : 7)
+    error_message = "database_log_retention_days must be 1-7 on the ENTERPRISE edition, 1-35 on ENTERPRISE_PLUS."
+  }
+}
+
+variable "database_max_connections" {
+  type        = number
+  description = "Cloud SQL's max_connections: a ceiling the functions' pools must fit under (sum of max_instances x db_pool_size over the functions, plus database_connection_headroom; a plan fails when they do not). PostgreSQL applies it only at a restart, so changing it restarts the instance once; resizing the functions within it never does. The default leaves room to grow from the default sizing (168) without a restart."
+  default     = 250
+
+  validation {
+    condition     = var.database_max_connections >= 50 && var.database_max_connections <= 10000 && floor(var.database_max_connections) == var.database_max_connections
+    error_message = "database_max_connections must be a whole number, 50-10000."
   }
 }
 
 variable "database_connection_headroom" {
   type        = number
-  description = "Connections added to Cloud SQL's max_connections on top of what the functions' pools can open: the migrations job, operators, Cloud SQL's own reserved connections."
+  description = "Connections kept free under database_max_connections on top of what the functions' pools can open: the migrations job, operators, Cloud SQL's own reserved connections."
   default     = 20
 
   validation {
@@ -366,7 +424,7 @@ variable "subnet_cidr" {
   default     = "10.8.0.0/24"
 
   validation {
-    condition     = can(cidrhost(var.subnet_cidr, 0)) && tonumber(split("/", var.subnet_cidr)[1]) <= 26
+    condition     = can(regex("^\\d+\\.\\d+\\.\\d+\\.\\d+/\\d+$", var.subnet_cidr)) && can(cidrhost(var.subnet_cidr, 0)) && try(tonumber(split("/", var.subnet_cidr)[1]) <= 26, false)
     error_message = "subnet_cidr must be an IPv4 range of /26 or larger (Direct VPC egress needs at least /26)."
   }
 }

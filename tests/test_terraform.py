@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 import re
+import shutil
 import subprocess
 import sys
 from functools import cache
@@ -33,6 +35,7 @@ if str(REPO) not in sys.path:
 
 from dev import bundle  # noqa: E402
 from shared.settings import Settings  # noqa: E402
+from tests.test_terraform_schema import SCHEMA  # noqa: E402
 
 TF_FILES = sorted(TERRAFORM.glob("*.tf"))
 
@@ -162,6 +165,12 @@ def tuning_attributes() -> dict[str, str]:
     return dict(re.findall(r"(\w+)\s*=\s*optional\(([^()]*(?:\([^()]*\))?)\)", type_expression))
 
 
+def shared_env_keys() -> set[str]:
+    """Names local.shared_env may hold: its literal keys and every var.tuning attribute."""
+    literal = set(re.findall(r"\b([A-Z][A-Z0-9_]+)\s*=", all_locals()["shared_env"]))
+    return literal | {name.upper() for name in tuning_attributes()}
+
+
 def function_function_env_literal_keys() -> set[str]:
     """Keys set literally inside local.function_env's per-function block (DB_IAM_USER, ...)."""
     return set(re.findall(r"\b([A-Z][A-Z0-9_]+)\s*=", all_locals()["function_env"]))
@@ -170,9 +179,9 @@ def function_function_env_literal_keys() -> set[str]:
 def env_given_to(function: str) -> set[str]:
     """Every environment variable name Terraform gives the function (plain, not secret)."""
     env = set(literal_keys(all_locals()["common_env"]))
+    env |= set(strings(all_locals()["tuning_read_by_all"]))
     env |= set(strings(all_locals()["function_env_keys"][function]))
     env |= function_function_env_literal_keys()
-    env |= {name.upper() for name in tuning_attributes()}
     env |= RUNTIME_ONLY_ENV
     return env
 
@@ -277,10 +286,11 @@ def test_the_expected_files_exist() -> None:
 
 def test_providers_are_pinned() -> None:
     terraform = parsed(TERRAFORM / "versions.tf")["terraform"][0]
-    assert unquote(terraform["required_version"]) == ">= 1.5"
+    # Write-only arguments need Terraform 1.11 (ephemeral variables and resources 1.10).
+    assert unquote(terraform["required_version"]) == ">= 1.11"
     providers = terraform["required_providers"][0]
-    assert set(providers) >= {"google", "google-beta", "archive", "random"}
-    for name in ("google", "google-beta", "archive", "random"):
+    assert literal_keys(providers) == {"google", "google-beta", "random", "time"}
+    for name in ("google", "google-beta", "random", "time"):
         assert unquote(providers[name]["version"]), f"{name} has no version constraint"
 
 
@@ -387,15 +397,12 @@ def test_every_required_setting_is_provided(function: str) -> None:
     provided_secrets = secrets_given_to(function)
     missing = required - provided_env - provided_secrets
     assert not missing, f"{function} requires {sorted(missing)}, which Terraform does not give it"
-    # A secret the function cannot start without must come from a variable the operator must set.
-    secret_variables = {
-        name: unquote(expression).removeprefix("var.")
-        for name, expression in all_locals()["secret_values"].items()
-    }
+    # A secret the function cannot start without must be one the deployment must have: a
+    # validation of var.secret_versions requires it (and secrets.tf's precondition its value).
+    validations = json.dumps(variables()["secret_versions"]["validation"])
     for name in sorted(required & provided_secrets):
-        variable = variables()[secret_variables[name]]
-        assert "default" not in variable, (
-            f"{function} requires {name}, but var.{secret_variables[name]} is optional"
+        assert f'contains(keys(var.secret_versions), \\"{name}\\")' in validations, (
+            f"{function} requires {name}, but var.secret_versions does not require it"
         )
 
 
@@ -417,12 +424,10 @@ def test_functions_that_authenticate_users_can_verify_clerk_tokens(function: str
 
 
 def test_function_env_keys_name_known_values() -> None:
-    known = literal_keys(all_locals()["shared_env"]) | set(
-        re.findall(r"\b([A-Z][A-Z0-9_]+)\s*=", all_locals()["own_env"])
-    )
+    known = shared_env_keys() | set(re.findall(r"\b([A-Z][A-Z0-9_]+)\s*=", all_locals()["own_env"]))
     for function, keys in all_locals()["function_env_keys"].items():
         assert function in function_defaults()
-        for key in strings(keys):
+        for key in strings(keys) + strings(all_locals()["tuning_read_by_all"]):
             assert key in known, (
                 f"{function}: {key} has no value in local.shared_env or local.own_env"
             )
@@ -532,7 +537,8 @@ def test_bucket_roles_of_each_function() -> None:
     vertex = resource("google_storage_bucket_iam_member", "uploads_vertex_ai")
     assert unquote(vertex["bucket"]) == "google_storage_bucket.uploads.name"
     assert unquote(vertex["role"]) == "roles/storage.objectViewer"
-    assert "google_project_service_identity.vertex_ai.email" in unquote(vertex["member"])
+    assert "google_project_service_identity.vertex_ai[0].email" in unquote(vertex["member"])
+    assert unquote(vertex["count"]) == "local.use_vertex_ai ? 1 : 0"
     # chat_stream reads SYSTEM_INSTRUCTION_URL (gs://<config bucket>/...) with its own account.
     config = resource("google_storage_bucket_iam_member", "config_chat_stream")
     assert unquote(config["bucket"]) == "google_storage_bucket.config.name"
@@ -540,7 +546,8 @@ def test_bucket_roles_of_each_function() -> None:
     assert unquote(config["member"]) == 'google_service_account.function["chat_stream"].member'
     assert "SYSTEM_INSTRUCTION_URL" in env_given_to("chat_stream")
     assert (
-        "google_storage_bucket.config.name" in all_locals()["shared_env"]["SYSTEM_INSTRUCTION_URL"]
+        "SYSTEM_INSTRUCTION_URL" in all_locals()["shared_env"]
+        and "gs://${google_storage_bucket.config.name}/" in all_locals()["shared_env"]
     )
 
 
@@ -550,9 +557,7 @@ def test_storage_sweep_is_called_every_ten_minutes_by_its_own_account() -> None:
     assert 1 <= defaults["concurrency"] <= 2 and defaults["max_instances"] <= 3
     roles = unquote(all_locals()["function_project_roles"]["storage_sweep"])
     assert roles == "local.database_client_roles", "the database, and no Gemini"
-    assert "cloudscheduler.googleapis.com" in unquote(
-        resource("google_project_service", "api")["for_each"]
-    )
+    assert "cloudscheduler.googleapis.com" in all_locals()["apis"]
 
     job = resource("google_cloud_scheduler_job", "storage_sweep")
     assert unquote(job["schedule"]) == "var.storage_sweep_schedule"
@@ -593,58 +598,72 @@ def test_summarize_url_is_the_summarize_service() -> None:
 # --- source archives -----------------------------------------------------------------------------
 
 
-def test_archive_exclusions_match_dev_bundle() -> None:
+def test_archive_patterns_match_dev_bundle() -> None:
     local = all_locals()
-    assert tuple(strings(local["bundle_excluded_parts"])) == bundle.EXCLUDED_PARTS
-    assert tuple(strings(local["bundle_excluded_suffixes"])) == bundle.EXCLUDED_SUFFIXES
-    for name, source in (
-        ("function_files", "../functions/${function}"),
-        ("shared_files", "../shared"),
-    ):
-        expression = local[name]
-        assert f'fileset("${{path.module}}/{source}", "**")' in expression, name
-        assert "contains(local.bundle_excluded_parts, part)" in expression, name
-        assert 'split("/", relative)' in expression, name
-        assert (
-            "endswith(relative, suffix)" in expression
-            and "local.bundle_excluded_suffixes" in expression
-        ), name
-        assert "!anytrue(" in expression, name
-
-
-def test_archive_has_the_function_folder_at_its_root_and_shared_beside_it() -> None:
-    archive = blocks("data")[("archive_file", "source")]
-    sources = {}
-    for dynamic in archive["dynamic"]:
-        block = dynamic['"source"']
-        content = block["content"][0]
-        sources[unquote(block["for_each"])] = (
-            unquote(content["filename"]),
-            unquote(content["content"]),
-        )
-    assert sources["toset(local.function_files[each.key])"] == (
-        "source.value",
-        'file("${path.module}/../functions/${each.key}/${source.value}")',
-    )
-    assert sources["toset(local.shared_files)"] == (
-        "shared/${source.value}",
-        'file("${path.module}/../shared/${source.value}")',
-    )
-    # The object name carries the archive's content hash: any change redeploys.
-    obj = resource("google_storage_bucket_object", "source")
-    assert "data.archive_file.source[each.key].output_md5" in unquote(obj["name"])
+    assert tuple(strings(local["archive_function_patterns"])) == bundle.FUNCTION_PATTERNS
+    assert tuple(strings(local["archive_shared_patterns"])) == bundle.SHARED_PATTERNS
+    assert not blocks("data").get(("archive_file", "source")), "Terraform no longer zips"
 
 
 @pytest.mark.parametrize("function", bundle.function_names())
-def test_bundled_files_are_utf8_text(function: str) -> None:
-    """Terraform reads each file with file(), which accepts UTF-8 text only."""
-    for archive_path, source in bundle.bundle_manifest(function).items():
-        try:
-            source.read_bytes().decode("utf-8")
-        except UnicodeDecodeError:
-            pytest.fail(
-                f"{function}: {archive_path} is not UTF-8 text; terraform's file() cannot read it"
-            )
+def test_archives_hold_only_the_allow_list(function: str, tmp_path: Path) -> None:
+    """A stray file in a function folder is never shipped; the zip is the same on every build."""
+    manifest = bundle.bundle_manifest(function)
+    for archive_path in manifest:
+        assert archive_path in {"main.py", "requirements.txt"} or (
+            archive_path.startswith("shared/")
+            and (archive_path.endswith(".py") or archive_path == "shared/system_instruction.md")
+        ), archive_path
+    assert "main.py" in manifest and "requirements.txt" in manifest
+    first = bundle.write_archive(function, tmp_path / "a" / f"{function}.zip")
+    second = bundle.write_archive(function, tmp_path / "b" / f"{function}.zip")
+    assert first.read_bytes() == second.read_bytes()
+    assert (tmp_path / "a" / f"{function}.zip.sha256").read_text().strip() == (
+        bundle.source_hash(function)
+    )
+
+
+def test_terraform_hashes_the_archives_like_dev_bundle(tmp_path: Path) -> None:
+    """terraform/archives.tf, evaluated by terraform console, gives dev/bundle.py's hashes.
+
+    archives.tf has only locals and needs no provider: it is copied beside a stub that names the
+    functions, with functions/ and shared/ linked in, where `terraform console` evaluates it.
+    """
+    terraform = shutil.which("terraform")
+    if terraform is None:
+        pytest.skip("no terraform binary on PATH: the hash comparison needs `terraform console`")
+    module = tmp_path / "terraform"
+    module.mkdir()
+    (tmp_path / "functions").symlink_to(FUNCTIONS)
+    (tmp_path / "shared").symlink_to(REPO / "shared")
+    shutil.copy(TERRAFORM / "archives.tf", module / "archives.tf")
+    names = ", ".join(f"{name} = {{}}" for name in bundle.function_names())
+    (module / "stub.tf").write_text(f"locals {{\n  function_defaults = {{ {names} }}\n}}\n")
+    result = subprocess.run(
+        [terraform, "console"],
+        input="jsonencode(local.source_hash)\n",
+        capture_output=True,
+        text=True,
+        cwd=module,
+        timeout=120,
+        env={**os.environ, "TF_IN_AUTOMATION": "1", "CHECKPOINT_DISABLE": "1"},
+    )
+    assert result.returncode == 0, result.stderr
+    hashes = json.loads(json.loads(result.stdout.strip().splitlines()[-1]))
+    assert hashes == {name: bundle.source_hash(name) for name in bundle.function_names()}
+
+
+def test_the_uploaded_object_is_named_by_the_planned_hash_and_checked() -> None:
+    obj = resource("google_storage_bucket_object", "source")
+    assert unquote(obj["name"]) == "functions/${each.key}/${local.source_hash[each.key]}.zip"
+    assert unquote(obj["source"]) == "${path.module}/.build/${each.key}.zip"
+    condition = unquote(obj["lifecycle"][0]["precondition"][0]["condition"])
+    assert (
+        ".build/${each.key}.zip.sha256" in condition and "local.source_hash[each.key]" in condition
+    )
+    assert "make archives" in unquote(obj["lifecycle"][0]["precondition"][0]["error_message"])
+    makefile = (REPO / "Makefile").read_text()
+    assert re.search(r"^archives:.*\n\t\$\(PY\) tools/build_function_archives\.py$", makefile, re.M)
 
 
 # --- secrets ---------------------------------------------------------------------------------
@@ -663,7 +682,13 @@ def test_every_secret_exists_and_is_granted_only_to_its_readers() -> None:
 
     secret = resource("google_secret_manager_secret", "secret")
     assert unquote(secret["for_each"]) == "local.secrets"
-    assert "local.secret_values" in local["secrets"]
+    assert "keys(var.secret_versions)" in local["secrets"], "an ephemeral value decides nothing"
+    version = resource("google_secret_manager_secret_version", "secret")
+    assert unquote(version["secret_data_wo"]) == "local.secret_values[each.key]"
+    assert unquote(version["secret_data_wo_version"]) == "var.secret_versions[each.key]"
+    assert "secret_data" not in version
+    # Rotation: the new version exists before the old one goes, and the functions move in between.
+    assert version["lifecycle"][0]["create_before_destroy"] is True
 
     grant = resource("google_secret_manager_secret_iam_member", "function")
     assert unquote(grant["for_each"]) == "local.secret_grants"
@@ -743,7 +768,9 @@ def test_database() -> None:
     assert backups["enabled"] is True and backups["point_in_time_recovery_enabled"] is True
     flags = {unquote(flag["name"]): unquote(flag["value"]) for flag in settings["database_flags"]}
     assert flags["cloudsql.iam_authentication"] == "on"
-    assert flags["max_connections"] == "tostring(local.database_max_connections)"
+    # A ceiling, not the sizing: resizing the functions never restarts the database.
+    assert flags["max_connections"] == "tostring(var.database_max_connections)"
+    assert "log_hostname" not in flags, "a reverse DNS lookup per connection"
     assert unquote(resource("google_sql_database", "raven")["name"]) == "raven"
 
     users = resource("google_sql_user", "function")
@@ -763,11 +790,15 @@ def test_max_connections_cover_every_pool() -> None:
     local = all_locals()
     assert "function.max_instances * function.db_pool_size" in local["database_connections_needed"]
     assert "local.functions" in local["database_connections_needed"]
-    assert "var.database_connection_headroom" in local["database_max_connections"]
+    assert "var.database_connection_headroom" in local["database_connections_needed"]
     assert "DB_POOL_SIZE = tostring(config.db_pool_size)" in local["function_env"]
+    instance = resource("google_sql_database_instance", "main")
+    conditions = [unquote(p["condition"]) for p in instance["lifecycle"][0]["precondition"]]
+    assert "local.database_connections_needed <= var.database_max_connections" in conditions
     needed = sum(d["max_instances"] * d["db_pool_size"] for d in function_defaults().values())
-    assert needed + variables()["database_connection_headroom"]["default"] <= 1000, (
-        "default sizing is unreasonable"
+    needed += variables()["database_connection_headroom"]["default"]
+    assert needed <= variables()["database_max_connections"]["default"], (
+        "the default sizing must fit under the default ceiling"
     )
 
 
@@ -919,3 +950,295 @@ def test_checkov_reports_no_failed_check() -> None:
         ]
         assert summary["failed"] == 0, "\n".join(failed)
         assert summary["parsing_errors"] == 0, report["results"].get("parsing_errors")
+
+
+# --- every setting given to a function is read by it -------------------------------------------
+
+
+def _module_file(name: str) -> Path | None:
+    path = REPO / (name.replace(".", "/") + ".py")
+    if path.is_file():
+        return path
+    package = REPO / name.replace(".", "/") / "__init__.py"
+    return package if package.is_file() else None
+
+
+def archive_modules(function: str) -> list[Path]:
+    """main.py and every shared/ module it imports, directly or not (lazy imports included)."""
+    seen: list[Path] = []
+    todo = [FUNCTIONS / function / "main.py"]
+    while todo:
+        path = todo.pop()
+        if path in seen:
+            continue
+        seen.append(path)
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names: list[str] = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:  # relative imports exist only inside shared/
+                    base = "shared" + (f".{base}" if base else "")
+                names = [base, *(f"{base}.{alias.name}" for alias in node.names)]
+            for name in names:
+                module = _module_file(name) if name.startswith("shared") else None
+                if module is not None:
+                    todo.append(module)
+    return seen
+
+
+def settings_read_by(function: str) -> set[str]:
+    """Aliases of the Settings fields that the function's code accesses (settings.<field>).
+
+    shared/settings.py is in every function's archive, so what its own validators read at start
+    counts as read by every function.
+    """
+    fields = {name: field.alias or name.upper() for name, field in Settings.model_fields.items()}
+    accessed: set[str] = set()
+    for path in archive_modules(function):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Attribute) and node.attr in fields:
+                accessed.add(fields[node.attr])
+    return accessed
+
+
+@pytest.mark.parametrize("function", sorted(function_folders()))
+def test_every_variable_given_to_a_function_is_read_by_it(function: str) -> None:
+    """The reverse of test_every_required_setting_is_provided: nothing is given that is unread."""
+    given = (env_given_to(function) | secrets_given_to(function)) - RUNTIME_ONLY_ENV
+    unread = given - settings_read_by(function)
+    assert not unread, f"{function} is given {sorted(unread)}, which its code never reads"
+
+
+def test_every_tuning_setting_reaches_every_function_that_reads_it() -> None:
+    tuning = {name.upper() for name in tuning_attributes()}
+    for function in sorted(function_folders()):
+        missing = (settings_read_by(function) & tuning) - env_given_to(function)
+        assert not missing, f"{function} reads {sorted(missing)}, which var.tuning never gives it"
+
+
+def test_reads_are_found_through_imports() -> None:
+    """The analysis itself: chat_stream reaches shared/tasks.py (summaries) through its imports."""
+    modules = {path.relative_to(REPO).as_posix() for path in archive_modules("chat_stream")}
+    assert {"functions/chat_stream/main.py", "shared/settings.py", "shared/tasks.py"} <= modules
+    assert "SUMMARIZE_URL" in settings_read_by("chat_stream")
+    assert "SUMMARY_MODEL" not in settings_read_by("chat_stream")
+    assert "TASKS_INVOKER_SERVICE_ACCOUNT" not in settings_read_by("summarize")
+
+
+# --- no secret in the state ----------------------------------------------------------------------
+
+REFERENCE = re.compile(r"\b(var|local|ephemeral)\.(\w+)(?:\.(\w+))?")
+
+
+def _references(value: Any) -> set[str]:
+    """var.x, local.x and ephemeral.<type>.<name> referenced anywhere in an HCL value."""
+    found = set()
+    for kind, first, second in REFERENCE.findall(json.dumps(value)):
+        found.add(f"{kind}.{first}.{second}" if kind == "ephemeral" else f"{kind}.{first}")
+    return found
+
+
+def secret_sources(parsed_files: list[dict[str, Any]]) -> set[str]:
+    """Every name whose value is secret: sensitive or ephemeral variables, ephemeral resources,
+    and the locals computed from any of them (followed until nothing changes)."""
+    tainted: set[str] = set()
+    local_values: dict[str, Any] = {}
+    for parsed_file in parsed_files:
+        for entry in parsed_file.get("variable", []):
+            for name, body in entry.items():
+                if body.get("sensitive") is True or body.get("ephemeral") is True:
+                    tainted.add(f"var.{unquote(name)}")
+        for entry in parsed_file.get("ephemeral", []):
+            for type_, named in entry.items():
+                tainted |= {f"ephemeral.{unquote(type_)}.{unquote(name)}" for name in named}
+        for block in parsed_file.get("locals", []):
+            local_values |= {f"local.{k}": v for k, v in block.items() if not k.startswith("__")}
+    changed = True
+    while changed:
+        changed = False
+        for name, value in local_values.items():
+            if name not in tainted and _references(value) & tainted:
+                tainted.add(name)
+                changed = True
+    return tainted
+
+
+def _stored_arguments(
+    body: dict[str, Any], node: dict[str, Any], where: str
+) -> list[tuple[str, Any]]:
+    """(where, value) of every argument of a block that the state stores: all but write-only ones
+    and lifecycle conditions (evaluated, never stored)."""
+    found: list[tuple[str, Any]] = []
+    write_only = set(node.get("write_only", []))
+    blocks_ = node.get("blocks", {})
+    for key, value in body.items():
+        if key.startswith("__") or key in {"lifecycle", "depends_on", "provider"}:
+            continue
+        if key == "dynamic":
+            for entry in value:
+                for label, dynamic in entry.items():
+                    name = unquote(label)
+                    found.append((f"{where}.{name}.for_each", dynamic.get("for_each")))
+                    for content in dynamic.get("content", []):
+                        found += _stored_arguments(
+                            content, blocks_.get(name, {}), f"{where}.{name}"
+                        )
+            continue
+        if (
+            isinstance(value, list)
+            and value
+            and all(isinstance(item, dict) and item.get("__is_block__") for item in value)
+        ):
+            for item in value:
+                found += _stored_arguments(item, blocks_.get(key, {}), f"{where}.{key}")
+        elif key not in write_only:
+            found.append((f"{where}.{key}", value))
+    return found
+
+
+def secrets_reaching_state(parsed_files: list[dict[str, Any]]) -> list[str]:
+    """Where a secret value reaches something Terraform stores: a resource or data source argument
+    that is not write-only, count/for_each, or an output."""
+    tainted = secret_sources(parsed_files)
+    leaks: list[str] = []
+    for parsed_file in parsed_files:
+        for kind in ("resource", "data"):
+            for entry in parsed_file.get(kind, []):
+                for raw_type, named in entry.items():
+                    type_ = unquote(raw_type)
+                    provider = type_.split("_", 1)[0]
+                    key = "resources" if kind == "resource" else "data_sources"
+                    node = SCHEMA.get(provider, {}).get(key, {}).get(type_, {})
+                    for raw_name, body in named.items():
+                        where = f"{type_}.{unquote(raw_name)}"
+                        for location, value in _stored_arguments(body, node, where):
+                            secret = _references(value) & tainted
+                            if secret:
+                                leaks.append(f"{location} <- {', '.join(sorted(secret))}")
+        for entry in parsed_file.get("output", []):
+            for name, body in entry.items():
+                secret = _references(body.get("value")) & tainted
+                if secret:
+                    leaks.append(f"output {unquote(name)} <- {', '.join(sorted(secret))}")
+    return leaks
+
+
+def test_no_secret_reaches_the_state() -> None:
+    """Sensitive variables and generated passwords reach only write-only arguments."""
+    parsed_files = [parsed(path) for path in TF_FILES]
+    leaks = secrets_reaching_state(parsed_files)
+    assert not leaks, "\n".join(leaks)
+    tainted = secret_sources(parsed_files)
+    # The secrets really are tracked: the four values, the generated password, and the local.
+    assert {
+        "var.clerk_webhook_secret",
+        "var.clerk_secret_key",
+        "var.clerk_jwt_key",
+        "var.gemini_api_key",
+        "ephemeral.random_password.migrator",
+        "local.secret_values",
+    } <= tainted
+    # Every secret variable is ephemeral (never in the plan either), and no managed resource
+    # generates a password or key into the state.
+    for name, body in variables().items():
+        if body.get("sensitive") is True:
+            assert body.get("ephemeral") is True, f"var.{name} is sensitive but not ephemeral"
+    generated = {
+        "random_password",
+        "random_string",
+        "tls_private_key",
+        "google_service_account_key",
+    }
+    assert not {type_ for type_, _ in blocks("resource")} & generated
+
+
+def test_the_state_check_finds_a_leak() -> None:
+    """The walker itself, on snippets: a secret in a stored argument, a local, an output."""
+    leaky = hcl2.loads(
+        """
+        variable "token" {
+          type      = string
+          sensitive = true
+        }
+        ephemeral "random_password" "p" {
+          length = 16
+        }
+        locals {
+          values = { TOKEN = var.token }
+        }
+        resource "google_secret_manager_secret_version" "a" {
+          secret      = "s"
+          secret_data = local.values["TOKEN"]
+        }
+        resource "google_sql_user" "u" {
+          instance    = "i"
+          name        = "n"
+          password_wo = ephemeral.random_password.p.result
+          password    = ephemeral.random_password.p.result
+        }
+        resource "google_secret_manager_secret_version" "ok" {
+          secret                 = "s"
+          secret_data_wo         = var.token
+          secret_data_wo_version = 1
+          lifecycle {
+            precondition {
+              condition     = var.token != null
+              error_message = "needed"
+            }
+          }
+        }
+        output "o" {
+          value = var.token
+        }
+        """
+    )
+    assert secrets_reaching_state([leaky]) == [
+        "google_secret_manager_secret_version.a.secret_data <- local.values",
+        "google_sql_user.u.password <- ephemeral.random_password.p",
+        "output o <- var.token",
+    ]
+
+
+# --- migrations build context and operations -----------------------------------------
+
+
+def test_migrations_build_context_holds_only_the_allow_list(tmp_path: Path) -> None:
+    """migrate.sh uploads a context it assembles, never the checkout (tfvars, .data/, venvs)."""
+    context = tmp_path / "context"
+    subprocess.run(
+        ["bash", str(TERRAFORM / "migrations" / "migrate.sh"), "--context-only", str(context)],
+        check=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    files = {path.relative_to(context).as_posix() for path in context.rglob("*") if path.is_file()}
+    assert {
+        "Dockerfile",
+        "cloudbuild.yaml",
+        "requirements.txt",
+        "app/alembic.ini",
+        "app/migrations/env.py",
+        "app/shared/settings.py",
+        "app/terraform/migrations/run_migrations.py",
+    } <= files
+    for name in files:
+        assert name in {"Dockerfile", "cloudbuild.yaml", "requirements.txt", "app/alembic.ini"} or (
+            name.startswith(("app/migrations/", "app/shared/", "app/terraform/migrations/"))
+            and name.endswith((".py", ".mako", "system_instruction.md"))
+        ), name
+    assert not any("__pycache__" in name or "tfvars" in name for name in files)
+    requirements = (context / "requirements.txt").read_text()
+    assert re.search(r"^alembic==", requirements, re.M) and re.search(
+        r"^pg8000==", requirements, re.M
+    )
+    dockerfile = (TERRAFORM / "migrations" / "Dockerfile").read_text()
+    assert "COPY . ." not in dockerfile and "COPY app/ ./" in dockerfile
+
+
+def test_readme_has_the_operations_section() -> None:
+    readme = (TERRAFORM / "README.md").read_text()
+    operations = readme.split("## Operations", 1)[1].split("\n## ", 1)[0]
+    for heading in ("Rotate a secret", "Resize", "Change domain", "Destroy and re-create"):
+        assert f"### {heading}" in operations, heading

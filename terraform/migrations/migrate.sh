@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Apply the database migrations to the deployed Cloud SQL instance (make migrate-cloud):
-#   1. build the migrations image from this working tree with Cloud Build, as the build account;
+#   1. build the migrations image with Cloud Build, as the build account, from a minimal build context
+#      of allow-listed files copied out of this working tree (never the whole checkout: no
+#      terraform.tfvars, .data/, virtualenvs or stray files are uploaded or baked in);
 #   2. point the migrations Cloud Run job at it;
 #   3. run the job and wait: alembic upgrade head, then the functions' database grants.
 # Needs gcloud logged in as an operator of the project, and a `terraform apply` done (it reads the
@@ -9,6 +11,33 @@ set -euo pipefail
 
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$repo_root"
+
+# The build context: exactly these files (tests/test_terraform.py checks the list).
+#   migrate.sh --context-only DIR   assembles it in DIR and stops (no gcloud, no terraform).
+build_context() {
+  local context="$1"
+  mkdir -p "$context/app/terraform/migrations"
+  cp terraform/migrations/Dockerfile terraform/migrations/cloudbuild.yaml "$context/"
+  { grep -hE '^(alembic|SQLAlchemy)==' requirements-dev.txt; cat functions/*/requirements.txt; } \
+    > "$context/requirements.txt"
+  cp alembic.ini "$context/app/"
+  cp terraform/migrations/run_migrations.py "$context/app/terraform/migrations/"
+  local file
+  while IFS= read -r -d '' file; do
+    mkdir -p "$context/app/$(dirname "$file")"
+    cp "$file" "$context/app/$file"
+  done < <(find migrations shared -type f \( -name '*.py' -o -name '*.mako' -o -name 'system_instruction.md' \) \
+    -not -path '*/__pycache__/*' -print0)
+}
+
+if [[ "${1:-}" == "--context-only" ]]; then
+  build_context "${2:?usage: migrate.sh --context-only DIR}"
+  exit 0
+fi
+
+context="$(mktemp -d)"
+trap 'rm -rf "$context"' EXIT
+build_context "$context"
 
 output() { terraform -chdir=terraform output -raw "$1"; }
 
@@ -23,10 +52,10 @@ revision="$(git rev-parse --short HEAD 2>/dev/null || echo local)"
 image="${repository}/migrate:$(date -u +%Y%m%d-%H%M%S)-${revision}"
 
 echo "==> building ${image}"
-gcloud builds submit . \
+gcloud builds submit "$context" \
   --project="$project" \
   --region="$region" \
-  --config=terraform/migrations/cloudbuild.yaml \
+  --config="$context/cloudbuild.yaml" \
   --substitutions="_IMAGE=${image}" \
   --service-account="$build_account" \
   --gcs-source-staging-dir="$staging"
