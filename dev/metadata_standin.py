@@ -78,8 +78,11 @@ class _Handler(BaseHTTPRequestHandler):
         elif path == f"{account}/email":
             self._send(200, "text/plain", self.server.service_account)
         elif path == account:
-            body = {"email": self.server.service_account, "aliases": ["default"],
-                    "scopes": ["https://www.googleapis.com/auth/cloud-platform"]}
+            body = {
+                "email": self.server.service_account,
+                "aliases": ["default"],
+                "scopes": ["https://www.googleapis.com/auth/cloud-platform"],
+            }
             self._send(200, "application/json", json.dumps(body))
         elif path == f"{account}/token":
             self.server.token_requests += 1
@@ -88,8 +91,13 @@ class _Handler(BaseHTTPRequestHandler):
         elif path == f"{account}/identity":
             audience = parse_qs(url.query).get("audience", [""])[0]
             now = int(time.time())
-            claims = {"aud": audience, "email": self.server.service_account,
-                      "iss": "https://accounts.google.com", "iat": now, "exp": now + 3600}
+            claims = {
+                "aud": audience,
+                "email": self.server.service_account,
+                "iss": "https://accounts.google.com",
+                "iat": now,
+                "exp": now + 3600,
+            }
             identity = f"{_b64({'alg': 'RS256', 'typ': 'JWT'})}.{_b64(claims)}.c2lnbmF0dXJl"
             self._send(200, "text/plain", identity)
         else:
