@@ -173,9 +173,7 @@ def test_bind_size_is_an_opt_in_that_signs_the_exact_length(
     other_range = {**answer["headers"], "x-goog-content-length-range": "0,999999999"}
     assert not signature_valid(key, "PUT", answer["url"], other_range)
     # bindSize without a size to bind is refused; bindSize false is the plain flow.
-    body = assert_error(
-        ask(alice, filename="a.png", contentType="image/png", bindSize=True), 422
-    )
+    body = assert_error(ask(alice, filename="a.png", contentType="image/png", bindSize=True), 422)
     assert "bindSize" in body["detail"] and "size" in body["detail"]
     plain = ask(alice, filename="a.png", contentType="image/png", size=5, bindSize=False).json()
     assert plain["headers"] == {"Content-Type": "image/png"}
