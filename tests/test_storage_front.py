@@ -30,8 +30,10 @@ def ask(client: ApiClient, **body: Any) -> dict[str, Any]:
     return dict(response.json())
 
 
-def put(url: str, data: bytes = PNG, **headers: str) -> requests.Response:
-    return requests.put(url, data=data, headers={"Origin": FRONTEND_ORIGIN, **headers}, timeout=10)
+def put(url: str, data: bytes = PNG, headers: dict[str, str] | None = None) -> requests.Response:
+    return requests.put(
+        url, data=data, headers={"Origin": FRONTEND_ORIGIN, **(headers or {})}, timeout=10
+    )
 
 
 def gcs_error(response: requests.Response, status: int, code: str) -> dict[str, str]:
@@ -87,7 +89,7 @@ def test_the_plain_frontend_put_is_accepted(
     alice: ApiClient, storage_client: Any, stack: LocalStack
 ) -> None:
     answer = ask(alice, contentType="image/png", size=len(PNG))
-    response = put(answer["url"], **{"Content-Type": "image/png"})
+    response = put(answer["url"], headers={"Content-Type": "image/png"})
     assert response.status_code == 200, response.text
     assert stored(storage_client, stack, answer["object_name"])
 
@@ -99,7 +101,7 @@ def test_another_content_type_than_signed_is_refused(
     alice: ApiClient, storage_client: Any, stack: LocalStack
 ) -> None:
     answer = ask(alice, contentType="image/png")
-    error = gcs_error(put(answer["url"], b"<html>", **{"Content-Type": "text/html"}), 403,
+    error = gcs_error(put(answer["url"], b"<html>", headers={"Content-Type": "text/html"}), 403,
                       "SignatureDoesNotMatch")  # fmt: skip
     assert "content-type:text/html" in error["CanonicalRequest"]
     assert "does not match the signature you provided" in error["Details"]
@@ -114,7 +116,7 @@ def test_a_signed_header_missing_from_the_request_is_refused(
     assert error["ParameterName"] == "content-type"
     assert "signedheaders, but not in the request" in error["Details"]
     bound = ask(alice, contentType="image/png", size=len(PNG), bindSize=True)
-    error = gcs_error(put(bound["url"], **{"Content-Type": "image/png"}), 400,
+    error = gcs_error(put(bound["url"], headers={"Content-Type": "image/png"}), 400,
                       "MalformedSecurityHeader")  # fmt: skip
     assert error["ParameterName"] == "x-goog-content-length-range"
     assert not stored(storage_client, stack, answer["object_name"])
@@ -126,7 +128,7 @@ def test_a_header_sent_with_another_value_than_signed_is_refused(
 ) -> None:
     bound = ask(alice, contentType="image/png", size=len(PNG), bindSize=True)
     headers = {**bound["headers"], "x-goog-content-length-range": "0,999999999"}
-    gcs_error(put(bound["url"], **headers), 403, "SignatureDoesNotMatch")
+    gcs_error(put(bound["url"], headers=headers), 403, "SignatureDoesNotMatch")
     assert not stored(storage_client, stack, bound["object_name"])
 
 
@@ -134,11 +136,11 @@ def test_the_bound_size_is_enforced_when_a_client_opts_in(
     alice: ApiClient, storage_client: Any, stack: LocalStack
 ) -> None:
     bound = ask(alice, contentType="image/png", size=len(PNG), bindSize=True)
-    small = gcs_error(put(bound["url"], PNG[:-1], **bound["headers"]), 400, "EntityTooSmall")
+    small = gcs_error(put(bound["url"], PNG[:-1], headers=bound["headers"]), 400, "EntityTooSmall")
     assert str(len(PNG)) in small["Details"]
-    gcs_error(put(bound["url"], PNG + b"!", **bound["headers"]), 400, "EntityTooLarge")
+    gcs_error(put(bound["url"], PNG + b"!", headers=bound["headers"]), 400, "EntityTooLarge")
     assert not stored(storage_client, stack, bound["object_name"])
-    assert put(bound["url"], PNG, **bound["headers"]).status_code == 200
+    assert put(bound["url"], PNG, headers=bound["headers"]).status_code == 200
     assert stored(storage_client, stack, bound["object_name"])
 
 
@@ -148,12 +150,12 @@ def test_an_expired_url_is_refused(
     answer = ask(alice, contentType="image/png")
     two_minutes_ago = datetime.datetime.now(datetime.UTC) - datetime.timedelta(minutes=2)
     url = signed_put_url(media_store, answer["object_name"], two_minutes_ago)
-    error = gcs_error(put(url, **{"Content-Type": "image/png"}), 400, "ExpiredToken")
+    error = gcs_error(put(url, headers={"Content-Type": "image/png"}), 400, "ExpiredToken")
     assert "expired" in error["Details"]
     assert not stored(storage_client, stack, answer["object_name"])
     # The same signer, dated now: accepted (so the refusal above was the date alone).
     fresh = signed_put_url(media_store, answer["object_name"], datetime.datetime.now(datetime.UTC))
-    assert put(fresh, **{"Content-Type": "image/png"}).status_code == 200
+    assert put(fresh, headers={"Content-Type": "image/png"}).status_code == 200
 
 
 def test_a_url_dated_in_the_future_or_valid_too_long_is_refused(
@@ -162,10 +164,12 @@ def test_a_url_dated_in_the_future_or_valid_too_long_is_refused(
     answer = ask(alice, contentType="image/png")
     next_hour = datetime.datetime.now(datetime.UTC) + datetime.timedelta(hours=1)
     url = signed_put_url(media_store, answer["object_name"], next_hour)
-    error = gcs_error(put(url, **{"Content-Type": "image/png"}), 400, "MalformedSecurityHeader")
+    error = gcs_error(
+        put(url, headers={"Content-Type": "image/png"}), 400, "MalformedSecurityHeader"
+    )
     assert error["ParameterName"] == "X-Goog-Date"
     too_long = with_query(answer["url"], **{"X-Goog-Expires": "604801"})
-    error = gcs_error(put(too_long, **{"Content-Type": "image/png"}), 400,
+    error = gcs_error(put(too_long, headers={"Content-Type": "image/png"}), 400,
                       "MalformedSecurityHeader")  # fmt: skip
     assert error["ParameterName"] == "X-Goog-Expires"
 
@@ -183,10 +187,10 @@ def test_a_tampered_url_is_refused(
         answer["url"].replace("localhost", "127.0.0.1"),  # another host
     ]
     for url in tampered:
-        gcs_error(put(url, **{"Content-Type": "image/png"}), 403, "SignatureDoesNotMatch")
+        gcs_error(put(url, headers={"Content-Type": "image/png"}), 403, "SignatureDoesNotMatch")
     gcs_error(
         put(with_query(answer["url"], **{"X-Goog-Signature": "not-hex"}),
-            **{"Content-Type": "image/png"}),
+            headers={"Content-Type": "image/png"}),
         400,
         "MalformedSecurityHeader",
     )  # fmt: skip
@@ -209,11 +213,11 @@ def test_unsigned_requests_to_the_private_bucket_are_refused(
     alice: ApiClient, storage_client: Any, stack: LocalStack
 ) -> None:
     answer = ask(alice, contentType="image/png")
-    error = gcs_error(put(answer["gcs_url"], **{"Content-Type": "image/png"}), 403,
+    error = gcs_error(put(answer["gcs_url"], headers={"Content-Type": "image/png"}), 403,
                       "AccessDenied")  # fmt: skip
     assert "Anonymous caller does not have storage.objects.create access" in error["Details"]
     assert not stored(storage_client, stack, answer["object_name"])
-    assert put(answer["url"], **{"Content-Type": "image/png"}).status_code == 200
+    assert put(answer["url"], headers={"Content-Type": "image/png"}).status_code == 200
     read = requests.get(answer["gcs_url"], headers={"Origin": FRONTEND_ORIGIN}, timeout=10)
     assert "storage.objects.get" in gcs_error(read, 403, "AccessDenied")["Details"]
     listing = requests.get(
