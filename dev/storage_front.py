@@ -21,7 +21,11 @@ https://cloud.google.com/storage/docs/access-control/signing-urls-manually):
    string to sign are rebuilt, and the signature must verify with the public half of the
    local signing key (``SIGNER_KEY_FILE``). So the method, object, expiry, host, content
    type and any other signed header must be exactly what was signed;
-6. a signed ``x-goog-content-length-range: min,max`` must contain the body's length.
+6. a header the signature does not cover but must (any ``x-goog-*`` header, ``Content-Type``,
+   ``Content-MD5``) is refused: "requests made with the created URL must not contain
+   Content-MD5, Content-Type, or any header starting with x-goog-" unless signed (Google's
+   Cloud Storage .NET reference, ``UrlSigner.RequestTemplate``);
+7. a signed ``x-goog-content-length-range: min,max`` must contain the body's length.
 
 Refusals are Cloud Storage's XML API errors: the status and ``<Error><Code>`` of the XML API
 (https://cloud.google.com/storage/docs/xml-api/reference-status), with the messages GCS is
@@ -58,6 +62,8 @@ CLOCK_SKEW_SECONDS = 900
 DATE_FORMAT = "%Y%m%dT%H%M%SZ"
 SIGNED_HEADER_NAMES = re.compile(r"[a-z0-9-]+(?:;[a-z0-9-]+)*")
 CONTENT_LENGTH_RANGE = "x-goog-content-length-range"
+# Headers a request may carry only when the URL signed them (step 6 of the module docstring).
+MUST_BE_SIGNED = ("content-type", "content-md5")
 REQUIRED_PARAMETERS = (
     "X-Goog-Algorithm",
     "X-Goog-Credential",
@@ -294,6 +300,24 @@ class SignatureFront:
                 "Access denied.",
                 {
                     "Details": SIGNATURE_MISMATCH,
+                    "StringToSign": string_to_sign,
+                    "CanonicalRequest": canonical_request,
+                },
+            )
+
+        unsigned = sorted(
+            name
+            for name in lowered
+            if (name.startswith("x-goog-") or name in MUST_BE_SIGNED) and name not in names
+        )
+        if unsigned:
+            return StorageError(
+                403,
+                "SignatureDoesNotMatch",
+                "Access denied.",
+                {
+                    "Details": f"{SIGNATURE_MISMATCH} The request carries headers the "
+                    f"signature does not cover: {', '.join(unsigned)}.",
                     "StringToSign": string_to_sign,
                     "CanonicalRequest": canonical_request,
                 },

@@ -132,6 +132,25 @@ def test_a_header_sent_with_another_value_than_signed_is_refused(
     assert not stored(storage_client, stack, bound["object_name"])
 
 
+def test_a_header_the_url_did_not_sign_is_refused(
+    alice: ApiClient, storage_client: Any, stack: LocalStack
+) -> None:
+    """What the old URLs asked for (a size range and a custom time) cannot be added to a URL
+    that did not sign them, nor can a content hash: the signature must cover them."""
+    answer = ask(alice, contentType="image/png", size=len(PNG))
+    for extra in (
+        {"x-goog-custom-time": "1970-01-01T00:00:00Z"},
+        {"x-goog-content-length-range": f"0,{len(PNG)}"},
+        {"Content-MD5": "rmYdCNHKFXam78uCt7xQLw=="},
+    ):
+        headers = {"Content-Type": "image/png", **extra}
+        error = gcs_error(put(answer["url"], headers=headers), 403, "SignatureDoesNotMatch")
+        assert next(iter(extra)).lower() in error["Details"]
+    assert not stored(storage_client, stack, answer["object_name"])
+    # The same URL with only the header it signed goes through.
+    assert put(answer["url"], headers={"Content-Type": "image/png"}).status_code == 200
+
+
 def test_the_bound_size_is_enforced_when_a_client_opts_in(
     alice: ApiClient, storage_client: Any, stack: LocalStack
 ) -> None:
