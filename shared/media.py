@@ -439,7 +439,8 @@ def check_upload_content(
     """Raise :class:`MediaRejected` unless the object is what its upload declared.
 
     Binary types: one ranged read of the first :data:`file_types.PREFIX_BYTES`. Text: the
-    whole object, streamed in chunks through an incremental UTF-8 decoder. Validity cannot
+    whole object, in one streamed download through an incremental UTF-8 decoder (memory:
+    one network chunk), stopped at the first invalid byte. Validity cannot
     be decided from a prefix (a bad byte may sit anywhere), the object is bounded by the
     size limit checked just before, and text is what a model reads as is, so one bounded
     read at first use (never again) is worth it.
@@ -458,14 +459,18 @@ def check_upload_content(
         raise MediaRejected("The uploaded file is empty.", code="media_content_mismatch")
     if expected == file_types.TEXT_TYPE:
         feed = file_types.utf8_checker()
-        read = 0
-        for chunk in storage.read_chunks(name, stored):
-            read += len(chunk)
-            if not feed(chunk, read >= stored.size):
-                raise MediaRejected(
-                    "The uploaded file is declared text/plain but is not UTF-8 text.",
-                    code="media_content_mismatch",
-                )
+        not_text = MediaRejected(
+            "The uploaded file is declared text/plain but is not UTF-8 text.",
+            code="media_content_mismatch",
+        )
+
+        def check(chunk: bytes) -> None:
+            if not feed(chunk, False):
+                raise not_text  # stops the download at the first bad byte
+
+        storage.stream(name, stored.generation, check)
+        if not feed(b"", True):  # a character cut off at the very end
+            raise not_text
         return
     prefix = storage.read(name, stored.generation, 0, file_types.PREFIX_BYTES - 1)
     if not file_types.matches(expected, prefix):

@@ -86,8 +86,6 @@ DELETION_BATCH = 50
 # Only a user's own folder (of checked uploads, or of uploads not yet checked) may ever be
 # deleted as a prefix: a bug that queued "" or "uploads/" must not be able to empty the bucket.
 DELETABLE_PREFIX = re.compile(r"(?:uploads|incoming)/[^/]+/")
-# Chunks in which a text upload is read to check that it is UTF-8.
-TEXT_CHECK_CHUNK_BYTES = 1024 * 1024
 
 
 class StorageUnavailable(ServiceUnavailable):
@@ -440,13 +438,29 @@ class MediaStorage:
         )
         return bytes(data)
 
-    def read_chunks(
-        self, object_name: str, stored: StoredObject, chunk_bytes: int = TEXT_CHECK_CHUNK_BYTES
-    ) -> Iterable[bytes]:
-        """The whole object (the generation ``stored`` describes), in ranged chunks."""
-        for start in range(0, stored.size, chunk_bytes):
-            end = min(start + chunk_bytes, stored.size) - 1
-            yield self.read(object_name, stored.generation, start, end)
+    def stream(
+        self, object_name: str, generation: int | None, sink: Callable[[bytes], None]
+    ) -> None:
+        """Pass one generation of the whole object to ``sink`` as it arrives: one request,
+        streamed, so memory stays at one network chunk whatever the size. ``sink`` may raise
+        to stop early; its exception propagates.
+
+        Raises:
+            StorageUnavailable: the bucket cannot be reached.
+        """
+        blob = self.client.bucket(self.bucket_name).blob(object_name, generation=generation)
+
+        class Sink:
+            def write(self, data: bytes) -> int:
+                sink(bytes(data))
+                return len(data)
+
+        self._bucket_call(
+            "reading an object",
+            lambda: blob.download_to_file(
+                Sink(), timeout=REQUEST_PATH_TIMEOUT_SECONDS, retry=_request_path_retry()
+            ),
+        )
 
     def promote(self, source: str, generation: int | None, destination: str) -> None:
         """Copy one generation of ``source`` to ``destination`` inside the bucket.

@@ -27,7 +27,7 @@ from shared.media import (
     user_prefix,
 )
 from shared.settings import DEFAULT_UPLOAD_TYPES
-from shared.storage import TEXT_CHECK_CHUNK_BYTES, KeyFileSigner, MediaStorage
+from shared.storage import KeyFileSigner, MediaStorage
 from tests.conftest import ApiClient, upload_file
 
 PNG = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + b"\x00" * 40
@@ -453,9 +453,10 @@ def test_text_must_be_utf8_throughout(
     alice: ApiClient, db: Database, media_store: MediaStorage, storage_client: Any
 ) -> None:
     assert alice.user_id is not None
-    # Bigger than one read chunk, with a two-byte character split across the chunk boundary.
-    chunk = TEXT_CHECK_CHUNK_BYTES
-    text = ("a" * (chunk - 1) + "é" + "ü" * 10).encode()
+    # Streamed in network chunks (of a power of two bytes): three-byte runs of "aé" put
+    # many chunk boundaries inside a two-byte character.
+    chunk = 1024 * 1024
+    text = ("aé" * (chunk // 3 + 1000)).encode()
     good = upload_file(alice, text, "notes.txt", "text/plain")
     assert resolve_media(db, media_store, alice.user_id, good["gcs_url"], None).size == len(text)
     # One invalid byte far past the first chunk is found: the whole file is read.
