@@ -247,6 +247,16 @@ def _paths() -> dict[str, Any]:
             "post": {
                 "operationId": "createUploadUrl",
                 "summary": "A signed URL the browser PUTs one file to.",
+                "description": (
+                    "PUT the file to `url` with exactly `headers`: by default only "
+                    "`Content-Type` (the URL signs host, object, expiry and content type); "
+                    "with `bindSize` also `x-goog-content-length-range`. The file lands under "
+                    "`incoming/` and is checked at its first use in a POST /chat message: "
+                    "real size within `max_bytes` (422 `media_too_large`), stored type (422 "
+                    "`media_type_mismatch`), bytes of the declared type (422 "
+                    "`media_content_mismatch`); a refused file is deleted, an accepted one "
+                    "moved to `uploads/`. Files never used are deleted after a day."
+                ),
                 "security": BEARER,
                 "requestBody": {
                     "required": True,

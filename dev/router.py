@@ -15,7 +15,9 @@ It also serves, for local use only, what no deployed function ever serves:
 And it is the browser's way to the storage emulator: ``/<uploads bucket>/<object>`` is
 proxied to it, with CORS answered for the allowed origins as the bucket's CORS policy answers
 deployed (the emulator answers no preflight). Signed URLs name this host, exactly as deployed
-ones name ``storage.googleapis.com`` with the same ``/<bucket>/<object>`` path.
+ones name ``storage.googleapis.com`` with the same ``/<bucket>/<object>`` path. Like Cloud
+Storage for a private bucket, it serves only requests with a valid V4 signature for exactly
+that request (:mod:`dev.storage_front`); anything else gets GCS's status and XML error.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from urllib.parse import quote, urlsplit
 from werkzeug.routing import Map, Rule
 from werkzeug.wrappers import Request, Response
 
+from dev.storage_front import SignatureFront
 from dev.tokens import LocalSigner
 
 logger = logging.getLogger("raven.router")
@@ -58,19 +61,22 @@ HOP_BY_HOP = {
 
 
 # What the uploads bucket's CORS policy allows (terraform/storage.tf): the signed PUT's
-# headers, and Range for media players.
+# headers (Content-Type; x-goog-content-length-range when a client opts in to binding the
+# size), and Range for media players.
 STORAGE_CORS_METHODS = "GET, HEAD, PUT"
-STORAGE_CORS_HEADERS = "Content-Type, x-goog-content-length-range, x-goog-custom-time, Range"
+STORAGE_CORS_HEADERS = "Content-Type, x-goog-content-length-range, Range"
 STORAGE_CORS_MAX_AGE = "3600"
 
 
 @dataclass(frozen=True)
 class StorageUpstream:
-    """The storage emulator behind ``/<bucket>/...``, and who may call it from a browser."""
+    """The storage emulator behind ``/<bucket>/...``, who may call it from a browser, and the
+    signature checks Cloud Storage makes (:mod:`dev.storage_front`; None checks nothing)."""
 
     bucket: str
     url: str
     allowed_origins: list[str]
+    front: SignatureFront | None = None
 
     def allows(self, origin: str | None) -> bool:
         return bool(origin) and ("*" in self.allowed_origins or origin in self.allowed_origins)
@@ -174,7 +180,17 @@ class Router:
             raw_path = request.environ.get("RAW_URI") or quote(request.path) + (
                 "?" + request.query_string.decode() if request.query_string else ""
             )
-            response = self._proxy(request, self._storage.url, raw_path, upstream_host=True)
+            refusal = self._storage.front and self._storage.front.refusal(
+                request.method,
+                raw_path.partition("?")[0],
+                raw_path.partition("?")[2],
+                dict(request.headers.items()),
+                len(request.get_data()),
+            )
+            if refusal:
+                response = refusal.response()
+            else:
+                response = self._proxy(request, self._storage.url, raw_path, upstream_host=True)
         if allowed and origin:
             response.headers["Access-Control-Allow-Origin"] = origin
             response.headers["Access-Control-Expose-Headers"] = "Content-Length, Content-Range"

@@ -40,6 +40,7 @@ from werkzeug.serving import make_server
 
 from dev.bundle import REPO_ROOT, function_names
 from dev.router import Router, StorageUpstream
+from dev.storage_front import SignatureFront
 from dev.tokens import LocalSigner
 
 logger = logging.getLogger("raven.stack")
@@ -243,7 +244,10 @@ class LocalStack:
             health_checks,
             build_openapi,
             storage=StorageUpstream(
-                env["GCS_BUCKET_NAME"], self.storage_url, env.get("ALLOWED_ORIGINS", "").split(",")
+                env["GCS_BUCKET_NAME"],
+                self.storage_url,
+                env.get("ALLOWED_ORIGINS", "").split(","),
+                SignatureFront.from_key_file(env["GCS_BUCKET_NAME"], env["SIGNER_KEY_FILE"]),
             ),
         )
         self._server = make_server("0.0.0.0", self.port, router, threaded=True)

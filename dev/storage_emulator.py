@@ -9,8 +9,9 @@ Deployed, URLs are signed by IAM signBlob, which cannot be reached locally (goog
 google-cloud-storage hard-code ``iamcredentials.googleapis.com``). So the stack generates a
 service-account key for the metadata stand-in's account in the data folder and passes it as
 ``SIGNER_KEY_FILE``: the URLs are the same, only the RSA signature is computed in-process.
-The emulator checks neither signatures nor ``x-goog-content-length-range``; the tests verify
-what a URL binds by checking its signature with this key's public half.
+The emulator checks neither signatures nor ``x-goog-content-length-range``: the router does,
+with this key's public half, exactly as Cloud Storage checks V4 signed URLs
+(:mod:`dev.storage_front`), so a URL that production would refuse is refused locally too.
 
 Local use only; nothing here is deployed.
 """

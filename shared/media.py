@@ -3,15 +3,19 @@
 The flow, for the functions involved:
 
 1. upload_url records an upload (table ``uploads``: owner, object, declared type and size,
-   state ``pending``) and signs a PUT URL for ``uploads/<user>/<upload id>/<file name>``
-   (:func:`object_name`); the browser PUTs the file straight to the bucket.
+   state ``pending``) and signs a PUT URL for ``incoming/<user>/<upload id>/<file name>``
+   (:func:`object_name`); the browser PUTs the file straight to the bucket. Objects left
+   under ``incoming/`` are deleted by a bucket lifecycle rule after a day.
 2. chat_stream calls :func:`resolve_media` for each media part of a new message. Whatever form
    the reference takes (``gcs_url`` as returned, ``gs://bucket/object``, any storage URL of the
-   uploads bucket, signed or not), it resolves to one of the caller's own upload records or
-   is refused with a 4xx. On first use the object is checked in the bucket (exists, declared
-   type, size limit), marked referenced, and the record set to ``uploaded``, so later turns
-   need no bucket call. chat_stream then stores :meth:`MediaRecord.part` in
-   ``messages.parts`` and calls :func:`link_media_to_chat` in the turn's transaction.
+   uploads bucket, signed or not, of the incoming or the permanent name), it resolves to one
+   of the caller's own upload records or is refused with a 4xx. On first use the object is
+   checked (exists, declared type, size limit, magic numbers; see :mod:`shared.file_types`),
+   then promoted to ``uploads/<user>/<upload id>/<file name>`` (:func:`permanent_object_name`)
+   and the record set to ``uploaded``, or deleted and the record set to ``rejected``. Later
+   turns need no bucket call. chat_stream then stores :meth:`MediaRecord.part` (naming the
+   permanent object) in ``messages.parts`` and calls :func:`link_media_to_chat` in the
+   turn's transaction.
 3. chats_crud signs short-lived GET URLs for stored parts (:func:`media_url_signer`), and
    deleting a chat queues the objects only that chat used (``shared.chats.delete_chat``).
 
@@ -19,7 +23,9 @@ Errors (all ``{"detail", "code"}``): 422 ``invalid_media_reference`` (not a refe
 the uploads bucket at all), 422 ``media_bucket_not_allowed`` (another bucket), 404
 ``media_not_found`` (no such upload *of the caller's*: someone else's object is answered
 exactly like a made-up one), 422 ``media_not_uploaded``, 422 ``media_type_mismatch``,
-422 ``media_too_large``, 503 ``storage_unavailable``.
+422 ``media_too_large``, 422 ``media_content_mismatch`` (the bytes are not the declared type),
+503 ``storage_unavailable``. A refused upload's object is deleted; referencing it again
+answers the same code.
 """
 
 from __future__ import annotations
@@ -35,14 +41,16 @@ from urllib.parse import unquote, urlsplit
 
 import pg8000.exceptions
 
+from shared import file_types
 from shared.chats import MediaUrlSigner
 from shared.db import Database, Row, Transaction, sqlstate
 from shared.errors import NotFound, UnprocessableEntity
-from shared.storage import MediaStorage
+from shared.storage import MediaStorage, StoredObject
 
 FOREIGN_KEY_VIOLATION = "23503"
 
 UPLOADS_ROOT = "uploads/"
+INCOMING_ROOT = "incoming/"
 # A Clerk user id (``user_2abc...``) is used as it is; anything else becomes a hash, so that
 # one user's folder can never be a prefix of another's (a "/" in a sub would allow that).
 PLAIN_USER_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
@@ -66,12 +74,26 @@ MEDIA_KINDS = {"image": "image", "video": "video", "audio": "audio"}
 # --- object names --------------------------------------------------------------------------
 
 
-def user_prefix(user_id: str) -> str:
-    """The folder of a user's uploads, ``uploads/<user>/``; deleting a user deletes it."""
+def _user_folder(user_id: str) -> str:
     if PLAIN_USER_ID.fullmatch(user_id):
-        return f"{UPLOADS_ROOT}{user_id}/"
+        return f"{user_id}/"
     digest = hashlib.sha256(user_id.encode()).hexdigest()
-    return f"{UPLOADS_ROOT}~{digest}/"  # "~" never occurs in a plain id: no collisions
+    return f"~{digest}/"  # "~" never occurs in a plain id: no collisions
+
+
+def user_prefix(user_id: str) -> str:
+    """The folder of a user's checked uploads, ``uploads/<user>/``."""
+    return UPLOADS_ROOT + _user_folder(user_id)
+
+
+def incoming_prefix(user_id: str) -> str:
+    """The folder a user's files are PUT to, ``incoming/<user>/``, until they are checked."""
+    return INCOMING_ROOT + _user_folder(user_id)
+
+
+def user_prefixes(user_id: str) -> tuple[str, str]:
+    """Both folders of a user's objects; deleting the user deletes both."""
+    return incoming_prefix(user_id), user_prefix(user_id)
 
 
 def _truncate_utf8(text: str, max_bytes: int) -> str:
@@ -118,8 +140,19 @@ def safe_file_name(filename: str) -> str:
 
 
 def object_name(user_id: str, upload_id: uuid.UUID | str, filename: str) -> str:
-    """``uploads/<user>/<upload id>/<safe file name>``: one object per upload, owner-foldered."""
-    return f"{user_prefix(user_id)}{upload_id}/{safe_file_name(filename)}"
+    """``incoming/<user>/<upload id>/<safe file name>``: where the browser PUTs one upload."""
+    return f"{incoming_prefix(user_id)}{upload_id}/{safe_file_name(filename)}"
+
+
+def permanent_object_name(incoming_name: str) -> str:
+    """Where an upload lives once checked: the same name under ``uploads/``.
+
+    A name already outside ``incoming/`` (an upload recorded before uploads were checked)
+    stays where it is.
+    """
+    if incoming_name.startswith(INCOMING_ROOT):
+        return UPLOADS_ROOT + incoming_name[len(INCOMING_ROOT) :]
+    return incoming_name
 
 
 def content_type_essence(content_type: str) -> str:
@@ -181,13 +214,14 @@ def record_upload(
 
 
 def _record(row: Row, storage_bucket: str, size: int | None) -> MediaRecord:
+    name = row["permanent_name"] or row["object_name"]
     return MediaRecord(
         upload_id=row["id"],
         type=media_kind(row["content_type"]),
         mime_type=row["content_type"],
-        gcs_uri=f"gs://{storage_bucket}/{row['object_name']}",
+        gcs_uri=f"gs://{storage_bucket}/{name}",
         bucket=storage_bucket,
-        object_name=row["object_name"],
+        object_name=name,
         size=size,
     )
 
@@ -271,16 +305,32 @@ def parse_reference(storage: MediaStorage, reference: str) -> tuple[str, str]:
     return bucket, name
 
 
+UPLOAD_COLUMNS = (
+    "id::text AS id, object_name, permanent_name, content_type, size, state, "
+    "rejected_code, rejected_detail"
+)
+
+
+class MediaRejected(UnprocessableEntity):
+    """An upload whose object is not what was declared: it is deleted and stays refused."""
+
+
 def resolve_media(
     db: Database, storage: MediaStorage, user_id: str, reference: str, mime_type: str | None
 ) -> MediaRecord:
     """The caller's upload a media part refers to, checked and ready to send to the model.
 
-    Call it before the turn's transaction (it may call the bucket, once per upload): the
-    first time an upload is referenced, the object must exist with the recorded content
-    type and within the size limit; it is then marked referenced (custom time, which spares
-    it from the bucket's unreferenced-upload rule) and its record set to ``uploaded`` with
-    the size found, so later turns are one indexed database read.
+    Call it before the turn's transaction (it may call the bucket). The first time an
+    upload is referenced its object (under ``incoming/``) is checked: it exists, its
+    stored type is the declared one, its size is within the limit and its first bytes
+    carry the declared type's signature (text: the whole file is UTF-8). A file that
+    passes is copied to its permanent name under ``uploads/`` (a server-side rewrite), its
+    record set to ``uploaded`` and the incoming object deleted, so later turns are one
+    indexed database read. A file that fails is deleted and its record set to
+    ``rejected``, so every later reference is refused the same way.
+
+    Any reference form of the incoming name (what the client was given) or of the
+    permanent one (what history shows) resolves to the same upload.
 
     Args:
         db: the database.
@@ -291,7 +341,8 @@ def resolve_media(
 
     Raises:
         UnprocessableEntity: ``invalid_media_reference``, ``media_bucket_not_allowed``,
-            ``media_not_uploaded``, ``media_type_mismatch`` or ``media_too_large``.
+            ``media_not_uploaded``, ``media_type_mismatch``, ``media_too_large``,
+            ``media_content_mismatch`` (the bytes are not the declared type).
         NotFound: ``media_not_found``, when it is not one of the caller's uploads (whether
             it is another user's or does not exist at all is not revealed).
         StorageUnavailable: the bucket cannot be reached (503).
@@ -302,13 +353,14 @@ def resolve_media(
             f"Media must be uploaded with /api/upload-url; {bucket!r} is not the uploads bucket",
             code="media_bucket_not_allowed",
         )
-    if not name.startswith(user_prefix(user_id)):
+    if not name.startswith(user_prefixes(user_id)):
         raise media_not_found()
     row = db.fetch_one(
-        "SELECT id::text AS id, object_name, content_type, size, state FROM uploads "
-        "WHERE bucket = :bucket AND object_name = :object_name AND user_id = :user_id",
+        f"SELECT {UPLOAD_COLUMNS} FROM uploads "
+        "WHERE bucket = :bucket AND user_id = :user_id "
+        "AND (object_name = :name OR permanent_name = :name)",
         bucket=bucket,
-        object_name=name,
+        name=name,
         user_id=user_id,
     )
     if row is None:
@@ -319,34 +371,114 @@ def resolve_media(
             f"The part's mimeType {mime_type!r} does not match the upload's type {expected!r}",
             code="media_type_mismatch",
         )
-    if row["state"] == "uploaded":
-        return _record(row, bucket, row["size"])
+    return _settled(db, storage, row) or _check_and_promote(db, storage, row)
 
+
+def _settled(db: Database, storage: MediaStorage, row: Row) -> MediaRecord | None:
+    """The record of an upload already checked; a refusal if it was rejected; else None."""
+    if row["state"] == "uploaded":
+        return _record(row, storage.bucket_name, row["size"])
+    if row["state"] == "rejected":
+        raise MediaRejected(
+            f"This upload was refused and deleted: {row['rejected_detail']} "
+            "Upload the file again with /api/upload-url.",
+            code=row["rejected_code"],
+        )
+    return None
+
+
+def _check_and_promote(db: Database, storage: MediaStorage, row: Row) -> MediaRecord:
+    name = row["object_name"]
     stored = storage.stat(name)
     if stored is None:
+        # Another request may have promoted it (and deleted the incoming object) meanwhile.
+        again = db.fetch_one(
+            f"SELECT {UPLOAD_COLUMNS} FROM uploads WHERE id = CAST(:id AS uuid)", id=row["id"]
+        )
+        settled = _settled(db, storage, again) if again is not None else None
+        if settled is not None:
+            return settled
         raise UnprocessableEntity(
             "The file has not been uploaded yet: PUT it to the signed URL first",
             code="media_not_uploaded",
         )
+    try:
+        check_upload_content(storage, name, stored, row["content_type"])
+    except MediaRejected as rejection:
+        storage.delete(name)
+        with db.transaction() as tx:
+            tx.execute(
+                "UPDATE uploads SET state = 'rejected', size = :size, rejected_code = :code, "
+                "rejected_detail = :detail WHERE id = CAST(:id AS uuid) AND state = 'pending'",
+                size=stored.size,
+                code=rejection.code,
+                detail=rejection.detail,
+                id=row["id"],
+            )
+        raise
+    permanent = permanent_object_name(name)
+    if permanent != name:
+        storage.promote(name, stored.generation, permanent)
+    with db.transaction() as tx:
+        tx.execute(
+            "UPDATE uploads SET state = 'uploaded', size = :size, uploaded_at = now(), "
+            "permanent_name = :permanent WHERE id = CAST(:id AS uuid) AND state = 'pending'",
+            size=stored.size,
+            permanent=permanent if permanent != name else None,
+            id=row["id"],
+        )
+    if permanent != name:
+        # After the commit: if this fails, the lifecycle rule removes it within a day.
+        storage.delete(name)
+    return _record({**row, "permanent_name": permanent}, storage.bucket_name, stored.size)
+
+
+def check_upload_content(
+    storage: MediaStorage, name: str, stored: StoredObject, expected: str
+) -> None:
+    """Raise :class:`MediaRejected` unless the object is what its upload declared.
+
+    Binary types: one ranged read of the first :data:`file_types.PREFIX_BYTES`. Text: the
+    whole object, in one streamed download through an incremental UTF-8 decoder (memory:
+    one network chunk), stopped at the first invalid byte. Validity cannot
+    be decided from a prefix (a bad byte may sit anywhere), the object is bounded by the
+    size limit checked just before, and text is what a model reads as is, so one bounded
+    read at first use (never again) is worth it.
+    """
     if content_type_essence(stored.content_type or "") != expected:
-        raise UnprocessableEntity(
-            f"The uploaded file's type {stored.content_type!r} is not the declared {expected!r}",
+        raise MediaRejected(
+            f"The uploaded file's type {stored.content_type!r} is not the declared {expected!r}.",
             code="media_type_mismatch",
         )
     if stored.size > storage.max_bytes:
-        raise UnprocessableEntity(
-            f"The uploaded file is {stored.size} bytes; the limit is {storage.max_bytes}",
+        raise MediaRejected(
+            f"The uploaded file is {stored.size} bytes; the limit is {storage.max_bytes}.",
             code="media_too_large",
         )
-    storage.mark_referenced(name)
-    with db.transaction() as tx:
-        tx.execute(
-            "UPDATE uploads SET state = 'uploaded', size = :size, uploaded_at = now() "
-            "WHERE id = CAST(:id AS uuid) AND state = 'pending'",
-            size=stored.size,
-            id=row["id"],
+    if stored.size == 0:
+        raise MediaRejected("The uploaded file is empty.", code="media_content_mismatch")
+    if expected == file_types.TEXT_TYPE:
+        feed = file_types.utf8_checker()
+        not_text = MediaRejected(
+            "The uploaded file is declared text/plain but is not UTF-8 text.",
+            code="media_content_mismatch",
         )
-    return _record(row, bucket, stored.size)
+
+        def check(chunk: bytes) -> None:
+            if not feed(chunk, False):
+                raise not_text  # stops the download at the first bad byte
+
+        storage.stream(name, stored.generation, check)
+        if not feed(b"", True):  # a character cut off at the very end
+            raise not_text
+        return
+    prefix = storage.read(name, stored.generation, 0, file_types.PREFIX_BYTES - 1)
+    if not file_types.matches(expected, prefix):
+        raise MediaRejected(
+            f"The uploaded file's content is not {expected}: its first bytes do not match "
+            "that type's signature.",
+            code="media_content_mismatch",
+        )
 
 
 def link_media_to_chat(

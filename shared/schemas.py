@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 MAX_TITLE_CHARS = 200
 DEFAULT_TITLE = "New Chat"
@@ -186,18 +186,43 @@ class HeartbeatEvent(Event):
 
 class UploadUrlRequest(RequestModel):
     filename: str = Field(min_length=1, max_length=1024)
-    contentType: str = Field(min_length=1, max_length=255)
-    size: int | None = Field(None, ge=0)
+    contentType: str = Field(
+        min_length=1,
+        max_length=255,
+        description="The file's type; the PUT must send exactly this as Content-Type.",
+    )
+    size: int | None = Field(
+        None,
+        ge=0,
+        description="The file's size in bytes, if known: a pre-check only (413 file_too_large "
+        "when over the limit); it changes nothing the PUT must carry unless bindSize is set.",
+    )
+    bindSize: bool = Field(
+        False,
+        description="Opt-in: also bind the URL to exactly `size` bytes (requires size). The "
+        "answer's headers then include x-goog-content-length-range, which the PUT must send.",
+    )
+
+    @model_validator(mode="after")
+    def _size_to_bind(self) -> UploadUrlRequest:
+        if self.bindSize and self.size is None:
+            raise ValueError("bindSize needs size: the number of bytes the PUT will send")
+        return self
 
 
 class UploadUrlResponse(BaseModel):
     url: str = Field(description="Signed URL to PUT the file to.")
     gcs_url: str = Field(description="What a chat message's media part refers to.")
     gs_uri: str = Field(description="The object's gs://bucket/object URI (also a valid reference).")
-    object_name: str = Field(description="uploads/<user>/<upload_id>/<sanitised file name>.")
+    object_name: str = Field(
+        description="incoming/<user>/<upload_id>/<sanitised file name>: where the file is PUT. "
+        "At its first use in a message it is checked (size, type, content) and moved to "
+        "uploads/<user>/<upload_id>/<name>; references to either name keep working."
+    )
     method: Literal["PUT"]
     headers: dict[str, str] = Field(
-        description="Every header the PUT must carry, with exactly these values (all are signed)."
+        description="Every header the PUT must carry, with exactly these values (all are "
+        "signed): only Content-Type, plus x-goog-content-length-range when bindSize was set."
     )
     expires_at: float = Field(description="When the URL stops working, Unix epoch seconds.")
     upload_id: str

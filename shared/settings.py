@@ -18,6 +18,8 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.functional_validators import BeforeValidator
 
+from shared.file_types import CHECKED_TYPES
+
 
 class SettingsError(RuntimeError):
     """The environment holds a missing or invalid value; the message names the variable."""
@@ -189,6 +191,20 @@ class Settings(BaseModel):
         if url is not None and not url.startswith(("http://", "https://")):
             raise ValueError("must be an http:// or https:// base URL")
         return url.rstrip("/") if url else url
+
+    @field_validator("upload_allowed_types")
+    @classmethod
+    def _verifiable_types(cls, types: list[str]) -> list[str]:
+        # An upload's bytes are checked against its declared type before use (file_types):
+        # a type with no known signature could never be accepted, so refuse it here.
+        types = [content_type.strip().lower() for content_type in types]
+        unknown = sorted(set(types) - CHECKED_TYPES)
+        if unknown:
+            raise ValueError(
+                f"cannot verify uploads of {', '.join(unknown)}; "
+                f"known types: {', '.join(sorted(CHECKED_TYPES))}"
+            )
+        return types
 
     @field_validator("database_url")
     @classmethod

@@ -60,12 +60,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 GOOGLE_STORAGE_URL = "https://storage.googleapis.com"
+CONTENT_LENGTH_RANGE = "x-goog-content-length-range"
 CLOUD_PLATFORM_SCOPE = "https://www.googleapis.com/auth/cloud-platform"
-
-# Every new upload carries this custom time: the bucket's lifecycle rule (terraform/storage.tf)
-# deletes objects under uploads/ still carrying it after a day, i.e. files no message used.
-# resolve_media moves it to "now" when a message first references the object.
-UNREFERENCED_CUSTOM_TIME = "1970-01-01T00:00:00Z"
 
 # Bucket calls made while a request waits: fail within seconds rather than the SDK's 120 s.
 REQUEST_PATH_TIMEOUT_SECONDS = 10.0
@@ -87,9 +83,9 @@ DELETION_BACKOFF_MAX_SECONDS = 6 * 3600
 DELETION_ATTEMPTS_BEFORE_ERROR_LOG = 5
 PREFIX_OBJECTS_PER_PASS = 1000
 DELETION_BATCH = 50
-# Only a user's own folder may ever be deleted as a prefix: a bug that queued "" or
-# "uploads/" must not be able to empty the bucket.
-DELETABLE_PREFIX = re.compile(r"uploads/[^/]+/")
+# Only a user's own folder (of checked uploads, or of uploads not yet checked) may ever be
+# deleted as a prefix: a bug that queued "" or "uploads/" must not be able to empty the bucket.
+DELETABLE_PREFIX = re.compile(r"(?:uploads|incoming)/[^/]+/")
 
 
 class StorageUnavailable(ServiceUnavailable):
@@ -114,7 +110,7 @@ class StoredObject:
 
     content_type: str | None
     size: int
-    custom_time: datetime.datetime | None
+    generation: int | None  # pins reads and the promotion's copy to the bytes checked
 
 
 # --- signers -----------------------------------------------------------------------------
@@ -308,18 +304,22 @@ class MediaStorage:
             logger.error("URL signing failed", extra={"error": type(error).__name__})
             raise StorageUnavailable("Cannot sign the URL right now, please retry") from error
 
-    def sign_upload(self, object_name: str, content_type: str) -> SignedUrl:
-        """A PUT URL for one object, bound to its content type, size range and marker.
+    def sign_upload(
+        self, object_name: str, content_type: str, exact_size: int | None = None
+    ) -> SignedUrl:
+        """A PUT URL for one object, bound to its content type (and optionally its size).
 
-        The signature covers the host, the method, the object's path and every header
-        returned in ``headers``, which the PUT must therefore carry with exactly these values:
-        another type, a body outside ``0..max_bytes`` or a missing header is refused by GCS.
+        The signature covers the host, the method, the object's path, the expiry and every
+        header returned in ``headers``, which the PUT must carry with exactly these values.
+        By default that is ``Content-Type`` alone, so the plainest browser PUT works (Cloud
+        Storage refuses a PUT lacking any signed header). With ``exact_size`` the URL also
+        signs ``x-goog-content-length-range: <size>,<size>``, and GCS refuses any other body
+        length. What the URL does not bind (the real size and bytes of a plain upload) is
+        checked when the upload is first referenced (``shared.media.resolve_media``).
         """
-        headers = {
-            "Content-Type": content_type,
-            "x-goog-content-length-range": f"0,{self.max_bytes}",
-            "x-goog-custom-time": UNREFERENCED_CUSTOM_TIME,
-        }
+        headers = {"Content-Type": content_type}
+        if exact_size is not None:
+            headers[CONTENT_LENGTH_RANGE] = f"{exact_size},{exact_size}"
         options = {
             "method": "PUT",
             "content_type": content_type,
@@ -393,42 +393,118 @@ class MediaStorage:
 
     # --- checks on objects -----------------------------------------------------------------
 
+    def _bucket_call(self, what: str, call: Callable[[], Any]) -> Any:
+        """Run one bucket call on the request path; 503 when the bucket cannot be reached."""
+        from google.api_core import exceptions as api_exceptions
+
+        try:
+            return call()
+        except (api_exceptions.GoogleAPIError, OSError) as error:
+            logger.error("bucket call failed", extra={"call": what, "error": type(error).__name__})
+            raise StorageUnavailable() from error
+
     def stat(self, object_name: str) -> StoredObject | None:
-        """The object's type, size and custom time, or None when it does not exist.
+        """The object's type, size and generation, or None when it does not exist.
 
         Raises:
             StorageUnavailable: the bucket cannot be reached.
         """
-        from google.api_core import exceptions as api_exceptions
-
-        try:
-            blob = self.client.bucket(self.bucket_name).get_blob(
+        blob = self._bucket_call(
+            "reading object metadata",
+            lambda: self.client.bucket(self.bucket_name).get_blob(
                 object_name, timeout=REQUEST_PATH_TIMEOUT_SECONDS, retry=_request_path_retry()
-            )
-        except (api_exceptions.GoogleAPIError, OSError) as error:
-            logger.error("reading object metadata failed", extra={"error": type(error).__name__})
-            raise StorageUnavailable() from error
+            ),
+        )
         if blob is None:
             return None
-        return StoredObject(blob.content_type, int(blob.size or 0), blob.custom_time)
+        return StoredObject(blob.content_type, int(blob.size or 0), blob.generation)
 
-    def mark_referenced(self, object_name: str) -> None:
-        """Move the object's custom time to now, so the unreferenced-upload rule spares it.
+    def read(self, object_name: str, generation: int | None, start: int, end: int) -> bytes:
+        """Bytes ``start..end`` (inclusive) of one generation of an object: a ranged read.
+
+        Raises:
+            StorageUnavailable: the bucket cannot be reached (or the object vanished).
+        """
+        blob = self.client.bucket(self.bucket_name).blob(object_name, generation=generation)
+        data = self._bucket_call(
+            "reading an object",
+            lambda: blob.download_as_bytes(
+                start=start,
+                end=end,
+                timeout=REQUEST_PATH_TIMEOUT_SECONDS,
+                retry=_request_path_retry(),
+                checksum=None,  # a range has no whole-object checksum to compare
+            ),
+        )
+        return bytes(data)
+
+    def stream(
+        self, object_name: str, generation: int | None, sink: Callable[[bytes], None]
+    ) -> None:
+        """Pass one generation of the whole object to ``sink`` as it arrives: one request,
+        streamed, so memory stays at one network chunk whatever the size. ``sink`` may raise
+        to stop early; its exception propagates.
 
         Raises:
             StorageUnavailable: the bucket cannot be reached.
         """
-        from google.api_core import exceptions as api_exceptions
+        blob = self.client.bucket(self.bucket_name).blob(object_name, generation=generation)
 
-        blob = self.client.bucket(self.bucket_name).blob(object_name)
-        blob.custom_time = datetime.datetime.now(datetime.UTC)
-        try:
-            blob.patch(timeout=REQUEST_PATH_TIMEOUT_SECONDS, retry=_request_path_retry())
-        except (api_exceptions.GoogleAPIError, OSError) as error:
-            logger.error(
-                "marking an object referenced failed", extra={"error": type(error).__name__}
-            )
-            raise StorageUnavailable() from error
+        class Sink:
+            def write(self, data: bytes) -> int:
+                sink(bytes(data))
+                return len(data)
+
+        self._bucket_call(
+            "reading an object",
+            lambda: blob.download_to_file(
+                Sink(), timeout=REQUEST_PATH_TIMEOUT_SECONDS, retry=_request_path_retry()
+            ),
+        )
+
+    def promote(self, source: str, generation: int | None, destination: str) -> None:
+        """Copy one generation of ``source`` to ``destination`` inside the bucket.
+
+        A server-side rewrite: the bytes never pass through the function. Pinning the source
+        generation copies exactly the bytes that were checked, even if the client PUT the
+        incoming object again meanwhile (its signed URL may still be valid).
+
+        Raises:
+            StorageUnavailable: the bucket cannot be reached.
+        """
+        bucket = self.client.bucket(self.bucket_name)
+        source_blob = bucket.blob(source, generation=generation)
+        destination_blob = bucket.blob(destination)
+
+        def rewrite() -> None:
+            token: str | None = None
+            while True:  # large objects may take several calls, each continuing the last
+                token, _, _ = destination_blob.rewrite(
+                    source_blob,
+                    token=token,
+                    timeout=REQUEST_PATH_TIMEOUT_SECONDS,
+                    retry=_request_path_retry(),
+                )
+                if token is None:
+                    return
+
+        self._bucket_call("promoting an upload", rewrite)
+
+    def delete(self, object_name: str) -> None:
+        """Delete an object now; already gone is fine.
+
+        Raises:
+            StorageUnavailable: the bucket cannot be reached.
+        """
+        from google.api_core.exceptions import NotFound
+
+        def delete() -> None:
+            with contextlib.suppress(NotFound):
+                self.client.bucket(self.bucket_name).delete_blob(
+                    object_name, timeout=REQUEST_PATH_TIMEOUT_SECONDS, retry=_request_path_retry()
+                )
+
+        self._bucket_call("deleting an object", delete)
 
 
 # --- per-instance singletons ---------------------------------------------------------------

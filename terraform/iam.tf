@@ -142,13 +142,13 @@ resource "google_project_iam_member" "grant" {
 locals {
   uploads_bucket_roles = {
     chat_stream = toset([
-      "roles/storage.objectUser", # resolve_media: objects.get (an upload's type and size) and objects.update (mark it referenced: custom time)
+      "roles/storage.objectUser", # resolve_media at an upload's first use: objects.get (type, size, first bytes), objects.create (rewrite it to uploads/), objects.delete (the incoming object, or a refused one)
     ])
     chats_crud = toset([
       "roles/storage.objectUser", # sign GET URLs for stored media (signing needs read), delete a deleted chat's media
     ])
     upload_url = toset([
-      "roles/storage.objectCreator", # sign PUT URLs: a signed URL carries its signer's permission to create the object
+      "roles/storage.objectCreator", # sign PUT URLs for incoming/: a signed URL carries its signer's permission to create the object
     ])
     clerk_webhook = toset([
       "roles/storage.objectUser", # list and delete every object of a user Clerk reports deleted

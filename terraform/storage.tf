@@ -4,19 +4,16 @@
 
 # --- uploads ---------------------------------------------------------------------------------
 #
-# The browser PUTs a file straight to uploads/... with a signed URL from upload_url, then sends the
-# object's name with a chat message; chats_crud hands out signed GET URLs for stored media.
+# The browser PUTs a file straight to incoming/<user>/<upload>/<name> with a signed URL from upload_url
+# (bound to the object and its Content-Type only, so the plainest browser PUT works), then names it in
+# a chat message. At that first use chat_stream checks the object (size limit, declared type, magic
+# numbers) and either copies it to uploads/<user>/<upload>/<name> with a server-side rewrite and
+# deletes the incoming object, or deletes it and refuses the message. chats_crud hands out signed GET
+# URLs for the objects under uploads/.
 #
-# Cleaning up uploads no message ever referenced (README.md: Uploads). A lifecycle rule cannot test
-# "custom time is not set" (conditions on custom time only match objects that have one), so the state
-# lives in the custom time itself, which can only ever move forward:
-#   - upload_url signs the PUT with the header x-goog-custom-time: 1970-01-01T00:00:00Z, so every new
-#     upload starts "unreferenced" (custom time before 1970-01-02);
-#   - when a message references the object, the function storing the message sets its custom time to
-#     now, which marks it referenced for good;
-#   - the rule below deletes objects under uploads/ that are older than var.unreferenced_upload_days
-#     and still carry the 1970 custom time.
-# Objects with no custom time at all are never touched by the rule: a missing marker keeps data.
+# Cleaning up files no message ever used (README.md: Uploads) needs nothing from the client: whatever
+# is still under incoming/ a day after it was written was never used, and the rule below deletes it.
+# Objects under uploads/ are only ever removed by the functions (a deleted chat or user).
 resource "google_storage_bucket" "uploads" {
   name                        = "${var.project_id}-${var.name_prefix}-uploads"
   location                    = var.region
@@ -35,19 +32,20 @@ resource "google_storage_bucket" "uploads" {
   #checkov:skip=CKV_GCP_78:Not versioned on purpose: deleting a user (clerk_webhook) or a chat must really remove their media, not keep noncurrent copies (soft delete is off for the same reason).
 
   # Direct browser uploads (PUT) and media fetches (GET) from the frontend's origins. The allowed
-  # request headers are the ones the signed PUT requires.
+  # request headers are the ones a signed PUT may carry: Content-Type (all the plain PUT sends), the
+  # size binding a client may opt in to (bindSize), and Range for media players.
   cors {
     origin          = var.allowed_origins
     method          = ["PUT", "GET", "HEAD"]
-    response_header = ["Content-Type", "x-goog-content-length-range", "x-goog-custom-time"]
+    response_header = ["Content-Type", "x-goog-content-length-range", "Range"]
     max_age_seconds = 3600
   }
 
+  # Files uploaded but never used in a message (unchecked, under incoming/): deleted after a day.
   lifecycle_rule {
     condition {
-      matches_prefix     = ["uploads/"]
-      age                = var.unreferenced_upload_days
-      custom_time_before = "1970-01-02"
+      matches_prefix = ["incoming/"]
+      age            = var.unreferenced_upload_days
     }
     action {
       type = "Delete"

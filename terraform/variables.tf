@@ -444,7 +444,7 @@ variable "private_service_access_prefix_length" {
 
 variable "unreferenced_upload_days" {
   type        = number
-  description = "Delete an upload under uploads/ this many days after it was uploaded if no message ever referenced it (README.md: Uploads)."
+  description = "Delete an upload still under incoming/ (never used in a message, so never checked and promoted to uploads/) this many days after it was uploaded (README.md: Uploads)."
   default     = 1
 
   validation {

@@ -248,20 +248,26 @@ def media_store(stack: LocalStack, storage_client: Any) -> MediaStorage:
 
 
 def upload_file(
-    client: ApiClient, data: bytes, filename: str = "photo.png", content_type: str = "image/png"
+    client: ApiClient,
+    data: bytes,
+    filename: str = "photo.png",
+    content_type: str = "image/png",
+    *,
+    bind_size: bool = False,
 ) -> dict[str, Any]:
-    """Ask for an upload URL as the frontend does, then PUT the bytes with its headers."""
-    response = client.post(
-        "/api/upload-url",
-        json={"filename": filename, "contentType": content_type, "size": len(data)},
-    )
+    """Upload as the existing frontend does: ask for a URL, then PUT the bytes with only
+    ``Content-Type`` (``fetch(url, {method: 'PUT', body: file, headers: {'Content-Type':
+    file.type}})``). With ``bind_size``, the opt-in flow: send ``size`` and ``bindSize`` and
+    PUT with every header the answer lists."""
+    body: dict[str, Any] = {"filename": filename, "contentType": content_type}
+    if bind_size:
+        body.update(size=len(data), bindSize=True)
+    response = client.post("/api/upload-url", json=body)
     assert response.status_code == 200, response.text
     answer = dict(response.json())
+    headers = answer["headers"] if bind_size else {"Content-Type": content_type}
     put = requests.put(
-        answer["url"],
-        data=data,
-        headers={**answer["headers"], "Origin": FRONTEND_ORIGIN},
-        timeout=30,
+        answer["url"], data=data, headers={**headers, "Origin": FRONTEND_ORIGIN}, timeout=30
     )
     assert put.status_code == 200, put.text
     return answer

@@ -27,6 +27,11 @@ def image_part(upload: dict[str, Any]) -> dict[str, Any]:
     return {"type": "image", "text": upload["gcs_url"], "mimeType": "image/png"}
 
 
+def promoted_uri(upload: dict[str, Any]) -> str:
+    """The gs:// URI of the upload once checked: its permanent name under uploads/."""
+    return upload["gs_uri"].replace("/incoming/", "/uploads/", 1)
+
+
 def file_parts(request: dict[str, Any]) -> list[dict[str, Any]]:
     """The file parts the model received, in order."""
     found = []
@@ -63,17 +68,24 @@ def test_current_media_is_sent_and_shown_in_history(
     events, request = send_and_capture(
         alice, model, "What is in this picture?", media=[image_part(upload)]
     )
-    assert file_parts(request) == [{"uri": upload["gs_uri"], "mime": "image/png"}]
+    # The model reads the checked file under its permanent name, never the incoming one.
+    assert file_parts(request) == [{"uri": promoted_uri(upload), "mime": "image/png"}]
     reply = "".join(e["content"] for e in events if e["type"] == "chunk")
-    assert upload["gs_uri"] in reply  # the stand-in says which media it received
+    assert promoted_uri(upload) in reply  # the stand-in says which media it received
 
     history = alice.get(f"/api/chats/{events[0]['chat_id']}").json()
     question = history[0]
     assert question["media_type"] == "image/png"
     assert [p["type"] for p in question["parts"]] == ["text", "image"]
     assert question["content"].startswith("What is in this picture?")
-    fetched = requests.get(question["media_url"], timeout=10)
+    assert "/uploads/" in question["media_url"]
+    fetched = requests.get(question["media_url"], timeout=10)  # signed GET through the router
     assert fetched.status_code == 200 and fetched.content == PNG
+    # The same reference sent again later still names the promoted upload.
+    events, again = send_and_capture(
+        alice, model, "And now?", events[0]["chat_id"], media=[image_part(upload)]
+    )
+    assert file_parts(again)[-1] == {"uri": promoted_uri(upload), "mime": "image/png"}
 
 
 def test_earlier_media_only_when_the_text_refers_to_it(
@@ -89,7 +101,7 @@ def test_earlier_media_only_when_the_text_refers_to_it(
     assert any("earlier image attachment" in text for text in texts)  # a note, not the bytes
 
     _, referring = send_and_capture(alice, model, "What colour is the cat in the photo?", chat_id)
-    assert file_parts(referring) == [{"uri": upload["gs_uri"], "mime": "image/png"}]
+    assert file_parts(referring) == [{"uri": promoted_uri(upload), "mime": "image/png"}]
 
 
 def test_only_current_media_when_configured(
@@ -116,7 +128,7 @@ def test_caps_keep_the_newest_media(
         chat_id = events[0]["chat_id"]
         send_and_capture(client, model, "Second", chat_id, media=[image_part(newer)])
         _, comparing = send_and_capture(client, model, "Compare the two pictures", chat_id)
-        assert file_parts(comparing) == [{"uri": newer["gs_uri"], "mime": "image/png"}]
+        assert file_parts(comparing) == [{"uri": promoted_uri(newer), "mime": "image/png"}]
         too_many = client.send("Both at once", media=[image_part(older), image_part(newer)])
         assert_error(too_many, 422, "too_many_media")
 
@@ -172,9 +184,62 @@ def test_deleting_the_chat_deletes_its_media_from_the_bucket(
     upload = upload_file(alice, PNG)
     events, _ = send_and_capture(alice, model, "keep this safe", media=[image_part(upload)])
     bucket = storage_client.bucket(stack.env["GCS_BUCKET_NAME"])
-    assert bucket.blob(upload["object_name"]).exists()
+    permanent = promoted_uri(upload).split("/", 3)[3]
+    assert bucket.blob(permanent).exists()
+    assert not bucket.blob(upload["object_name"]).exists()  # moved at first use
     assert alice.delete(f"/api/chats/{events[0]['chat_id']}").status_code == 200
     deadline = time.monotonic() + 10
-    while bucket.blob(upload["object_name"]).exists():
+    while bucket.blob(permanent).exists():
         assert time.monotonic() < deadline, "the object outlived its chat"
         time.sleep(0.2)
+
+
+def test_oversized_and_mislabelled_uploads_are_refused_at_first_use_and_deleted(
+    stack: LocalStack,
+    make_user: Any,
+    db: Database,
+    model: StandinControl,
+    storage_client: Any,
+) -> None:
+    """The plain PUT binds no size and no bytes: chat_stream checks both before anything is
+    stored or sent to the model, answers a 4xx and deletes the object."""
+    bucket = storage_client.bucket(stack.env["GCS_BUCKET_NAME"])
+    marker = uuid.uuid4().hex
+    with function_process(stack, "chat_stream", UPLOAD_MAX_BYTES=str(len(PNG) - 1)) as base:
+        user = make_user()
+        client = ApiClient(base, user.token, user.user_id)
+        big = upload_file(user, PNG)  # one byte over this instance's limit
+        body = assert_error(
+            client.send(f"too big {marker}", media=[image_part(big)]), 422, "media_too_large"
+        )
+        assert str(len(PNG) - 1) in body["detail"]
+        assert not bucket.blob(big["object_name"]).exists()
+        # Referenced again (the deployed limit now fits it): still refused, the file is gone.
+        again = assert_error(
+            user.send(f"again {marker}", media=[image_part(big)]), 422, "media_too_large"
+        )
+        assert "refused and deleted" in again["detail"]
+
+    text_as_png = upload_file(user, b"not a picture at all", "fake.png", "image/png")
+    body = assert_error(
+        user.send(f"fake {marker}", media=[image_part(text_as_png)]),
+        422,
+        "media_content_mismatch",
+    )
+    assert "image/png" in body["detail"]
+    assert not bucket.blob(text_as_png["object_name"]).exists()
+    png_as_pdf = upload_file(user, PNG, "doc.pdf", "application/pdf")
+    pdf_part = {"type": "file", "text": png_as_pdf["gcs_url"], "mimeType": "application/pdf"}
+    assert_error(user.send(f"pdf {marker}", media=[pdf_part]), 422, "media_content_mismatch")
+    assert not bucket.blob(png_as_pdf["object_name"]).exists()
+
+    assert user.get("/api/chats").json() == []  # nothing stored
+    assert model.requests(match=marker) == []  # the model never saw them
+    states = db.fetch_all(
+        "SELECT rejected_code FROM uploads WHERE user_id = :u ORDER BY created_at", u=user.user_id
+    )
+    assert [row["rejected_code"] for row in states] == [
+        "media_too_large",
+        "media_content_mismatch",
+        "media_content_mismatch",
+    ]

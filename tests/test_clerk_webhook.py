@@ -25,7 +25,7 @@ from svix.webhooks import Webhook
 from dev.bundle import REPO_ROOT
 from dev.stack import LocalStack, free_port, http_answers
 from shared.db import Database
-from tests.conftest import ApiClient, assert_error, read_logs
+from tests.conftest import ApiClient, assert_error, read_logs, upload_file
 from tests.test_chats_crud import add_messages
 
 # Tables holding a user's rows, directly or through a chat.
@@ -362,11 +362,13 @@ def test_user_deleted_removes_every_row_of_the_user_and_queues_their_objects(
         USER_TABLES + CHAT_TABLES, 0
     )
     assert all(count_rows_of(db, kept.user_id, kept_chats).values())
-    sweeps = queued_sweeps(db, doomed.user_id)
-    # The folder is queued for a sweep now (or already swept, which removes the row) and for
-    # a late sweep once upload URLs signed before the deletion have expired.
-    assert [sweep["when"] for sweep in sweeps] in (["now", "late"], ["late"])
-    assert {sweep["bucket"] for sweep in sweeps} == {bucket}
+    # Both folders (checked uploads, and files PUT but not yet checked) are queued for a
+    # sweep now (or already swept, which removes the row) and for a late sweep once upload
+    # URLs signed before the deletion have expired.
+    for root in ("uploads", "incoming"):
+        sweeps = queued_sweeps(db, doomed.user_id, root)
+        assert [sweep["when"] for sweep in sweeps] in (["now", "late"], ["late"]), root
+        assert {sweep["bucket"] for sweep in sweeps} == {bucket}
     # Objects under the prefix are covered by it: none was queued one by one.
     singles = db.fetch_one(
         "SELECT count(*) AS n FROM storage_deletions WHERE starts_with(object_name, :prefix)",
@@ -375,8 +377,9 @@ def test_user_deleted_removes_every_row_of_the_user_and_queues_their_objects(
     assert singles == {"n": 0}
 
 
-def queued_sweeps(db: Database, user_id: str) -> list[dict[str, Any]]:
-    """The storage_deletions rows for the user's folder: ``when`` is "now" or "late"."""
+def queued_sweeps(db: Database, user_id: str, root: str = "uploads") -> list[dict[str, Any]]:
+    """The storage_deletions rows for one of the user's folders (``uploads/<user>/`` or
+    ``incoming/<user>/``): ``when`` is "now" or "late"."""
     return db.fetch_all(
         """
         SELECT bucket, CASE WHEN not_before > now() + INTERVAL '15 minutes'
@@ -384,7 +387,7 @@ def queued_sweeps(db: Database, user_id: str) -> list[dict[str, Any]]:
         FROM storage_deletions WHERE prefix = :prefix AND object_name IS NULL
         ORDER BY not_before
         """,
-        prefix=f"uploads/{user_id}/",
+        prefix=f"{root}/{user_id}/",
     )
 
 
@@ -491,10 +494,16 @@ def test_user_deleted_removes_the_users_objects_from_the_bucket(
             "SELECT object_name FROM uploads WHERE user_id = :id", id=doomed.user_id
         )
     ]
-    # ...their objects, and one the database never knew (a PUT it did not see complete)
+    # ...their objects, one the database never knew (a PUT it did not see complete), and
+    # files PUT but never used in a message (under incoming/)
     names.append(f"uploads/{doomed.user_id}/{uuid.uuid4()}/unrecorded.txt")
-    kept_name = f"uploads/{kept.user_id}/{uuid.uuid4()}/mine.txt"
-    for name in [*names, kept_name]:
+    names.append(f"incoming/{doomed.user_id}/{uuid.uuid4()}/never-sent.txt")
+    names.append(upload_file(doomed, b"unchecked", "later.txt", "text/plain")["object_name"])
+    kept_names = [
+        f"uploads/{kept.user_id}/{uuid.uuid4()}/mine.txt",
+        f"incoming/{kept.user_id}/{uuid.uuid4()}/mine.txt",
+    ]
+    for name in [*names, *kept_names]:
         bucket.blob(name).upload_from_string(b"content", content_type="text/plain")
 
     assert_acknowledged(svix.deliver(deleted_event(doomed.user_id)), "user deleted")
@@ -502,15 +511,18 @@ def test_user_deleted_removes_the_users_objects_from_the_bucket(
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         left = [
-            blob.name for blob in client.list_blobs(bucket, prefix=f"uploads/{doomed.user_id}/")
+            blob.name
+            for root in ("uploads", "incoming")
+            for blob in client.list_blobs(bucket, prefix=f"{root}/{doomed.user_id}/")
         ]
         if not left:
             break
         time.sleep(0.2)
     assert left == []
-    assert bucket.get_blob(kept_name) is not None
-    # The sweep due now is done and its row gone; the late sweep stays queued until it runs.
-    assert [sweep["when"] for sweep in queued_sweeps(db, doomed.user_id)] == ["late"]
+    assert all(bucket.get_blob(name) is not None for name in kept_names)
+    # The sweeps due now are done and their rows gone; the late ones stay queued until they run.
+    for root in ("uploads", "incoming"):
+        assert [sweep["when"] for sweep in queued_sweeps(db, doomed.user_id, root)] == ["late"]
 
 
 def test_deleting_an_unknown_user_is_a_noop(svix: Svix, db: Database) -> None:

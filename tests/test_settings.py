@@ -121,3 +121,13 @@ def test_a_function_with_a_bad_value_fails_at_start() -> None:
 
 def test_a_function_without_a_clerk_key_fails_at_start() -> None:
     assert "CLERK_JWT_KEY, CLERK_JWKS_URL or CLERK_SECRET_KEY" in start_failure()
+
+
+def test_an_upload_type_whose_content_cannot_be_checked_is_refused() -> None:
+    # Every upload's bytes are checked against its declared type at first use: a type with no
+    # known signature could never be accepted, so it cannot be configured either.
+    with pytest.raises(SettingsError, match="UPLOAD_ALLOWED_TYPES") as error:
+        load_settings({**LOCAL, "UPLOAD_ALLOWED_TYPES": "image/png,image/bmp"})
+    assert "image/bmp" in str(error.value)
+    mixed_case = load_settings({**LOCAL, "UPLOAD_ALLOWED_TYPES": "Image/PNG, text/plain"})
+    assert mixed_case.upload_allowed_types == ["image/png", "text/plain"]

@@ -23,7 +23,7 @@ from shared.storage import (
     process_storage_deletions,
 )
 from tests.conftest import ApiClient, upload_file
-from tests.test_upload_url import add_media_message
+from tests.test_upload_url import PNG, add_media_message
 
 
 def exists(storage_client: Any, bucket: str, name: str) -> bool:
@@ -68,7 +68,7 @@ def test_deleting_a_chat_removes_only_the_objects_no_other_chat_uses(
     alice: ApiClient, db: Database, media_store: MediaStorage, storage_client: Any
 ) -> None:
     assert alice.user_id is not None
-    uploads = [upload_file(alice, b"data", f"{n}.png") for n in ("only", "shared", "unused")]
+    uploads = [upload_file(alice, PNG, f"{n}.png") for n in ("only", "shared", "unused")]
     records = [resolve_media(db, media_store, alice.user_id, u["gs_uri"], None) for u in uploads]
     doomed_chat, other_chat = alice.create_chat("doomed"), alice.create_chat("keeps one")
     add_media_message(db, doomed_chat["chatId"], "two files", [r.part() for r in records[:2]])
@@ -94,7 +94,7 @@ def test_deleting_a_chat_removes_only_the_objects_no_other_chat_uses(
     assert pending == {"n": 0}
     # The shared object is still shown in the other chat's history.
     message = alice.get(f"/api/chats/{other_chat['chatId']}").json()[-1]
-    assert requests.get(message["media_url"], timeout=10).content == b"data"
+    assert requests.get(message["media_url"], timeout=10).content == PNG
 
 
 def test_a_prefix_row_deletes_every_object_of_that_user_only(

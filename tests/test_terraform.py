@@ -525,8 +525,9 @@ def test_bucket_roles_of_each_function() -> None:
         for function, expression in all_locals()["uploads_bucket_roles"].items()
     }
     assert set(roles) == set(function_defaults())
-    # chat_stream reads an upload's metadata and patches its custom time (get + update); chats_crud,
-    # clerk_webhook and storage_sweep delete objects; upload_url only signs PUTs; summarize none.
+    # chat_stream reads an upload (get), promotes it (rewrite: create) and deletes the incoming or
+    # refused object; chats_crud, clerk_webhook and storage_sweep delete objects; upload_url only
+    # signs PUTs; summarize none.
     for function in ("chat_stream", "chats_crud", "clerk_webhook", "storage_sweep"):
         assert roles[function] == {"roles/storage.objectUser"}, function
     assert roles["upload_url"] == {"roles/storage.objectCreator"}
@@ -818,10 +819,21 @@ def test_buckets_are_private_and_uploads_have_cors_and_cleanup() -> None:
     cors = uploads["cors"][0]
     assert unquote(cors["origin"]) == "var.allowed_origins"
     assert {"PUT", "GET"} <= set(strings(cors["method"]))
-    assert {"Content-Type", "x-goog-content-length-range"} <= set(strings(cors["response_header"]))
+    # What a signed PUT may carry (the plain one: Content-Type only; bindSize adds the range),
+    # exactly what the local router's preflight allows.
+    from dev.router import STORAGE_CORS_HEADERS
+
+    headers = set(strings(cors["response_header"]))
+    assert headers == {h.strip() for h in STORAGE_CORS_HEADERS.split(",")}
+    assert "x-goog-custom-time" not in headers
     rules = [rule["condition"][0] for rule in uploads["lifecycle_rule"]]
     cleanup = [rule for rule in rules if "matches_prefix" in rule]
-    assert cleanup and strings(cleanup[0]["matches_prefix"]) == ["uploads/"]
+    # Unchecked uploads (never used in a message) go after a day; checked ones under uploads/
+    # are never touched by a rule.
+    assert len(cleanup) == 1 and strings(cleanup[0]["matches_prefix"]) == ["incoming/"]
+    assert unquote(cleanup[0]["age"]) == "var.unreferenced_upload_days"
+    assert "custom_time_before" not in cleanup[0]
+    assert all("uploads/" not in strings(rule.get("matches_prefix", [])) for rule in rules)
 
 
 def test_system_instruction_has_only_the_user_name_placeholder() -> None:

@@ -19,9 +19,10 @@ Every delivery goes through four steps:
 3. **Apply**: ``user.created`` and ``user.updated`` upsert the profile unless the stored one
    is newer (Clerk's ``updated_at``, compared in SQL under the row lock); ``user.deleted``
    deletes the user row, which cascades to everything the user owns, and queues the user's
-   bucket folder in ``storage_deletions`` twice: swept at once, and again once every upload
-   URL signed before the deletion has expired. Other event types are acknowledged with a
-   200, neither applied nor recorded.
+   two bucket folders (``incoming/<user>/``, where files are PUT, and ``uploads/<user>/``,
+   where checked ones live) in ``storage_deletions`` twice: swept at once, and again once
+   every upload URL signed before the deletion has expired. Other event types are
+   acknowledged with a 200, neither applied nor recorded.
 4. After the commit: the bucket cleanup starts off the request path (``shared.storage``), and
    now and then ``webhook_events`` older than Svix could still redeliver are pruned.
 
@@ -56,7 +57,7 @@ from svix.webhooks import Webhook, WebhookVerificationError
 
 from shared.db import Database, Transaction
 from shared.errors import BadRequest
-from shared.media import user_prefix
+from shared.media import user_prefix, user_prefixes
 from shared.runtime import database, make_api, start_function
 from shared.settings import get_settings
 from shared.storage import schedule_storage_cleanup
@@ -273,33 +274,43 @@ def delete_user(tx: Transaction, user_id: str, bucket: str, late_sweep_seconds: 
     The row's ``ON DELETE CASCADE`` foreign keys remove the chats (and with them messages,
     summaries and media links), uploads, usage and rate-limit rows. The bucket objects are
     queued for the storage worker in this same transaction, so a crash cannot lose them:
-    the user's folder, due at once and again after ``late_sweep_seconds`` (files PUT through
-    URLs signed before the deletion), plus any upload recorded outside the folder (another
-    bucket or naming), which the folder would miss. The queued folder is the only trace of
-    the user id left, and only until the late sweep has run.
+    the user's two folders (incoming and checked uploads), each due at once and again after
+    ``late_sweep_seconds`` (files PUT through URLs signed before the deletion), plus any
+    upload recorded outside them (another bucket or naming), which the folders would miss.
+    The queued folders are the only trace of the user id left, and only until the late
+    sweep has run.
     """
-    prefix = user_prefix(user_id)
+    incoming, prefix = user_prefixes(user_id)
     tx.execute(
         """
         INSERT INTO storage_deletions (bucket, object_name)
-        SELECT bucket, object_name FROM uploads
-        WHERE user_id = :user_id AND NOT (bucket = :bucket AND starts_with(object_name, :prefix))
+        SELECT bucket, name FROM uploads,
+            LATERAL (VALUES (object_name), (permanent_name)) AS names (name)
+        WHERE user_id = :user_id AND name IS NOT NULL
+          AND NOT (bucket = :bucket
+                   AND (starts_with(name, :incoming) OR starts_with(name, :prefix)))
         """,
         user_id=user_id,
         bucket=bucket,
+        incoming=incoming,
         prefix=prefix,
     )
     queued = tx.fetch_all(
         """
         WITH gone AS (DELETE FROM users WHERE id = :user_id RETURNING id)
         INSERT INTO storage_deletions (bucket, prefix, not_before)
-        SELECT :bucket, :prefix, sweeps.due FROM gone, (VALUES
-            (now()),
-            (now() + CAST(:late_sweep_seconds AS integer) * INTERVAL '1 second')) AS sweeps (due)
+        SELECT :bucket, folders.prefix, sweeps.due
+        FROM gone,
+            (VALUES (CAST(:incoming AS text)), (CAST(:prefix AS text))) AS folders (prefix),
+            (VALUES
+                (now()),
+                (now() + CAST(:late_sweep_seconds AS integer) * INTERVAL '1 second')
+            ) AS sweeps (due)
         RETURNING id
         """,
         user_id=user_id,
         bucket=bucket,
+        incoming=incoming,
         prefix=prefix,
         late_sweep_seconds=late_sweep_seconds,
     )

@@ -8,10 +8,13 @@ The browser never sends file bytes here: it asks for a URL, then PUTs the file s
 uploads bucket. Before anything is signed the declared content type must be on the allowlist
 (``UPLOAD_ALLOWED_TYPES``) and a declared ``size`` within ``UPLOAD_MAX_BYTES``; a refusal is a
 4xx whose ``detail`` says what is allowed. The URL is bound to one new object
-(``uploads/<user>/<upload id>/<sanitised file name>``), that content type, a body of at most
-the size limit and the unreferenced-upload marker, and expires after
-``UPLOAD_URL_TTL_SECONDS``. The upload is recorded (owner, object, type, declared size) before
-the URL is returned, so every object that can ever exist has an owner in Postgres.
+(``incoming/<user>/<upload id>/<sanitised file name>``) and that content type only, so the
+plain ``fetch(url, {method: 'PUT', body: file, headers: {'Content-Type': file.type}})`` works;
+with ``bindSize`` it also binds the exact ``size`` (``x-goog-content-length-range``). It
+expires after ``UPLOAD_URL_TTL_SECONDS``. What it cannot bind (the real size and bytes) is
+checked at the upload's first use (``shared.media.resolve_media``). The upload is recorded
+(owner, object, type, declared size) before the URL is returned, so every object that can
+ever exist has an owner in Postgres.
 """
 
 from __future__ import annotations
@@ -73,7 +76,7 @@ def create_upload_url(request: Request, user: AuthenticatedUser) -> Response:
     name = media.object_name(user.id, upload_id, body.filename)
     # Signed before the record is written (signing may be a network call, which must not
     # hold a transaction open); a URL is only ever returned once its record is committed.
-    signed = storage.sign_upload(name, content_type)
+    signed = storage.sign_upload(name, content_type, body.size if body.bindSize else None)
     try:
         with database().transaction() as tx:
             media.record_upload(
