@@ -259,9 +259,17 @@ def test_types_outside_the_allowlist_are_refused_naming_what_is_allowed(
     assert db.fetch_one("SELECT count(*) AS n FROM uploads") == before  # nothing recorded
 
 
-def test_allowed_types_match_case_insensitively_and_sign_the_plain_type(alice: ApiClient) -> None:
-    answer = ask(alice, filename="n.txt", contentType="Text/Plain; charset=UTF-8").json()
-    assert answer["headers"]["Content-Type"] == "text/plain"
+def test_allowed_types_match_case_insensitively_and_sign_the_type_as_sent(
+    alice: ApiClient, db: Database, media_store: MediaStorage
+) -> None:
+    # The frontend PUTs with the very string it declared (file.type): that is what is signed,
+    # while the upload's recorded type is the essence the first-use checks compare.
+    declared = "Text/Plain; charset=UTF-8"
+    answer = upload_file(alice, "héllo".encode(), "n.txt", declared)
+    assert answer["headers"] == {"Content-Type": declared}
+    assert alice.user_id is not None
+    record = resolve_media(db, media_store, alice.user_id, answer["gcs_url"], None)
+    assert record.mime_type == "text/plain"
     for content_type in ("image/heic", "video/quicktime", "audio/mpeg", "audio/x-m4a"):
         assert ask(alice, filename="f", contentType=content_type).status_code == 200
 

@@ -45,7 +45,7 @@ def _megabytes(size: int) -> str:
 
 
 def check_upload(content_type: str, size: int | None) -> str:
-    """The content type to sign, once the type and declared size are allowed.
+    """The upload's type (its essence, e.g. ``image/png``), once it and the size are allowed.
 
     Raises:
         UnprocessableEntity: ``unsupported_content_type``, naming the allowed types.
@@ -74,9 +74,15 @@ def create_upload_url(request: Request, user: AuthenticatedUser) -> Response:
     storage = media_storage()
     upload_id = uuid.uuid4()
     name = media.object_name(user.id, upload_id, body.filename)
+    # The URL signs the Content-Type exactly as the client sent it, since the existing
+    # frontend PUTs with that same string (``file.type``): signing a normalised spelling
+    # (``image/PNG`` as ``image/png``) would make Cloud Storage refuse its upload. The record
+    # keeps the essence, which is what the first-use checks compare.
     # Signed before the record is written (signing may be a network call, which must not
     # hold a transaction open); a URL is only ever returned once its record is committed.
-    signed = storage.sign_upload(name, content_type, body.size if body.bindSize else None)
+    signed = storage.sign_upload(
+        name, body.contentType.strip(), body.size if body.bindSize else None
+    )
     try:
         with database().transaction() as tx:
             media.record_upload(
