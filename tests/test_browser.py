@@ -13,6 +13,7 @@ missing; only a developer running pytest directly without it gets a skip.
 from __future__ import annotations
 
 import functools
+import importlib.util
 import os
 import struct
 import threading
@@ -47,14 +48,20 @@ PAGE_DIR = Path(__file__).resolve().parent / "browser"
 CALL_TIMEOUT_MS = 30_000  # no call into the page waits longer than this
 
 
-def require_chromium() -> None:
-    """Skip for a developer without Chromium; in CI (``make test`` installs it) fail instead."""
-    if CHROMIUM.exists():
+def require_browser() -> None:
+    """Skip for a developer without Chromium or Playwright; in CI, which runs ``make test``
+    (it installs both), fail instead."""
+    missing = []
+    if not CHROMIUM.exists():
+        missing.append(
+            f"Chromium is not at {CHROMIUM} (`make test` installs Debian's chromium; "
+            "or point CHROMIUM_PATH at one)"
+        )
+    if importlib.util.find_spec("playwright") is None:
+        missing.append("Playwright is not installed (`make install` installs it)")
+    if not missing:
         return
-    message = (
-        f"Chromium is not at {CHROMIUM}: `make test` installs it (apt-get install chromium); "
-        "or point CHROMIUM_PATH at one"
-    )
+    message = "; ".join(missing)
     if os.environ.get("CI"):
         pytest.fail(message)
     pytest.skip(message)
@@ -86,7 +93,7 @@ class Frontend:
         self.origin = origin
 
     def open(self, backend_url: str, token: str) -> Frontend:
-        """A clean screen, signed in as the token's user."""
+        """A clean screen, signed in as the token's user, talking to ``backend_url``."""
         self.page.evaluate(
             """([backendUrl, token]) => {
                 for (const id of ['error', 'answer', 'messages']) {
@@ -129,7 +136,7 @@ class Frontend:
 
 @pytest.fixture(scope="session")
 def browser_context(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    require_chromium()
+    require_browser()
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
