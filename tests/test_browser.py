@@ -5,7 +5,7 @@ headers, bodies, NDJSON reader, Content-Type-only PUT, AbortController stop butt
 display); it runs in a page served from an allowed frontend origin, a different origin than
 the API, so every call is a real cross-origin request with CORS preflights, as in production.
 
-One browser per session and one page per origin, reused: each test configures the page with
+One browser and one page per origin serve every test here: each test configures the page with
 a brand-new user's token. ``make test`` installs Chromium (Debian's ``chromium``) when it is
 missing; only a developer running pytest directly without it gets a skip.
 """
@@ -134,7 +134,10 @@ class Frontend:
         return self.page.evaluate(script, arg)
 
 
-@pytest.fixture(scope="session")
+# Module-scoped, so one browser serves every test here: Playwright's sync API keeps its event
+# loop marked running on this thread while it is started, and asyncio.run() in later test
+# modules would refuse to start beside it.
+@pytest.fixture(scope="module")
 def browser_context(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     require_browser()
     from playwright.sync_api import sync_playwright
@@ -165,13 +168,13 @@ def frontend_origin(browser_frontend_port: int) -> str:
     return _serve_page_dir(browser_frontend_port)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def frontend_page(stack: LocalStack, browser_context: Any, frontend_origin: str) -> Any:
     assert frontend_origin in stack.env["ALLOWED_ORIGINS"].split(",")
     return _open_page(browser_context, frontend_origin)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def foreign_page(stack: LocalStack, browser_context: Any) -> Any:
     """The same page served from an origin that is not in ALLOWED_ORIGINS."""
     origin = _serve_page_dir(free_port())
