@@ -10,6 +10,8 @@ TASKS_VENV    := .venv-tasks
 TASKS_STAMP   := $(TASKS_VENV)/.installed
 CHECKOV_VENV  := .venv-checkov
 CHECKOV_STAMP := $(CHECKOV_VENV)/.installed
+# The browser tests' Chromium: Debian's package (CI is a fresh machine, as root).
+CHROMIUM      := /usr/bin/chromium
 
 .PHONY: install dev test lint terraform-fmt pytest bench archives migrate migrate-cloud checkov clean
 
@@ -28,6 +30,11 @@ $(CHECKOV_STAMP): tools/requirements-checkov.txt
 	$(PYTHON) -m venv $(CHECKOV_VENV)
 	$(CHECKOV_VENV)/bin/pip install --quiet --disable-pip-version-check -r tools/requirements-checkov.txt
 	touch $(CHECKOV_STAMP)
+
+# Installed only when missing; Playwright drives it (its own browser download cannot work here).
+$(CHROMIUM):
+	apt-get update -q
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium
 
 install: $(STAMP) $(TASKS_STAMP)
 
@@ -50,7 +57,7 @@ terraform-fmt:
 		echo "SKIPPED terraform fmt -check: no terraform binary on PATH (install Terraform >= 1.11 to run it)"; \
 	fi
 
-pytest: install $(CHECKOV_STAMP)
+pytest: install $(CHECKOV_STAMP) $(CHROMIUM)
 	$(PY) -m pytest
 
 ## make bench: the benchmarks under bench/, numbers printed and saved to bench/results/

@@ -25,15 +25,20 @@ from shared.db import Database, connect_kwargs_from_url
 from shared.settings import load_settings
 from shared.storage import MediaStorage
 
+FRONTEND_ORIGIN = "http://localhost:3000"
+# The origin the browser tests (tests/test_browser.py) serve their frontend page from: a port
+# picked per run, so test runs side by side never share it. Allowed like the frontend's.
+BROWSER_FRONTEND_PORT = free_port()
+BROWSER_FRONTEND_ORIGIN = f"http://localhost:{BROWSER_FRONTEND_PORT}"
+
 # Settings every test process agrees on; anything not here comes from .env.example.
 TEST_ENV = {
     "ENVIRONMENT": "test",
     # As deployed for the existing frontend, which sends no Accept and reads NDJSON.
     "CHAT_STREAM_FORMAT": "ndjson",
-    "ALLOWED_ORIGINS": "http://localhost:3000,https://app.example.com",
+    "ALLOWED_ORIGINS": f"{FRONTEND_ORIGIN},https://app.example.com,{BROWSER_FRONTEND_ORIGIN}",
     "MAX_REQUEST_BYTES": "65536",
 }
-FRONTEND_ORIGIN = "http://localhost:3000"
 
 
 class ApiClient:
@@ -148,6 +153,17 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
     local.start()
     yield local
     local.stop()
+
+
+@pytest.fixture(scope="session")
+def browser_frontend_port(stack: LocalStack) -> int:
+    """The port of the allowed origin the browser tests serve their page from.
+
+    A fixture, not an import: pytest loads this file as ``conftest`` and a test's
+    ``from tests.conftest import ...`` loads it again, which would pick another port.
+    """
+    assert BROWSER_FRONTEND_ORIGIN in stack.env["ALLOWED_ORIGINS"].split(",")
+    return BROWSER_FRONTEND_PORT
 
 
 @pytest.fixture(scope="session")
