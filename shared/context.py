@@ -230,8 +230,7 @@ def build_context(
         if message.role == "assistant" and not message.content:
             continue  # a placeholder of an answer still streaming, or one that failed empty
         if window and (
-            len(window) >= settings.chat_window_size
-            or tokens + message.token_count > budget
+            len(window) >= settings.chat_window_size or tokens + message.token_count > budget
         ):
             break
         window.append(message)

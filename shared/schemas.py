@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 MAX_TITLE_CHARS = 200
 DEFAULT_TITLE = "New Chat"
+MAX_POSITION = 2**31 - 1  # messages.position is a PostgreSQL integer
 
 Title = Annotated[str, StringConstraints(strip_whitespace=True, max_length=MAX_TITLE_CHARS)]
 
@@ -53,7 +54,10 @@ class ChatListQuery(RequestModel):
 class MessageListQuery(RequestModel):
     limit: int = Field(500, ge=1, le=1000, description="Messages per page (the newest ones).")
     before: int | None = Field(
-        None, ge=0, description="Only messages before this position: X-Next-Cursor of the page."
+        None,
+        ge=0,
+        le=MAX_POSITION,
+        description="Only messages before this position: X-Next-Cursor of the page.",
     )
 
 

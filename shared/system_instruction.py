@@ -37,10 +37,7 @@ def fetch_instruction(source: str | None) -> str:
 
         bucket, _, name = source[len("gs://") :].partition("/")
         data: bytes = (
-            Client()
-            .bucket(bucket)
-            .blob(name)
-            .download_as_bytes(timeout=FETCH_TIMEOUT_SECONDS)
+            Client().bucket(bucket).blob(name).download_as_bytes(timeout=FETCH_TIMEOUT_SECONDS)
         )
     elif source.startswith(("https://", "http://")):
         with urllib.request.urlopen(source, timeout=FETCH_TIMEOUT_SECONDS) as response:

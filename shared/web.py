@@ -37,6 +37,7 @@ from shared.errors import (
     UnprocessableEntity,
 )
 from shared.log import bind_trace, trace_from_headers
+from shared.text import UNSTORABLE_TEXT, unstorable_path
 
 logger = logging.getLogger("raven.http")
 
@@ -46,6 +47,7 @@ Handler = Callable[..., Response]
 CORS_ALLOWED_HEADERS = "Authorization, Content-Type"
 CORS_EXPOSED_HEADERS = "Link, X-Next-Cursor, Retry-After"
 CORS_MAX_AGE_SECONDS = "600"
+MAX_JSON_DEPTH = 32
 
 
 @dataclass(frozen=True)
@@ -61,32 +63,81 @@ class Route:
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     """A JSON response, compact, UTF-8."""
     payload = json.dumps(body, separators=(",", ":"), ensure_ascii=False)
-    return Response(payload, status=status, headers=headers, mimetype="application/json")
+    try:
+        encoded = payload.encode()
+    except UnicodeEncodeError:
+        # A lone surrogate (from a path or header echoed in a detail) has no UTF-8 form;
+        # JSON's \u escapes carry it.
+        encoded = json.dumps(body, separators=(",", ":")).encode()
+    return Response(encoded, status=status, headers=headers, mimetype="application/json")
 
 
 def error_response(error: ApiError) -> Response:
     return json_response(error.body(), error.status, error.headers)
 
 
+def load_json(raw: bytes) -> Any:
+    """Parse a JSON document, bounded in depth; 400 ``invalid_json`` for anything else.
+
+    Nesting deeper than :data:`MAX_JSON_DEPTH` is refused: no body of ours needs it, and
+    validating (or even parsing) thousands of levels exhausts the interpreter's stack.
+    """
+    try:
+        data = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise BadRequest(f"Request body is not valid JSON: {error}", code="invalid_json") from None
+    except RecursionError:
+        data = None
+        depth = MAX_JSON_DEPTH + 1
+    else:
+        depth = json_depth(data, MAX_JSON_DEPTH + 1)
+    if depth > MAX_JSON_DEPTH:
+        raise BadRequest(
+            f"Request body is nested too deeply: at most {MAX_JSON_DEPTH} levels",
+            code="invalid_json",
+        )
+    return data
+
+
+def json_depth(value: Any, stop_at: int) -> int:
+    """How deeply arrays and objects nest in a parsed JSON value (counting stops at stop_at)."""
+    deepest = 0
+    pending: list[tuple[Any, int]] = [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        if isinstance(item, dict | list):
+            deepest = max(deepest, depth)
+            if deepest >= stop_at:
+                return deepest
+            children = item.values() if isinstance(item, dict) else item
+            pending.extend(
+                (child, depth + 1) for child in children if isinstance(child, dict | list)
+            )
+    return deepest
+
+
 def parse_json(request: Request, model: type[ModelT]) -> ModelT:
     """Parse and validate a JSON body; 400 for malformed JSON, 422 naming the bad field."""
     raw = request.get_data(cache=True)
-    if not raw.strip():
-        data: Any = {}
-    else:
-        try:
-            data = json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise BadRequest(
-                f"Request body is not valid JSON: {error}", code="invalid_json"
-            ) from None
+    data: Any = {} if not raw.strip() else load_json(raw)
     if not isinstance(data, dict):
         raise UnprocessableEntity("Request body must be a JSON object")
     return validate(model, data)
 
 
+def query_args(request: Request) -> dict[str, str]:
+    """The query string's parameters; one given empty (``?cursor=``) counts as absent."""
+    return {name: value for name, value in request.args.items() if value != ""}
+
+
 def validate(model: type[ModelT], data: Any, where: str = "") -> ModelT:
-    """Validate data against a model; a failure is a 422 whose detail names each bad field."""
+    """Validate data against a model; a failure is a 422 whose detail names each bad field.
+
+    Every string, wherever it is, must be one PostgreSQL can store (:mod:`shared.text`).
+    """
+    bad_text = unstorable_path(data)
+    if bad_text is not None:
+        raise UnprocessableEntity(f"{where}{bad_text}: {UNSTORABLE_TEXT}", code="invalid_text")
     try:
         return model.model_validate(data)
     except ValidationError as error:
