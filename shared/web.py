@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 from flask import Request, Response
 from pydantic import BaseModel, ValidationError
 from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import MethodNotAllowed as WerkzeugMethodNotAllowed
 from werkzeug.routing import Map, Rule
 
 from shared.errors import (
@@ -34,6 +35,7 @@ from shared.errors import (
     MethodNotAllowed,
     NotFound,
     PayloadTooLarge,
+    RequestTimeout,
     UnprocessableEntity,
 )
 from shared.log import bind_trace, trace_from_headers
@@ -48,6 +50,9 @@ CORS_ALLOWED_HEADERS = "Authorization, Content-Type"
 CORS_EXPOSED_HEADERS = "Link, X-Next-Cursor, Retry-After"
 CORS_MAX_AGE_SECONDS = "600"
 MAX_JSON_DEPTH = 32
+# Set by shared.serving.BodyReader when the body could not be read: True when it did not
+# arrive within REQUEST_BODY_TIMEOUT_SECONDS, False when the client cut it short or broke it.
+BODY_TIMED_OUT = "raven.body_timed_out"
 
 
 @dataclass(frozen=True)
@@ -172,7 +177,7 @@ class Api:
         self._origins = set(allowed_origins)
         self._any_origin = "*" in self._origins
         self._methods = ", ".join(sorted({route.method for route in routes}))
-        self._max_body_bytes = max_body_bytes
+        self._max_body_bytes = self.max_body_bytes = max_body_bytes
         self._authenticate = authenticate
 
     def handle(self, request: Request) -> Response:
@@ -187,6 +192,7 @@ class Api:
             if request.method == "OPTIONS":
                 response = self._preflight(request)
             else:
+                self._check_body_arrived(request)
                 self._limit_body(request)
                 route, path_args = self._match(request)
                 if route.auth:
@@ -207,6 +213,16 @@ class Api:
         self._add_cors_headers(request, response)
         self._log(request, response, started, user_id)
         return response
+
+    @staticmethod
+    def _check_body_arrived(request: Request) -> None:
+        timed_out = request.environ.get(BODY_TIMED_OUT)
+        if timed_out is True:
+            raise RequestTimeout(
+                "The request body did not arrive in time", code="request_body_timeout"
+            )
+        if timed_out is False:
+            raise BadRequest("The request body was cut short or malformed", code="invalid_body")
 
     def _limit_body(self, request: Request) -> None:
         """Refuse a body over the limit (413) without reading more of it than the limit.
@@ -235,9 +251,11 @@ class Api:
         try:
             route_endpoint, path_args = adapter.match(method=request.method)
         except HTTPException as error:
-            if error.code == 405:
+            if isinstance(error, WerkzeugMethodNotAllowed):
+                allowed = sorted(set(error.valid_methods or ()) | {"OPTIONS"})
                 raise MethodNotAllowed(
-                    f"{request.method} is not allowed on {request.path}"
+                    f"{request.method} is not allowed on {request.path}",
+                    headers={"Allow": ", ".join(allowed)},
                 ) from None
             raise NotFound(f"No such endpoint: {request.method} {request.path}") from None
         assert isinstance(route_endpoint, Route)
