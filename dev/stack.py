@@ -110,7 +110,6 @@ def stop_postgres(server: Any) -> None:
     running stack (after a crash, or by an operator's ``pg_ctl restart``) has another pid and
     would outlive the stack. So whatever server runs on the data directory then is stopped.
     """
-    from pgserver._commands import pg_ctl
     from pgserver.utils import process_is_running
 
     server.cleanup()
@@ -124,7 +123,22 @@ def stop_postgres(server: Any) -> None:
     except (OSError, ValueError, IndexError):
         return  # no server running
     if process_is_running(pid):
-        pg_ctl(["-m", "fast", "-w", "stop"], pgdata=pgdata, user=server.system_user, timeout=60)
+        pg_ctl(server, "stop", "-m", "fast")
+
+
+def pg_ctl(server: Any, *args: str) -> None:
+    """Run pgserver's own pg_ctl on the server's data directory, as the server's user."""
+    from pgserver._commands import POSTGRES_BIN_PATH
+
+    subprocess.run(
+        [str(POSTGRES_BIN_PATH / "pg_ctl"), "-D", str(server.pgdata), "-w", *args],
+        user=server.system_user,
+        check=True,
+        # Not pipes: a server started by pg_ctl inherits them and would hold them open.
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        timeout=60,
+    )
 
 
 def postgres_url(server: Any) -> str:

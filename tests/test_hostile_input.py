@@ -21,7 +21,7 @@ import psutil
 import pytest
 import requests
 
-from dev.stack import LocalStack, start_postgres, stop_postgres
+from dev.stack import LocalStack, pg_ctl, start_postgres, stop_postgres
 from shared.db import Database
 from shared.schemas import MAX_POSITION
 from shared.text import UNSTORABLE_TEXT
@@ -465,10 +465,8 @@ def test_numeric_date_given_as_a_string_is_401(stack: LocalStack, claim: str) ->
 
 
 def test_stopping_the_stack_stops_a_postgres_restarted_under_it(tmp_path: Path) -> None:
-    from pgserver._commands import pg_ctl
-
     server = start_postgres(tmp_path / "pg")
-    pg_ctl(["-m", "immediate", "-w", "restart"], pgdata=server.pgdata, user=server.system_user)
+    pg_ctl(server, "restart", "-m", "immediate")
     restarted = int((tmp_path / "pg" / "postmaster.pid").read_text().split()[0])
     stop_postgres(server)
     assert not (tmp_path / "pg" / "postmaster.pid").exists()
