@@ -10,6 +10,8 @@ TASKS_VENV    := .venv-tasks
 TASKS_STAMP   := $(TASKS_VENV)/.installed
 CHECKOV_VENV  := .venv-checkov
 CHECKOV_STAMP := $(CHECKOV_VENV)/.installed
+FUZZ_VENV     := .venv-schemathesis
+FUZZ_STAMP    := $(FUZZ_VENV)/.installed
 
 .PHONY: install dev test lint pytest bench migrate migrate-cloud checkov clean
 
@@ -29,6 +31,11 @@ $(CHECKOV_STAMP): tools/requirements-checkov.txt
 	$(CHECKOV_VENV)/bin/pip install --quiet --disable-pip-version-check -r tools/requirements-checkov.txt
 	touch $(CHECKOV_STAMP)
 
+$(FUZZ_STAMP): tools/requirements-schemathesis.txt
+	$(PYTHON) -m venv $(FUZZ_VENV)
+	$(FUZZ_VENV)/bin/pip install --quiet --disable-pip-version-check -r tools/requirements-schemathesis.txt
+	touch $(FUZZ_STAMP)
+
 install: $(STAMP) $(TASKS_STAMP)
 
 ## make dev: the whole backend on http://localhost:8000 (Ctrl-C stops it; data stays in .data/)
@@ -42,7 +49,7 @@ lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 
-pytest: install $(CHECKOV_STAMP)
+pytest: install $(CHECKOV_STAMP) $(FUZZ_STAMP)
 	$(PY) -m pytest
 
 ## make bench: the benchmarks under bench/, numbers printed and saved to bench/results/
@@ -62,4 +69,4 @@ migrate: install
 	$(PY) -m alembic upgrade head
 
 clean:
-	rm -rf $(VENV) $(TASKS_VENV) $(CHECKOV_VENV) .data build .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(TASKS_VENV) $(CHECKOV_VENV) $(FUZZ_VENV) .data build .pytest_cache .mypy_cache .ruff_cache

@@ -274,12 +274,13 @@ class LocalStack:
             health_checks[name] = functools.partial(http_answers, url + "/__healthz")
 
         from dev.openapi import build_openapi
+        from shared.settings import load_settings
 
         router = Router(
             self.function_urls,
             self.signer,
             health_checks,
-            build_openapi,
+            functools.partial(build_openapi, load_settings(env)),
             storage=StorageUpstream(
                 env["GCS_BUCKET_NAME"], self.storage_url, env.get("ALLOWED_ORIGINS", "").split(",")
             ),

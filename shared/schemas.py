@@ -8,13 +8,27 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
 
 MAX_TITLE_CHARS = 200
 DEFAULT_TITLE = "New Chat"
 MAX_POSITION = 2**31 - 1  # messages.position is a PostgreSQL integer
 
-Title = Annotated[str, StringConstraints(strip_whitespace=True, max_length=MAX_TITLE_CHARS)]
+
+def _strip(value: object) -> object:
+    """Surrounding whitespace off, as Python's str.strip() sees whitespace (which is what the
+    OpenAPI's patterns mean by \\s)."""
+    return value.strip() if isinstance(value, str) else value
+
+
+def _integral(value: object) -> object:
+    """A JSON number with no fraction as an int: JSON Schema's integer includes 5.0."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+Title = Annotated[str, StringConstraints(max_length=MAX_TITLE_CHARS), BeforeValidator(_strip)]
 
 
 class RequestModel(BaseModel):
@@ -42,7 +56,9 @@ class CreateChatRequest(RequestModel):
 
 class RenameChatRequest(RequestModel):
     title: Annotated[
-        str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_TITLE_CHARS)
+        str,
+        StringConstraints(min_length=1, max_length=MAX_TITLE_CHARS),
+        BeforeValidator(_strip),
     ]
 
 
@@ -151,7 +167,7 @@ class ErrorEvent(BaseModel):
 class UploadUrlRequest(RequestModel):
     filename: str = Field(min_length=1, max_length=1024)
     contentType: str = Field(min_length=1, max_length=255)
-    size: int | None = Field(None, ge=0)
+    size: Annotated[int, Field(ge=0), BeforeValidator(_integral)] | None = None
 
 
 class UploadUrlResponse(BaseModel):

@@ -127,7 +127,9 @@ def parse_json(request: Request, model: type[ModelT]) -> ModelT:
     data: Any = {} if not raw.strip() else load_json(raw)
     if not isinstance(data, dict):
         raise UnprocessableEntity("Request body must be a JSON object")
-    return validate(model, data)
+    # Strict: JSON says what type a value is, so false is not 0 and "5" is not 5 (only a
+    # query string, where everything is text, is converted).
+    return validate(model, data, strict=True)
 
 
 def query_args(request: Request) -> dict[str, str]:
@@ -135,18 +137,20 @@ def query_args(request: Request) -> dict[str, str]:
     return {name: value for name, value in request.args.items() if value != ""}
 
 
-def validate(model: type[ModelT], data: Any, where: str = "") -> ModelT:
+def validate(model: type[ModelT], data: Any, where: str = "", *, strict: bool = False) -> ModelT:
     """Validate data against a model; a failure is a 422 whose detail names each bad field.
 
-    Every string, wherever it is, must be one PostgreSQL can store (:mod:`shared.text`).
+    Every string the model keeps must be one PostgreSQL can store (:mod:`shared.text`);
+    fields the model ignores are never stored, so they may hold anything.
     """
-    bad_text = unstorable_path(data)
-    if bad_text is not None:
-        raise UnprocessableEntity(f"{where}{bad_text}: {UNSTORABLE_TEXT}", code="invalid_text")
     try:
-        return model.model_validate(data)
+        validated = model.model_validate(data, strict=strict)
     except ValidationError as error:
         raise UnprocessableEntity(describe_validation_error(error, where)) from None
+    bad_text = unstorable_path(validated.model_dump())
+    if bad_text is not None:
+        raise UnprocessableEntity(f"{where}{bad_text}: {UNSTORABLE_TEXT}", code="invalid_text")
+    return validated
 
 
 def describe_validation_error(error: ValidationError, where: str = "") -> str:
@@ -174,6 +178,12 @@ class Api:
             merge_slashes=False,
         )
         self.routes = routes
+        # A path some route spells out (/api/chats/create) is never a parameter's value
+        # (/api/chats/<chat_id>): another method on it is a 405, not that route.
+        self._fixed_paths: dict[str, set[str]] = {}
+        for route in routes:
+            if "<" not in route.path:
+                self._fixed_paths.setdefault(route.path.rstrip("/"), set()).add(route.method)
         self._origins = set(allowed_origins)
         self._any_origin = "*" in self._origins
         self._methods = ", ".join(sorted({route.method for route in routes}))
@@ -247,15 +257,23 @@ class Api:
         request.environ.pop("HTTP_TRANSFER_ENCODING", None)
 
     def _match(self, request: Request) -> tuple[Route, dict[str, Any]]:
+        fixed = self._fixed_paths.get(request.path.rstrip("/"))
+        if fixed is not None:
+            allowed = fixed | ({"HEAD"} if "GET" in fixed else set())
+            if request.method not in allowed:
+                raise MethodNotAllowed(
+                    f"{request.method} is not allowed on {request.path}",
+                    headers={"Allow": ", ".join(sorted(allowed | {"OPTIONS"}))},
+                )
         adapter = self._routes.bind("", path_info=request.path)
         try:
             route_endpoint, path_args = adapter.match(method=request.method)
         except HTTPException as error:
             if isinstance(error, WerkzeugMethodNotAllowed):
-                allowed = sorted(set(error.valid_methods or ()) | {"OPTIONS"})
+                valid = set(error.valid_methods or ()) | {"OPTIONS"}
                 raise MethodNotAllowed(
                     f"{request.method} is not allowed on {request.path}",
-                    headers={"Allow": ", ".join(allowed)},
+                    headers={"Allow": ", ".join(sorted(valid))},
                 ) from None
             raise NotFound(f"No such endpoint: {request.method} {request.path}") from None
         assert isinstance(route_endpoint, Route)
