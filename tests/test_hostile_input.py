@@ -153,6 +153,35 @@ def test_malformed_json_is_400_invalid_json(alice: ApiClient) -> None:
         assert_detail(response, 400, "invalid_json", "not valid JSON")
 
 
+@pytest.mark.parametrize(
+    ("path", "body", "field"),
+    [
+        ("/api/chats/create", '{"title": 5}', "title"),
+        ("/api/chats/create", '{"title": ["x"]}', "title"),
+        (
+            "/api/upload-url",
+            '{"filename": "a.png", "contentType": "image/png", "size": true}',
+            "size",
+        ),
+        (
+            "/api/upload-url",
+            '{"filename": "a.png", "contentType": "image/png", "size": "5"}',
+            "size",
+        ),
+        (
+            "/api/upload-url",
+            '{"filename": "a.png", "contentType": "image/png", "size": 1.5}',
+            "size",
+        ),
+        ("/chat", '{"messages": [{"role": "user", "parts": [{"text": 1}]}]}', "text"),
+    ],
+)
+def test_json_values_of_the_wrong_type_are_422(
+    alice: ApiClient, path: str, body: str, field: str
+) -> None:
+    assert_detail(alice.post(path, **raw_json(body)), 422, "validation_error", field)
+
+
 # --- 4. numbers out of range -------------------------------------------------------------------
 
 
@@ -300,6 +329,10 @@ def test_405_names_the_allowed_methods(stack: LocalStack, alice: ApiClient) -> N
     listed = alice.request("POST", "/api/chats")
     assert_error(listed, 405, "method_not_allowed")
     assert listed.headers["Allow"] == "GET, HEAD, OPTIONS"
+    for method in ("GET", "PATCH", "DELETE"):  # "create" is no chat id
+        on_create = alice.request(method, "/api/chats/create", json={"title": "x"})
+        assert_error(on_create, 405, "method_not_allowed")
+        assert on_create.headers["Allow"] == "OPTIONS, POST"
     chat_get = alice.get("/chat")
     assert_error(chat_get, 405, "method_not_allowed")
     assert chat_get.headers["Allow"] == "OPTIONS, POST"
