@@ -146,6 +146,12 @@ def validate(model: type[ModelT], data: Any, where: str = "", *, strict: bool = 
     try:
         validated = model.model_validate(data, strict=strict)
     except ValidationError as error:
+        for issue in error.errors(include_url=False, include_input=False):
+            if issue["type"] == "string_unicode":  # pydantic's own refusal of a lone surrogate
+                location = ".".join(str(part) for part in issue["loc"])
+                raise UnprocessableEntity(
+                    f"{where}{location}: {UNSTORABLE_TEXT}", code="invalid_text"
+                ) from None
         raise UnprocessableEntity(describe_validation_error(error, where)) from None
     bad_text = unstorable_path(validated.model_dump())
     if bad_text is not None:
