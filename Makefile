@@ -12,6 +12,8 @@ CHECKOV_VENV  := .venv-checkov
 CHECKOV_STAMP := $(CHECKOV_VENV)/.installed
 # The browser tests' Chromium: Debian's package (CI is a fresh machine, as root).
 CHROMIUM      := /usr/bin/chromium
+FUZZ_VENV     := .venv-schemathesis
+FUZZ_STAMP    := $(FUZZ_VENV)/.installed
 
 .PHONY: install dev test lint terraform-fmt pytest bench archives migrate migrate-cloud checkov clean
 
@@ -36,6 +38,11 @@ $(CHROMIUM):
 	apt-get update -q
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium
 
+$(FUZZ_STAMP): tools/requirements-schemathesis.txt
+	$(PYTHON) -m venv $(FUZZ_VENV)
+	$(FUZZ_VENV)/bin/pip install --quiet --disable-pip-version-check -r tools/requirements-schemathesis.txt
+	touch $(FUZZ_STAMP)
+
 install: $(STAMP) $(TASKS_STAMP)
 
 ## make dev: the whole backend on http://localhost:8000 (Ctrl-C stops it; data stays in .data/)
@@ -57,7 +64,7 @@ terraform-fmt:
 		echo "SKIPPED terraform fmt -check: no terraform binary on PATH (install Terraform >= 1.11 to run it)"; \
 	fi
 
-pytest: install $(CHECKOV_STAMP) $(CHROMIUM)
+pytest: install $(CHECKOV_STAMP) $(FUZZ_STAMP) $(CHROMIUM)
 	$(PY) -m pytest
 
 ## make bench: the benchmarks under bench/, numbers printed and saved to bench/results/
@@ -81,4 +88,4 @@ migrate: install
 	$(PY) -m alembic upgrade head
 
 clean:
-	rm -rf $(VENV) $(TASKS_VENV) $(CHECKOV_VENV) .data build terraform/.build .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(TASKS_VENV) $(CHECKOV_VENV) $(FUZZ_VENV) .data build terraform/.build .pytest_cache .mypy_cache .ruff_cache

@@ -14,13 +14,19 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from shared import schemas
+from shared.settings import Settings, load_settings
+from shared.text import UNSTORABLE_TEXT
 
 ERROR_STATUSES = {
     "400": "Malformed input (e.g. invalid JSON).",
     "401": "Missing, malformed or expired token (with WWW-Authenticate: Bearer).",
     "404": "No such chat, or it belongs to someone else.",
+    "408": "The request body did not arrive within REQUEST_BODY_TIMEOUT_SECONDS.",
     "413": "Body too large.",
-    "422": "Well-formed input that fails validation; detail names the field.",
+    "422": (
+        "Well-formed input that fails validation; detail names the field "
+        f"(invalid_text: {UNSTORABLE_TEXT})."
+    ),
     "429": "Rate limited (with Retry-After).",
     "503": "A dependency is down (with Retry-After).",
 }
@@ -104,6 +110,34 @@ NEXT_CURSOR_HEADERS = {
 BEARER: list[dict[str, list[str]]] = [{"clerkSession": []}]
 
 
+def _sse_event(data: dict[str, Any]) -> dict[str, Any]:
+    """One Server-Sent Event whose ``data`` is a JSON document described by ``data``: for a
+    stream, OpenAPI's schema describes each event (its data, event, id and retry fields), not
+    the JSON inside ``data`` (which contentMediaType/contentSchema describe)."""
+    return {
+        "type": "object",
+        "required": ["data"],
+        "properties": {
+            "data": {
+                "type": "string",
+                "contentMediaType": "application/json",
+                "contentSchema": data,
+            },
+            "event": {"type": "string"},
+            "id": {"type": "string"},
+            "retry": {"type": "integer"},
+        },
+    }
+
+
+def _chat_links(chat_id: str) -> dict[str, Any]:
+    """What can be done next with the chat a response names (schemathesis follows these)."""
+    return {
+        operation: {"operationId": operation, "parameters": {"chat_id": chat_id}}
+        for operation in ("listMessages", "renameChat", "deleteChat")
+    }
+
+
 def _paths() -> dict[str, Any]:
     return {
         "/api/chats": {
@@ -135,8 +169,9 @@ def _paths() -> dict[str, Any]:
                     "200": {
                         "description": "The new chat.",
                         "content": _json_content(_ref(schemas.CreatedChat)),
+                        "links": _chat_links("$response.body#/chat_id"),
                     },
-                    **_errors("400", "401", "413", "422", "503"),
+                    **_errors("400", "401", "408", "413", "422", "503"),
                 },
             }
         },
@@ -168,8 +203,9 @@ def _paths() -> dict[str, Any]:
                     "200": {
                         "description": "The updated chat.",
                         "content": _json_content(_ref(schemas.Chat)),
+                        "links": _chat_links("$response.body#/chatId"),
                     },
-                    **_errors("400", "401", "404", "413", "422", "503"),
+                    **_errors("400", "401", "404", "408", "413", "422", "503"),
                 },
             },
             "delete": {
@@ -230,7 +266,9 @@ def _paths() -> dict[str, Any]:
                         },
                         "content": {
                             "text/event-stream": {
-                                "schema": {"oneOf": [_ref(event) for event in SSE_EVENTS]},
+                                "schema": _sse_event(
+                                    {"oneOf": [_ref(event) for event in SSE_EVENTS]}
+                                ),
                                 "x-stream-item": "one event per `data:` line",
                             },
                             "application/x-ndjson": {
@@ -239,7 +277,7 @@ def _paths() -> dict[str, Any]:
                             },
                         },
                     },
-                    **_errors("400", "401", "404", "413", "422", "429", "503"),
+                    **_errors("400", "401", "404", "408", "413", "422", "429", "503"),
                 },
             }
         },
@@ -267,7 +305,7 @@ def _paths() -> dict[str, Any]:
                         "description": "Where and how to upload.",
                         "content": _json_content(_ref(schemas.UploadUrlResponse)),
                     },
-                    **_errors("400", "401", "413", "422", "429", "503"),
+                    **_errors("400", "401", "408", "413", "422", "429", "503"),
                 },
             }
         },
@@ -285,18 +323,84 @@ def _paths() -> dict[str, Any]:
                         "description": "Processed, or already processed.",
                         "content": _json_content(_ref(schemas.WebhookAck)),
                     },
-                    **_errors("400", "413", "503"),
+                    **_errors("400", "408", "413", "503"),
                 },
             }
         },
     }
 
 
-def build_openapi() -> dict[str, Any]:
+# Every string a request may carry: no NUL, no unpaired surrogate (shared/text.py).
+STORABLE_PATTERN = "^[^\\u0000]*$"
+# The same, with at least one character that is not whitespace (a title that strips to "").
+NOT_BLANK_PATTERN = "^[^\\u0000]*[^\\s\\u0000][^\\u0000]*$"
+# Unpaired surrogates are refused too (422 invalid_text), but cannot be put in a pattern: the
+# validators' regex engines (Rust's, for one) work on Unicode scalar values, which they are not.
+
+
+def _storable_strings(schema: Any) -> None:
+    """Give every free-form string schema the storable-text pattern, in place."""
+    if isinstance(schema, dict):
+        if schema.get("type") == "string" and not {"pattern", "enum", "const", "format"} & set(
+            schema
+        ):
+            schema["pattern"] = STORABLE_PATTERN
+        for value in schema.values():
+            _storable_strings(value)
+    elif isinstance(schema, list):
+        for item in schema:
+            _storable_strings(item)
+
+
+def _any_case(text: str) -> str:
+    """A regex for ``text`` in any letter case (JSON Schema patterns have no flags)."""
+    return "".join(
+        f"[{char.lower()}{char.upper()}]"
+        if char.isalpha()
+        else f"\\{char}"
+        if char in ".+*?()[]{}|^$\\"
+        else char
+        for char in text
+    )
+
+
+def _describe_settings(definitions: dict[str, Any], settings: Settings) -> None:
+    """Limits that are settings, as the deployment described has them."""
+    upload = definitions["UploadUrlRequest"]["properties"]
+    allowed = "|".join(_any_case(kind) for kind in settings.upload_allowed_types)
+    upload["contentType"] = {
+        "type": "string",
+        "minLength": 1,
+        "maxLength": 255,
+        "pattern": f"^\\s*({allowed})\\s*(;[^\\u0000]*)?$",
+        "description": (
+            "The file's MIME type, one of UPLOAD_ALLOWED_TYPES in any case, parameters "
+            "allowed (e.g. `image/png; name=x`); anything else is 422 "
+            "unsupported_content_type. Allowed here: " + ", ".join(settings.upload_allowed_types)
+        ),
+    }
+    size = next(option for option in upload["size"]["anyOf"] if option.get("type") == "integer")
+    size["maximum"] = settings.upload_max_bytes
+    upload["size"]["description"] = (
+        f"Declared size in bytes; over UPLOAD_MAX_BYTES ({settings.upload_max_bytes}) is 413 "
+        "file_too_large."
+    )
+    rename = definitions["RenameChatRequest"]["properties"]["title"]
+    rename["pattern"] = NOT_BLANK_PATTERN
+
+
+def build_openapi(settings: Settings | None = None) -> dict[str, Any]:
+    """The description; limits that are settings come from ``settings`` (defaults if None)."""
+    settings = settings or load_settings({"DATABASE_URL": "postgresql://localhost/unused"})
     _, definitions = models_json_schema(
         [(model, "validation") for model in MODELS],
         ref_template="#/components/schemas/{model}",
     )
+    schemas_by_name = definitions.get("$defs", {})
+    _describe_settings(schemas_by_name, settings)
+    paths = _paths()
+    _storable_strings(schemas_by_name)
+    _storable_strings(paths)
     return {
         "openapi": "3.1.0",
         "info": {
@@ -305,9 +409,9 @@ def build_openapi() -> dict[str, Any]:
             "description": "The Raven backend's HTTP API; docs/api.md is the guide.",
         },
         "servers": [{"url": "http://localhost:8000", "description": "make dev"}],
-        "paths": _paths(),
+        "paths": paths,
         "components": {
-            "schemas": definitions.get("$defs", {}),
+            "schemas": schemas_by_name,
             "securitySchemes": {
                 "clerkSession": {
                     "type": "http",

@@ -31,6 +31,7 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 from werkzeug.routing import Map, Rule
+from werkzeug.serving import WSGIRequestHandler
 from werkzeug.wrappers import Request, Response
 
 from dev.storage_front import SignatureFront
@@ -82,6 +83,57 @@ class StorageUpstream:
         return bool(origin) and ("*" in self.allowed_origins or origin in self.allowed_origins)
 
 
+# What may stay as it is in a forwarded request target; anything else (space, quote, control
+# characters, non-ASCII) is percent-encoded, as a client should have sent it.
+TARGET_SAFE = "/?&=%:@!$'()*+,;~-._[]"
+
+
+def forwarded_target(request: Request, raw_path: str | None = None) -> str:
+    """The request target to forward: as the client sent it, never decoded.
+
+    Decoding first would turn ``/api/chats/%0A`` into a request line http.client refuses
+    (and ``%2F`` into a path separator); the function must see what the client sent.
+    """
+    raw = raw_path or request.environ.get("RAW_URI") or request.environ.get("REQUEST_URI")
+    if not raw:
+        raw = quote(request.path) + (
+            "?" + request.query_string.decode("latin-1") if request.query_string else ""
+        )
+    # werkzeug hands the target over as latin-1 text of the bytes received.
+    return quote(raw.encode("latin-1", "replace"), safe=TARGET_SAFE)
+
+
+ROUTER_ERROR_CODES = {
+    400: "bad_request",
+    414: "uri_too_long",
+    431: "request_header_fields_too_large",
+    501: "not_implemented",
+    505: "http_version_not_supported",
+}
+
+
+class JsonErrorRequestHandler(WSGIRequestHandler):
+    """werkzeug's request handler, answering what it refuses itself (a request line or header
+    over 64 KiB: 414/431, a malformed request line: 400) with the contract's JSON error."""
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        reason, default_explain = self.responses.get(code, ("Error", ""))
+        body = json.dumps(
+            {
+                "detail": message or explain or default_explain or reason,
+                "code": ROUTER_ERROR_CODES.get(code, f"http_{code}"),
+            }
+        ).encode()
+        self.close_connection = True
+        self.send_response(code, message)
+        self.send_header("Connection", "close")
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD" and code >= 200 and code not in (204, 304):
+            self.wfile.write(body)
+
+
 def _json(body: Any, status: int = 200) -> Response:
     return Response(json.dumps(body), status=status, mimetype="application/json")
 
@@ -116,7 +168,11 @@ class Router:
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
         request = Request(environ)
-        response = self.dispatch(request)
+        try:
+            response = self.dispatch(request)
+        except Exception:  # the router answers JSON whatever goes wrong
+            logger.exception("router error", extra={"path": request.path})
+            response = _json({"detail": "The local router failed", "code": "router_error"}, 502)
         return response(environ, start_response)
 
     def dispatch(self, request: Request) -> Response:
@@ -214,7 +270,7 @@ class Router:
             # its own, so the functions can follow it.
             headers["Host"] = target.netloc
         headers["X-Forwarded-For"] = request.remote_addr or "127.0.0.1"
-        path = raw_path or (request.full_path if request.query_string else request.path)
+        path = forwarded_target(request, raw_path)
         connection = http.client.HTTPConnection(
             target.hostname or "127.0.0.1", target.port, timeout=3600
         )
@@ -224,6 +280,13 @@ class Router:
         except OSError:
             connection.close()
             return _json({"detail": "The function is not running", "code": "upstream_down"}, 502)
+        except (http.client.HTTPException, ValueError) as error:
+            # http.client refuses what it cannot put on the wire (a header value with a
+            # newline, ...): the client's request was malformed, not the function.
+            connection.close()
+            return _json(
+                {"detail": f"Request cannot be forwarded: {error}", "code": "bad_request"}, 400
+            )
 
         def relay() -> Iterator[bytes]:
             try:

@@ -39,7 +39,7 @@ from typing import Any
 from werkzeug.serving import make_server
 
 from dev.bundle import REPO_ROOT, function_names
-from dev.router import Router, StorageUpstream
+from dev.router import JsonErrorRequestHandler, Router, StorageUpstream
 from dev.storage_front import SignatureFront
 from dev.tokens import LocalSigner
 
@@ -102,6 +102,44 @@ def start_postgres(data_dir: Path) -> Any:
     data_dir.mkdir(parents=True, exist_ok=True)
     # cleanup_mode="stop": the server stops when this process exits; the data stays.
     return pgserver.get_server(data_dir, cleanup_mode="stop")
+
+
+def stop_postgres(server: Any) -> None:
+    """Release the stack's handle on its PostgreSQL, and stop the server if it was the last.
+
+    pgserver stops only the server process it started itself: one restarted under the
+    running stack (after a crash, or by an operator's ``pg_ctl restart``) has another pid and
+    would outlive the stack. So whatever server runs on the data directory then is stopped.
+    """
+    from pgserver.utils import process_is_running
+
+    server.cleanup()
+    pgdata = Path(server.pgdata)
+    holders = pgdata / ".handle_pids.json"
+    if holders.exists() and holders.read_text().strip() not in ("", "[]"):
+        return  # another process still uses the server: pgserver leaves it running too
+    pid_file = pgdata / "postmaster.pid"
+    try:
+        pid = int(pid_file.read_text().splitlines()[0])
+    except (OSError, ValueError, IndexError):
+        return  # no server running
+    if process_is_running(pid):
+        pg_ctl(server, "stop", "-m", "fast")
+
+
+def pg_ctl(server: Any, *args: str) -> None:
+    """Run pgserver's own pg_ctl on the server's data directory, as the server's user."""
+    from pgserver._commands import POSTGRES_BIN_PATH
+
+    subprocess.run(
+        [str(POSTGRES_BIN_PATH / "pg_ctl"), "-D", str(server.pgdata), "-w", *args],
+        user=server.system_user,
+        check=True,
+        # Not pipes: a server started by pg_ctl inherits them and would hold them open.
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        timeout=60,
+    )
 
 
 def postgres_url(server: Any) -> str:
@@ -237,12 +275,13 @@ class LocalStack:
             health_checks[name] = functools.partial(http_answers, url + "/__healthz")
 
         from dev.openapi import build_openapi
+        from shared.settings import load_settings
 
         router = Router(
             self.function_urls,
             self.signer,
             health_checks,
-            build_openapi,
+            functools.partial(build_openapi, load_settings(env)),
             storage=StorageUpstream(
                 env["GCS_BUCKET_NAME"],
                 self.storage_url,
@@ -250,7 +289,9 @@ class LocalStack:
                 SignatureFront.from_key_file(env["GCS_BUCKET_NAME"], env["SIGNER_KEY_FILE"]),
             ),
         )
-        self._server = make_server("0.0.0.0", self.port, router, threaded=True)
+        self._server = make_server(
+            "0.0.0.0", self.port, router, threaded=True, request_handler=JsonErrorRequestHandler
+        )
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
         self.wait_healthy(timeout=60)
         logger.info("stack ready in %.1f s", time.monotonic() - started)
@@ -362,7 +403,7 @@ class LocalStack:
         for standin in self._standins:
             standin.stop()
         if self._postgres is not None:
-            self._postgres.cleanup()
+            stop_postgres(self._postgres)
 
 
 def banner(base_url: str, gemini: str, stream_format: str) -> str:

@@ -33,6 +33,7 @@ from shared.errors import ServiceUnavailable, Unauthorized
 from shared.media import user_prefix
 from shared.runtime import database
 from shared.settings import Settings, SettingsError, get_settings
+from shared.text import is_storable, storable
 
 logger = logging.getLogger(__name__)
 
@@ -226,12 +227,20 @@ class TokenVerifier:
         except jwt.exceptions.InvalidTokenError as error:
             raise Unauthorized(f"Invalid token: {error}", code="invalid_token") from None
 
+        # RFC 7519 section 2: a NumericDate is a JSON number. pyjwt also takes a numeric
+        # string ("exp": "9999999999"), which no issuer of ours produces.
+        for name in ("exp", "nbf", "iat"):
+            value = claims.get(name)
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int | float)
+            ):
+                raise Unauthorized(f"Token claim {name} must be a number", code="invalid_token")
         party = claims.get("azp")
         allowed = self._allowed_parties
         if party is not None and allowed is not None and str(party).rstrip("/") not in allowed:
             raise Unauthorized("Token was issued for another origin", code="invalid_token")
         sub = claims.get("sub")
-        if not isinstance(sub, str) or not sub or len(sub) > MAX_SUB_LENGTH:
+        if not isinstance(sub, str) or not sub or len(sub) > MAX_SUB_LENGTH or not is_storable(sub):
             raise Unauthorized("Token has no valid subject", code="invalid_token")
         user = AuthenticatedUser(
             id=sub,
@@ -243,7 +252,7 @@ class TokenVerifier:
 
 
 def _optional_str(value: Any) -> str | None:
-    return value[:320] if isinstance(value, str) and value else None
+    return storable(value[:320]) if isinstance(value, str) and value else None
 
 
 def bearer_token(authorization: str | None) -> str:
@@ -257,35 +266,43 @@ def bearer_token(authorization: str | None) -> str:
 
 
 class KnownUsers:
-    """Creates the user row the first time a ``sub`` is seen (Clerk's webhook may lag).
+    """The one deleted-user check, run on every authenticated request of every function.
 
-    Remembers, per instance, which users exist so the check costs a database round trip only
-    once per user per :data:`ttl` seconds rather than on every request.
+    It also creates the user row the first time a ``sub`` is seen (Clerk's webhook may lag).
+    Per instance it remembers for :data:`ttl` seconds whose profile it has already filled
+    in, so a known user costs one primary-key lookup per request, never a write; the check
+    itself is never skipped, so a token cached by :class:`TokenVerifier` stops working the
+    moment Clerk's ``user.deleted`` is processed.
     """
 
     def __init__(self, db: Database, ttl: float = 600.0, capacity: int = 10_000) -> None:
         self._db = db
         self._ttl = ttl
         self._capacity = capacity
-        self._seen: dict[str, float] = {}
+        self._synced: dict[str, float] = {}
         self._lock = threading.Lock()
 
     def ensure(self, user: AuthenticatedUser) -> None:
-        """Create the user's row if missing, unless Clerk has deleted the user.
+        """Refuse a deleted user; create the user's row if missing.
 
         Raises:
-            Unauthorized: ``user_deleted``: the user's deletion is still queued. Clerk's
-                session tokens outlive a deletion by up to a minute; clerk_webhook keeps the
-                user's folder queued in ``storage_deletions`` for longer than that (until
-                every upload URL signed before the deletion has expired), and no other trace
-                of the user is kept, so that queued folder is what refuses such a token.
-                An instance that already remembers the user skips this check: its reads then
-                find nothing, and its writes fail on the missing user row.
+            Unauthorized: ``user_deleted``: the user's row is gone, or the deletion is still
+                queued. Clerk's session tokens outlive a deletion by up to a minute;
+                clerk_webhook keeps the user's folder queued in ``storage_deletions`` for
+                longer than that (until every upload URL signed before the deletion has
+                expired), and no other trace of the user is kept, so that queued folder is
+                what refuses such a token.
         """
         now = time.monotonic()
-        seen_at = self._seen.get(user.id)
-        if seen_at is not None and now - seen_at < self._ttl:
-            return
+        synced_at = self._synced.get(user.id)
+        if synced_at is not None and now - synced_at < self._ttl:
+            row = self._db.fetch_one(
+                "SELECT EXISTS (SELECT 1 FROM users WHERE id = :id) AS known", id=user.id
+            )
+            if row is not None and row["known"]:
+                return
+            with self._lock:
+                self._synced.pop(user.id, None)
         # Fill in only what is missing: profile data from Clerk's webhook wins over claims.
         with self._db.transaction() as tx:
             row = tx.fetch_one(
@@ -316,9 +333,9 @@ class KnownUsers:
         if row is not None and row["pending"]:
             raise Unauthorized("This account has been deleted", code="user_deleted")
         with self._lock:
-            if len(self._seen) >= self._capacity:
-                self._seen.clear()
-            self._seen[user.id] = now
+            if len(self._synced) >= self._capacity:
+                self._synced.clear()
+            self._synced[user.id] = now
 
 
 # --- per-instance wiring -----------------------------------------------------------------------

@@ -13,13 +13,10 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-import pg8000.exceptions
-
-from shared.db import Database, Row, Transaction, sqlstate
-from shared.errors import BadRequest, NotFound, Unauthorized
-from shared.schemas import DEFAULT_TITLE
-
-FOREIGN_KEY_VIOLATION = "23503"
+from shared.db import Database, Row, Transaction
+from shared.errors import BadRequest, NotFound
+from shared.schemas import DEFAULT_TITLE, MAX_POSITION
+from shared.text import storable
 
 # Times leave Postgres as integer microseconds since the epoch: exact for keyset cursors, and
 # pg8000 decodes an integer ~30x faster than a timestamptz (which it parses with strptime).
@@ -30,6 +27,10 @@ CHAT_COLUMNS = (
 )
 # The inverse, for a bound parameter of integer microseconds.
 FROM_MICROS = "(TIMESTAMPTZ 'epoch' + CAST(:{name} AS bigint) * INTERVAL '1 microsecond')"
+
+# The latest time a cursor may name: 9999-12-31T23:59:59.999999Z (PostgreSQL's timestamptz
+# goes further, but a bigint of microseconds times an interval overflows well before).
+MAX_CURSOR_MICROS = 253_402_300_799_999_999
 
 # Signs a stored media part into a URL the browser can GET, or None where it cannot.
 MediaUrlSigner = Callable[[dict[str, Any]], str | None]
@@ -98,9 +99,12 @@ def _decode_chat_cursor(cursor: str) -> tuple[int, uuid.UUID]:
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
         micros, chat_id = base64.urlsafe_b64decode(padded).decode().split(":", 1)
-        return int(micros), uuid.UUID(chat_id)
+        position = int(micros), uuid.UUID(chat_id)
     except (ValueError, binascii.Error, UnicodeDecodeError):
-        raise BadRequest("cursor is not one this API returned", code="invalid_cursor") from None
+        position = None
+    if position is None or not 0 <= position[0] <= MAX_CURSOR_MICROS:
+        raise BadRequest("cursor is not one this API returned", code="invalid_cursor")
+    return position
 
 
 # The list is the hot path (the frontend's sidebar): Postgres builds the page's JSON, so the
@@ -158,19 +162,16 @@ def list_chats_json(
 
 def create_chat(tx: Transaction, user_id: str, title: str | None) -> Row:
     """Insert a chat; a missing or blank title is the contract's "New Chat"."""
-    try:
-        row = tx.fetch_one(
-            f"INSERT INTO chats (id, user_id, title, title_source) "
-            f"VALUES (:id, :user_id, :title, :title_source) RETURNING {CHAT_COLUMNS}",
-            id=uuid.uuid4(),
-            user_id=user_id,
-            title=title or DEFAULT_TITLE,
-            title_source="user" if title else "default",
-        )
-    except pg8000.exceptions.DatabaseError as error:
-        if sqlstate(error) == FOREIGN_KEY_VIOLATION:
-            raise Unauthorized("This account no longer exists", code="user_deleted") from None
-        raise
+    # A user deleted since the request was let in fails the foreign key: the transaction
+    # turns that into 401 user_deleted (shared.db.references_deleted_user).
+    row = tx.fetch_one(
+        f"INSERT INTO chats (id, user_id, title, title_source) "
+        f"VALUES (:id, :user_id, :title, :title_source) RETURNING {CHAT_COLUMNS}",
+        id=uuid.uuid4(),
+        user_id=user_id,
+        title=title or DEFAULT_TITLE,
+        title_source="user" if title else "default",
+    )
     assert row is not None
     return row
 
@@ -254,7 +255,7 @@ def list_messages(
         """,
         chat_id=chat_id,
         user_id=user_id,
-        before=before if before is not None else 2**31 - 1,
+        before=before if before is not None else MAX_POSITION,
         limit=limit,
     )
     if not rows:
@@ -349,8 +350,8 @@ def finish_answer(
         WHERE id = :id
         """,
         id=message_id,
-        content=content,
-        parts=[{"type": "text", "text": content}],
+        content=storable(content),  # the model's text: whatever it produced is kept
+        parts=[{"type": "text", "text": storable(content)}],
         status="complete" if complete else "incomplete",
         token_count=token_count,
         source="reported" if reported else "estimated",

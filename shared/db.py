@@ -34,7 +34,7 @@ import pg8000.dbapi
 import pg8000.exceptions
 import pg8000.native
 
-from shared.errors import ServiceUnavailable
+from shared.errors import ServiceUnavailable, Unauthorized
 from shared.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -47,6 +47,7 @@ T = TypeVar("T")
 # https://www.postgresql.org/docs/16/errcodes-appendix.html
 _CONNECTION_LOST_CODES = {"57P01", "57P02", "57P03"}
 _PREPARED_PER_CONNECTION = 128
+FOREIGN_KEY_VIOLATION = "23503"
 
 
 class DatabaseUnavailable(ServiceUnavailable):
@@ -66,6 +67,18 @@ def sqlstate(error: BaseException) -> str | None:
             code = details.get("C")
             return str(code) if code else None
     return None
+
+
+def references_deleted_user(error: BaseException) -> bool:
+    """Whether a write failed because its user row is gone: Clerk's ``user.deleted`` was
+    processed after :class:`shared.auth.KnownUsers` let the request in, milliseconds ago.
+    Every table that belongs to a user names it by ``user_id``, so the foreign key of each
+    is ``<table>_user_id_fkey`` (PostgreSQL's default name)."""
+    if sqlstate(error) != FOREIGN_KEY_VIOLATION:
+        return False
+    details = error.args[0] if error.args else None
+    constraint = details.get("n") if isinstance(details, dict) else None
+    return isinstance(constraint, str) and constraint.endswith("_user_id_fkey")
 
 
 def is_connection_lost(error: BaseException) -> bool:
@@ -295,6 +308,8 @@ class Database:
             self._release(connection, broken=lost)
             if lost and not isinstance(error, DatabaseUnavailable):
                 raise DatabaseUnavailable() from error
+            if references_deleted_user(error):
+                raise Unauthorized("This account has been deleted", code="user_deleted") from None
             raise
         self._release(connection)
 

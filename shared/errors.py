@@ -61,6 +61,11 @@ class MethodNotAllowed(ApiError):
     code = "method_not_allowed"
 
 
+class RequestTimeout(ApiError):
+    status = 408
+    code = "request_timeout"
+
+
 class Conflict(ApiError):
     status = 409
     code = "conflict"

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from flask import Request
 
+from shared import serving
 from shared.db import Database
 from shared.log import configure_logging
 from shared.settings import Settings, get_settings
@@ -60,9 +61,12 @@ def make_api(
     if authenticate is None and any(route.auth for route in routes):
         raise ValueError("routes with auth=True need an authenticate function")
     settings = get_settings()
-    return Api(
+    api = Api(
         routes,
         allowed_origins=settings.allowed_origins,
         max_body_bytes=max_body_bytes or settings.max_request_bytes,
         authenticate=authenticate,
     )
+    # JSON for what Flask and gunicorn answer themselves; bodies read within a deadline.
+    serving.install(api.handle, api.max_body_bytes, settings.request_body_timeout_seconds)
+    return api

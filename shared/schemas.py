@@ -9,12 +9,27 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, model_validator
 
 MAX_TITLE_CHARS = 200
 DEFAULT_TITLE = "New Chat"
+MAX_POSITION = 2**31 - 1  # messages.position is a PostgreSQL integer
 
-Title = Annotated[str, StringConstraints(strip_whitespace=True, max_length=MAX_TITLE_CHARS)]
+
+def _strip(value: object) -> object:
+    """Surrounding whitespace off, as Python's str.strip() sees whitespace (which is what the
+    OpenAPI's patterns mean by \\s)."""
+    return value.strip() if isinstance(value, str) else value
+
+
+def _integral(value: object) -> object:
+    """A JSON number with no fraction as an int: JSON Schema's integer includes 5.0."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+Title = Annotated[str, StringConstraints(max_length=MAX_TITLE_CHARS), BeforeValidator(_strip)]
 
 
 class RequestModel(BaseModel):
@@ -42,7 +57,9 @@ class CreateChatRequest(RequestModel):
 
 class RenameChatRequest(RequestModel):
     title: Annotated[
-        str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_TITLE_CHARS)
+        str,
+        StringConstraints(min_length=1, max_length=MAX_TITLE_CHARS),
+        BeforeValidator(_strip),
     ]
 
 
@@ -54,7 +71,10 @@ class ChatListQuery(RequestModel):
 class MessageListQuery(RequestModel):
     limit: int = Field(500, ge=1, le=1000, description="Messages per page (the newest ones).")
     before: int | None = Field(
-        None, ge=0, description="Only messages before this position: X-Next-Cursor of the page."
+        None,
+        ge=0,
+        le=MAX_POSITION,
+        description="Only messages before this position: X-Next-Cursor of the page.",
     )
 
 
@@ -191,9 +211,8 @@ class UploadUrlRequest(RequestModel):
         max_length=255,
         description="The file's type; the PUT must send exactly this as Content-Type.",
     )
-    size: int | None = Field(
+    size: Annotated[int, Field(ge=0), BeforeValidator(_integral)] | None = Field(
         None,
-        ge=0,
         description="The file's size in bytes, if known: a pre-check only (413 file_too_large "
         "when over the limit); it changes nothing the PUT must carry unless bindSize is set.",
     )

@@ -78,6 +78,7 @@ class Settings(BaseModel):
     port: int = Field(8080, alias="PORT", gt=0, lt=65536)
     allowed_origins: CommaList = Field(default_factory=list, alias="ALLOWED_ORIGINS")
     max_request_bytes: PositiveInt = Field(1_048_576, alias="MAX_REQUEST_BYTES")
+    request_body_timeout_seconds: PositiveInt = Field(10, alias="REQUEST_BODY_TIMEOUT_SECONDS")
 
     # --- database ------------------------------------------------------------------------
     database_url: OptionalStr = Field(None, alias="DATABASE_URL")

@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 from flask import Request, Response
 from pydantic import BaseModel, ValidationError
 from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import MethodNotAllowed as WerkzeugMethodNotAllowed
 from werkzeug.routing import Map, Rule
 
 from shared.errors import (
@@ -34,9 +35,11 @@ from shared.errors import (
     MethodNotAllowed,
     NotFound,
     PayloadTooLarge,
+    RequestTimeout,
     UnprocessableEntity,
 )
 from shared.log import bind_trace, trace_from_headers
+from shared.text import UNSTORABLE_TEXT, unstorable_path
 
 logger = logging.getLogger("raven.http")
 
@@ -46,6 +49,10 @@ Handler = Callable[..., Response]
 CORS_ALLOWED_HEADERS = "Authorization, Content-Type"
 CORS_EXPOSED_HEADERS = "Link, X-Next-Cursor, Retry-After"
 CORS_MAX_AGE_SECONDS = "600"
+MAX_JSON_DEPTH = 32
+# Set by shared.serving.BodyReader when the body could not be read: True when it did not
+# arrive within REQUEST_BODY_TIMEOUT_SECONDS, False when the client cut it short or broke it.
+BODY_TIMED_OUT = "raven.body_timed_out"
 
 
 @dataclass(frozen=True)
@@ -61,36 +68,95 @@ class Route:
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     """A JSON response, compact, UTF-8."""
     payload = json.dumps(body, separators=(",", ":"), ensure_ascii=False)
-    return Response(payload, status=status, headers=headers, mimetype="application/json")
+    try:
+        encoded = payload.encode()
+    except UnicodeEncodeError:
+        # A lone surrogate (from a path or header echoed in a detail) has no UTF-8 form;
+        # JSON's \u escapes carry it.
+        encoded = json.dumps(body, separators=(",", ":")).encode()
+    return Response(encoded, status=status, headers=headers, mimetype="application/json")
 
 
 def error_response(error: ApiError) -> Response:
     return json_response(error.body(), error.status, error.headers)
 
 
+def load_json(raw: bytes) -> Any:
+    """Parse a JSON document, bounded in depth; 400 ``invalid_json`` for anything else.
+
+    Nesting deeper than :data:`MAX_JSON_DEPTH` is refused: no body of ours needs it, and
+    validating (or even parsing) thousands of levels exhausts the interpreter's stack.
+    """
+    try:
+        data = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise BadRequest(f"Request body is not valid JSON: {error}", code="invalid_json") from None
+    except RecursionError:
+        data = None
+        depth = MAX_JSON_DEPTH + 1
+    else:
+        depth = json_depth(data, MAX_JSON_DEPTH + 1)
+    if depth > MAX_JSON_DEPTH:
+        raise BadRequest(
+            f"Request body is nested too deeply: at most {MAX_JSON_DEPTH} levels",
+            code="invalid_json",
+        )
+    return data
+
+
+def json_depth(value: Any, stop_at: int) -> int:
+    """How deeply arrays and objects nest in a parsed JSON value (counting stops at stop_at)."""
+    deepest = 0
+    pending: list[tuple[Any, int]] = [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        if isinstance(item, dict | list):
+            deepest = max(deepest, depth)
+            if deepest >= stop_at:
+                return deepest
+            children = item.values() if isinstance(item, dict) else item
+            pending.extend(
+                (child, depth + 1) for child in children if isinstance(child, dict | list)
+            )
+    return deepest
+
+
 def parse_json(request: Request, model: type[ModelT]) -> ModelT:
     """Parse and validate a JSON body; 400 for malformed JSON, 422 naming the bad field."""
     raw = request.get_data(cache=True)
-    if not raw.strip():
-        data: Any = {}
-    else:
-        try:
-            data = json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise BadRequest(
-                f"Request body is not valid JSON: {error}", code="invalid_json"
-            ) from None
+    data: Any = {} if not raw.strip() else load_json(raw)
     if not isinstance(data, dict):
         raise UnprocessableEntity("Request body must be a JSON object")
-    return validate(model, data)
+    # Strict: JSON says what type a value is, so false is not 0 and "5" is not 5 (only a
+    # query string, where everything is text, is converted).
+    return validate(model, data, strict=True)
 
 
-def validate(model: type[ModelT], data: Any, where: str = "") -> ModelT:
-    """Validate data against a model; a failure is a 422 whose detail names each bad field."""
+def query_args(request: Request) -> dict[str, str]:
+    """The query string's parameters; one given empty (``?cursor=``) counts as absent."""
+    return {name: value for name, value in request.args.items() if value != ""}
+
+
+def validate(model: type[ModelT], data: Any, where: str = "", *, strict: bool = False) -> ModelT:
+    """Validate data against a model; a failure is a 422 whose detail names each bad field.
+
+    Every string the model keeps must be one PostgreSQL can store (:mod:`shared.text`);
+    fields the model ignores are never stored, so they may hold anything.
+    """
     try:
-        return model.model_validate(data)
+        validated = model.model_validate(data, strict=strict)
     except ValidationError as error:
+        for issue in error.errors(include_url=False, include_input=False):
+            if issue["type"] == "string_unicode":  # pydantic's own refusal of a lone surrogate
+                location = ".".join(str(part) for part in issue["loc"])
+                raise UnprocessableEntity(
+                    f"{where}{location}: {UNSTORABLE_TEXT}", code="invalid_text"
+                ) from None
         raise UnprocessableEntity(describe_validation_error(error, where)) from None
+    bad_text = unstorable_path(validated.model_dump())
+    if bad_text is not None:
+        raise UnprocessableEntity(f"{where}{bad_text}: {UNSTORABLE_TEXT}", code="invalid_text")
+    return validated
 
 
 def describe_validation_error(error: ValidationError, where: str = "") -> str:
@@ -118,10 +184,16 @@ class Api:
             merge_slashes=False,
         )
         self.routes = routes
+        # A path some route spells out (/api/chats/create) is never a parameter's value
+        # (/api/chats/<chat_id>): another method on it is a 405, not that route.
+        self._fixed_paths: dict[str, set[str]] = {}
+        for route in routes:
+            if "<" not in route.path:
+                self._fixed_paths.setdefault(route.path.rstrip("/"), set()).add(route.method)
         self._origins = set(allowed_origins)
         self._any_origin = "*" in self._origins
         self._methods = ", ".join(sorted({route.method for route in routes}))
-        self._max_body_bytes = max_body_bytes
+        self._max_body_bytes = self.max_body_bytes = max_body_bytes
         self._authenticate = authenticate
 
     def handle(self, request: Request) -> Response:
@@ -136,6 +208,7 @@ class Api:
             if request.method == "OPTIONS":
                 response = self._preflight(request)
             else:
+                self._check_body_arrived(request)
                 self._limit_body(request)
                 route, path_args = self._match(request)
                 if route.auth:
@@ -156,6 +229,16 @@ class Api:
         self._add_cors_headers(request, response)
         self._log(request, response, started, user_id)
         return response
+
+    @staticmethod
+    def _check_body_arrived(request: Request) -> None:
+        timed_out = request.environ.get(BODY_TIMED_OUT)
+        if timed_out is True:
+            raise RequestTimeout(
+                "The request body did not arrive in time", code="request_body_timeout"
+            )
+        if timed_out is False:
+            raise BadRequest("The request body was cut short or malformed", code="invalid_body")
 
     def _limit_body(self, request: Request) -> None:
         """Refuse a body over the limit (413) without reading more of it than the limit.
@@ -180,13 +263,23 @@ class Api:
         request.environ.pop("HTTP_TRANSFER_ENCODING", None)
 
     def _match(self, request: Request) -> tuple[Route, dict[str, Any]]:
+        fixed = self._fixed_paths.get(request.path.rstrip("/"))
+        if fixed is not None:
+            allowed = fixed | ({"HEAD"} if "GET" in fixed else set())
+            if request.method not in allowed:
+                raise MethodNotAllowed(
+                    f"{request.method} is not allowed on {request.path}",
+                    headers={"Allow": ", ".join(sorted(allowed | {"OPTIONS"}))},
+                )
         adapter = self._routes.bind("", path_info=request.path)
         try:
             route_endpoint, path_args = adapter.match(method=request.method)
         except HTTPException as error:
-            if error.code == 405:
+            if isinstance(error, WerkzeugMethodNotAllowed):
+                valid = set(error.valid_methods or ()) | {"OPTIONS"}
                 raise MethodNotAllowed(
-                    f"{request.method} is not allowed on {request.path}"
+                    f"{request.method} is not allowed on {request.path}",
+                    headers={"Allow": ", ".join(sorted(valid))},
                 ) from None
             raise NotFound(f"No such endpoint: {request.method} {request.path}") from None
         assert isinstance(route_endpoint, Route)

@@ -258,6 +258,7 @@ variable "function_settings" {
 variable "tuning" {
   type = object({
     max_request_bytes                 = optional(number)
+    request_body_timeout_seconds      = optional(number)
     db_acquire_timeout_seconds        = optional(number)
     jwt_leeway_seconds                = optional(number)
     model_timeout_seconds             = optional(number)

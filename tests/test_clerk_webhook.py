@@ -435,16 +435,22 @@ def test_a_deleted_users_token_does_not_bring_them_back(
     assert user_row(db, user_id) is None
 
 
-def test_an_instance_that_remembers_a_deleted_user_lets_them_write_nothing(
+def test_an_instance_that_remembers_a_deleted_user_refuses_their_token_at_once(
     make_user: Any, svix: Svix, db: Database
 ) -> None:
     client: ApiClient = make_user(email="cached@example.com")
-    client.create_chat("before")  # chats_crud now remembers the user for a while
+    client.create_chat("before")  # chats_crud has verified the token and synced the user
+    with client.send("hello") as streamed:  # and so has chat_stream
+        assert streamed.status_code == 200
+        streamed.content  # noqa: B018 - read the whole stream
     assert client.user_id is not None
     assert_acknowledged(svix.deliver(deleted_event(client.user_id)), "user deleted")
-    listed = client.get("/api/chats")
-    assert listed.status_code == 200 and listed.json() == []
+    # Every function, whatever it remembers, answers 401 from the next request on.
+    assert_error(client.get("/api/chats"), 401, "user_deleted")
     assert_error(client.post("/api/chats/create", json={"title": "x"}), 401, "user_deleted")
+    assert_error(client.send("still there?"), 401, "user_deleted")
+    refused = client.post("/api/upload-url", json={"filename": "a.png", "contentType": "image/png"})
+    assert_error(refused, 401, "user_deleted")
     assert user_row(db, client.user_id) is None
 
 

@@ -34,7 +34,7 @@ from shared.schemas import (
     RenameChatRequest,
 )
 from shared.storage import media_storage, schedule_storage_cleanup
-from shared.web import Route, json_response, parse_json, validate
+from shared.web import Route, json_response, parse_json, query_args, validate
 
 start_function("GCS_BUCKET_NAME")
 
@@ -50,7 +50,7 @@ def _next_page_headers(request: Request, cursor_name: str, cursor: object | None
 
 
 def list_chats(request: Request, user: AuthenticatedUser) -> Response:
-    query = validate(ChatListQuery, request.args.to_dict(), where="query.")
+    query = validate(ChatListQuery, query_args(request), where="query.")
     page, next_cursor = chats.list_chats_json(database(), user.id, query.limit, query.cursor)
     return Response(
         page,
@@ -68,7 +68,7 @@ def create_chat(request: Request, user: AuthenticatedUser) -> Response:
 
 
 def read_chat(request: Request, user: AuthenticatedUser, chat_id: str) -> Response:
-    query = validate(MessageListQuery, request.args.to_dict(), where="query.")
+    query = validate(MessageListQuery, query_args(request), where="query.")
     rows, older = chats.list_messages(
         database(), user.id, chats.parse_chat_id(chat_id), query.limit, query.before
     )
