@@ -372,7 +372,8 @@ def _describe_settings(definitions: dict[str, Any], settings: Settings) -> None:
         "type": "string",
         "minLength": 1,
         "maxLength": 255,
-        "pattern": f"^\\s*({allowed})\\s*(;[^\\u0000]*)?$",
+        # The type on the allowlist, then parameters; a header value, so no control characters.
+        "pattern": f"^[ \\t]*({allowed})[ \\t]*(;[ \\t!-~]*[!-~])?[ \\t]*$",
         "description": (
             "The file's MIME type, one of UPLOAD_ALLOWED_TYPES in any case, parameters "
             "allowed (e.g. `image/png; name=x`); anything else is 422 "

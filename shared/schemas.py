@@ -204,11 +204,24 @@ class HeartbeatEvent(Event):
 # --- uploads -----------------------------------------------------------------------------
 
 
+# A Content-Type the signed PUT can carry as is: visible ASCII, spaces and tabs inside, no
+# control characters (the URL signs the value exactly as the client sends it).
+HEADER_VALUE_PATTERN = r"^[ \t]*[!-~](?:[ \t!-~]*[!-~])?[ \t]*$"
+
+
+def _bind_size_requires_size(schema: dict[str, Any]) -> None:
+    schema["if"] = {"properties": {"bindSize": {"const": True}}, "required": ["bindSize"]}
+    schema["then"] = {"properties": {"size": {"type": "integer"}}, "required": ["size"]}
+
+
 class UploadUrlRequest(RequestModel):
+    model_config = ConfigDict(json_schema_extra=_bind_size_requires_size)
+
     filename: str = Field(min_length=1, max_length=1024)
     contentType: str = Field(
         min_length=1,
         max_length=255,
+        pattern=HEADER_VALUE_PATTERN,
         description="The file's type; the PUT must send exactly this as Content-Type.",
     )
     size: Annotated[int, Field(ge=0), BeforeValidator(_integral)] | None = Field(

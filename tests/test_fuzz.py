@@ -94,7 +94,7 @@ def test_schemathesis_finds_nothing(stack: LocalStack, tmp_path: Path) -> None:
     assert not [status for status in statuses if status >= 500], statuses
     for entry in entries:
         assert entry["response"]["content"].get("mimeType", "").startswith(
-            ("application/json", "text/event-stream")
+            ("application/json", "text/event-stream", "application/x-ndjson")
         ) or entry["response"]["status"] in (204,), entry
     # The stateful phase followed the links: chats it created were read, renamed and deleted.
     followed = collections.Counter(
