@@ -45,6 +45,7 @@ MODELS: list[type[BaseModel]] = [
     schemas.RenameChatRequest,
     schemas.Chat,
     schemas.CreatedChat,
+    schemas.ChatSearchHit,
     schemas.Message,
     schemas.DeletedChat,
     schemas.ChatRequest,
@@ -52,6 +53,7 @@ MODELS: list[type[BaseModel]] = [
     *NDJSON_EVENTS[1:],
     schemas.UploadUrlRequest,
     schemas.UploadUrlResponse,
+    schemas.UsageReport,
     schemas.WebhookAck,
 ]
 
@@ -109,14 +111,24 @@ def _paths() -> dict[str, Any]:
         "/api/chats": {
             "get": {
                 "operationId": "listChats",
-                "summary": "The caller's chats, most recently active first.",
+                "summary": (
+                    "The caller's chats, most recently active first; with `q`, the chats "
+                    "matching it, best first, each with a snippet."
+                ),
                 "security": BEARER,
                 "parameters": _query_parameters(schemas.ChatListQuery),
                 "responses": {
                     "200": {
-                        "description": "A page of chats.",
+                        "description": "A page of chats (search hits when `q` is given).",
                         "headers": NEXT_CURSOR_HEADERS,
-                        "content": _json_content({"type": "array", "items": _ref(schemas.Chat)}),
+                        "content": _json_content(
+                            {
+                                "type": "array",
+                                "items": {
+                                    "oneOf": [_ref(schemas.Chat), _ref(schemas.ChatSearchHit)]
+                                },
+                            }
+                        ),
                     },
                     **_errors("400", "401", "422", "503"),
                 },
@@ -258,6 +270,20 @@ def _paths() -> dict[str, Any]:
                         "content": _json_content(_ref(schemas.UploadUrlResponse)),
                     },
                     **_errors("400", "401", "413", "422", "429", "503"),
+                },
+            }
+        },
+        "/api/usage": {
+            "get": {
+                "operationId": "readUsage",
+                "summary": "Today's usage, the caller's plan limits, what remains, when it resets.",
+                "security": BEARER,
+                "responses": {
+                    "200": {
+                        "description": "The caller's usage.",
+                        "content": _json_content(_ref(schemas.UsageReport)),
+                    },
+                    **_errors("401", "503"),
                 },
             }
         },

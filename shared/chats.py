@@ -116,7 +116,8 @@ _LIST_PAGE = """
     WITH page AS (
         SELECT id, user_id, title, created_at, updated_at,
                row_number() OVER (ORDER BY updated_at DESC, id DESC) AS n
-        FROM (SELECT * FROM chats WHERE user_id = :user_id {after}
+        FROM (SELECT id, user_id, title, created_at, updated_at FROM chats
+              WHERE user_id = :user_id {after}
               ORDER BY updated_at DESC, id DESC LIMIT :limit + 1) newest
     )
     SELECT COALESCE(json_agg({chat_json} ORDER BY n) FILTER (WHERE n <= :limit), '[]')::text
@@ -154,6 +155,85 @@ def list_chats_json(
     return row["body"], _encode_chat_cursor(
         {"updated_us": row["last_updated_us"], "id": row["last_id"]}
     )
+
+
+# --- search ----------------------------------------------------------------------------------
+
+# Full-text search over the generated tsvector columns of migration 0002 (``simple``
+# configuration: no stemming, every language alike). A chat's score is its best hit; a title
+# hit counts double, as a title names what the whole chat is about. Only the page's rows get
+# a snippet (ts_headline re-parses the text, the expensive part). Paged by offset: a rank is
+# not a stable keyset across writes, and search pages are read a few at a time.
+_SEARCH_PAGE = """
+    WITH query AS (SELECT websearch_to_tsquery('simple', :q) AS tsq),
+    hits AS (
+        SELECT m.chat_id, m.id AS message_id, ts_rank(m.content_search, query.tsq) AS score
+        FROM query, messages m JOIN chats c ON c.id = m.chat_id
+        WHERE c.user_id = :user_id AND m.content_search @@ query.tsq
+        UNION ALL
+        SELECT c.id, NULL, 2 * ts_rank(c.title_search, query.tsq)
+        FROM query, chats c
+        WHERE c.user_id = :user_id AND c.title_search @@ query.tsq
+    ),
+    best AS (
+        SELECT DISTINCT ON (chat_id) chat_id, message_id, score
+        FROM hits ORDER BY chat_id, score DESC, message_id IS NULL DESC
+    ),
+    page AS (
+        SELECT c.id, c.user_id, c.title, c.created_at, c.updated_at, best.message_id,
+               best.score
+        FROM best JOIN chats c ON c.id = best.chat_id
+        ORDER BY best.score DESC, c.updated_at DESC, c.id DESC
+        LIMIT :limit + 1 OFFSET :offset
+    )
+    SELECT page.id::text AS id, page.user_id, page.title, page.message_id::text AS message_id,
+           (EXTRACT(EPOCH FROM page.created_at) * 1000000)::bigint AS created_us,
+           (EXTRACT(EPOCH FROM page.updated_at) * 1000000)::bigint AS updated_us,
+           ts_headline('simple', COALESCE(m.content, page.title), query.tsq,
+                       'MaxWords=24, MinWords=8, MaxFragments=1, StartSel="", StopSel=""')
+               AS snippet
+    FROM page CROSS JOIN query LEFT JOIN messages m ON m.id = page.message_id
+    ORDER BY page.score DESC, page.updated_at DESC, page.id DESC
+"""
+_SEARCH_CURSOR_PREFIX = "search:"
+
+
+def _decode_search_cursor(cursor: str) -> int:
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        text = base64.urlsafe_b64decode(padded).decode()
+        if text.startswith(_SEARCH_CURSOR_PREFIX):
+            offset = int(text.removeprefix(_SEARCH_CURSOR_PREFIX))
+            if offset >= 0:
+                return offset
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        pass
+    raise BadRequest("cursor is not one this API returned", code="invalid_cursor")
+
+
+def _encode_search_cursor(offset: int) -> str:
+    text = f"{_SEARCH_CURSOR_PREFIX}{offset}"
+    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+
+
+def search_chats(
+    db: Database, user_id: str, text: str, limit: int, cursor: str | None
+) -> tuple[list[dict[str, Any]], str | None]:
+    """The user's chats whose title or messages match ``text``, best first.
+
+    Each chat object also carries ``snippet`` (a short excerpt around the best hit) and
+    ``matchMessageId`` (the message it comes from, or None when the title matched best).
+
+    Returns:
+        The page, and the next page's cursor (None on the last page).
+    """
+    offset = _decode_search_cursor(cursor) if cursor is not None else 0
+    rows = db.fetch_all(_SEARCH_PAGE, q=text, user_id=user_id, limit=limit, offset=offset)
+    page = [
+        {**chat_object(row), "snippet": row["snippet"], "matchMessageId": row["message_id"]}
+        for row in rows[:limit]
+    ]
+    return page, (_encode_search_cursor(offset + limit) if len(rows) > limit else None)
 
 
 def create_chat(tx: Transaction, user_id: str, title: str | None) -> Row:

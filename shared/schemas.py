@@ -45,9 +45,21 @@ class RenameChatRequest(RequestModel):
     ]
 
 
+MAX_SEARCH_CHARS = 200
+
+
 class ChatListQuery(RequestModel):
     limit: int = Field(100, ge=1, le=200, description="Chats per page.")
     cursor: str | None = Field(None, description="X-Next-Cursor of the previous page.")
+    q: Annotated[str, StringConstraints(strip_whitespace=True, max_length=MAX_SEARCH_CHARS)] = (
+        Field(
+            "",
+            description=(
+                "Search: only chats whose title or messages contain these words, best match "
+                'first (web-search syntax: "a phrase", -excluded, or). Blank: the plain list.'
+            ),
+        )
+    )
 
 
 class MessageListQuery(RequestModel):
@@ -67,6 +79,13 @@ class Chat(BaseModel):
 
 class CreatedChat(Chat):
     chat_id: str
+
+
+class ChatSearchHit(Chat):
+    snippet: str = Field(description="Plain-text excerpt around the best match.")
+    matchMessageId: str | None = Field(
+        description="The message the snippet comes from; null when the title matched best."
+    )
 
 
 class MessagePart(BaseModel):
@@ -91,6 +110,40 @@ class Message(BaseModel):
 
 class DeletedChat(BaseModel):
     message: str
+
+
+# --- usage -------------------------------------------------------------------------------
+
+
+class UsageToday(BaseModel):
+    messages: int = Field(description="Answered turns today (UTC).")
+    input_tokens: int
+    output_tokens: int
+    total_tokens: int
+
+
+class UsageLimits(BaseModel):
+    messages_per_minute: int
+    tokens_per_day: int
+
+
+class UsageRemaining(BaseModel):
+    messages_this_minute: int
+    tokens_today: int
+
+
+class UsageResets(BaseModel):
+    minute: float = Field(description="When the per-minute count restarts, Unix epoch seconds.")
+    day: float = Field(description="Next 00:00 UTC, when the daily tokens restart.")
+
+
+class UsageReport(BaseModel):
+    plan: str = Field(description="The caller's plan (from the token's plan claim, or default).")
+    day: str = Field(description="The UTC day counted, YYYY-MM-DD.")
+    today: UsageToday
+    limits: UsageLimits
+    remaining: UsageRemaining
+    resets_at: UsageResets
 
 
 # --- POST /chat --------------------------------------------------------------------------

@@ -126,6 +126,10 @@ locals {
     GCS_BUCKET_NAME               = google_storage_bucket.uploads.name
     RAVEN_MODEL                   = var.raven_model
     SUMMARY_MODEL                 = var.summary_model
+    GEMINI_FALLBACK_MODEL         = var.gemini_fallback_model
+    PLAN_CLAIM                    = var.plans.claim
+    DEFAULT_PLAN                  = var.plans.default
+    PLAN_LIMITS                   = var.plans.limits == null ? null : jsonencode(var.plans.limits)
     THINKING_BUDGET               = var.thinking_budget == null ? null : tostring(var.thinking_budget)
     CHAT_STREAM_FORMAT            = var.chat_stream_format
     SYSTEM_INSTRUCTION_URL        = "gs://${google_storage_bucket.config.name}/${google_storage_bucket_object.system_instruction.name}"
@@ -147,8 +151,12 @@ locals {
       "ALLOWED_ORIGINS", "CLERK_ISSUER", "CLERK_JWKS_URL", "GCS_BUCKET_NAME",
       "RAVEN_MODEL", "SUMMARY_MODEL", "THINKING_BUDGET", "SYSTEM_INSTRUCTION_URL", "CHAT_STREAM_FORMAT",
       "TASKS_QUEUE", "SUMMARIZE_URL", "TASKS_INVOKER_SERVICE_ACCOUNT",
+      "GEMINI_FALLBACK_MODEL", "PLAN_CLAIM", "DEFAULT_PLAN", "PLAN_LIMITS",
     ]
-    chats_crud    = ["ALLOWED_ORIGINS", "CLERK_ISSUER", "CLERK_JWKS_URL", "GCS_BUCKET_NAME", "SIGNER_SERVICE_ACCOUNT"]
+    chats_crud = [
+      "ALLOWED_ORIGINS", "CLERK_ISSUER", "CLERK_JWKS_URL", "GCS_BUCKET_NAME", "SIGNER_SERVICE_ACCOUNT",
+      "PLAN_CLAIM", "DEFAULT_PLAN", "PLAN_LIMITS",
+    ]
     upload_url    = ["ALLOWED_ORIGINS", "CLERK_ISSUER", "CLERK_JWKS_URL", "GCS_BUCKET_NAME", "SIGNER_SERVICE_ACCOUNT"]
     clerk_webhook = ["GCS_BUCKET_NAME"]
     summarize     = ["SUMMARY_MODEL", "THINKING_BUDGET", "TASKS_INVOKER_SERVICE_ACCOUNT"]

@@ -115,7 +115,7 @@ def test_list_is_most_recently_active_first(alice: ApiClient, db: Database) -> N
 
 def test_listed_chats_are_the_objects_create_and_rename_return(alice: ApiClient) -> None:
     # The list's JSON is built by Postgres, create's and rename's in Python: same objects.
-    created = alice.create_chat("Ünïcode \"quoted\" title ✓")
+    created = alice.create_chat('Ünïcode "quoted" title ✓')
     renamed = alice.patch(f"/api/chats/{created['chatId']}", json={"title": "Ravens 🐦"}).json()
     [listed] = alice.get("/api/chats").json()
     assert listed == renamed

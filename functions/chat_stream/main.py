@@ -146,12 +146,7 @@ def send_message(request: Request, user: AuthenticatedUser) -> Response:
 
     db = database()
     with db.transaction() as tx:
-        usage.check_and_count_message(
-            tx,
-            user.id,
-            messages_per_minute=settings.rate_limit_messages_per_minute,
-            tokens_per_day=settings.rate_limit_tokens_per_day,
-        )
+        usage.check_and_count_message(tx, user.id, usage.plan_for(settings, user.plan))
         turn = chats.start_turn(tx, user.id, chat_id, message.text, parts, tokens)
         if media_parts:
             from shared import media
