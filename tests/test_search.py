@@ -126,9 +126,7 @@ def test_bad_search_input_is_a_clear_4xx(alice: ApiClient) -> None:
     assert_error(
         alice.get("/api/chats", params={"q": word, "cursor": list_cursor}), 400, "invalid_cursor"
     )
-    search_cursor = alice.get("/api/chats", params={"q": word, "limit": 1}).headers[
-        "X-Next-Cursor"
-    ]
+    search_cursor = alice.get("/api/chats", params={"q": word, "limit": 1}).headers["X-Next-Cursor"]
     assert_error(alice.get("/api/chats", params={"cursor": search_cursor}), 400, "invalid_cursor")
 
 

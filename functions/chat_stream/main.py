@@ -261,7 +261,7 @@ def save_answer(
                     complete=complete,
                     token_count=output_tokens,
                     reported=complete and finished is not None and finished.output_tokens > 0,
-                    model=settings.raven_model,
+                    model=finished.model if finished else settings.raven_model,
                 )
             else:
                 chats.discard_answer(tx, turn["assistant_message_id"])
