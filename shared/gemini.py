@@ -29,6 +29,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from shared.schemas import FinishReason
 from shared.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -46,7 +47,6 @@ class Heartbeat:
 
 # Why the model stopped, as the API reports it (Gemini's FinishReason and the prompt's
 # BlockedReason, many of them), folded into the few a client can act on.
-FinishReason = Literal["stop", "max_tokens", "safety", "recitation", "other"]
 _FINISH_REASONS: dict[str, FinishReason] = {
     "STOP": "stop",
     "MAX_TOKENS": "max_tokens",

@@ -13,6 +13,9 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 MAX_TITLE_CHARS = 200
 DEFAULT_TITLE = "New Chat"
 
+# Why an answer ended (Gemini's many reasons folded into these by shared/gemini.py).
+FinishReason = Literal["stop", "max_tokens", "safety", "recitation", "other"]
+
 Title = Annotated[str, StringConstraints(strip_whitespace=True, max_length=MAX_TITLE_CHARS)]
 
 
@@ -106,6 +109,10 @@ class Message(BaseModel):
     status: Literal["complete", "incomplete"] = Field(
         description="incomplete: the answer was cut short (model failure or disconnect)."
     )
+    finish_reason: FinishReason | None = Field(
+        description="Why an answer ended, as the model said (null for questions and for "
+        "answers cut by a failure or a disconnect)."
+    )
 
 
 class DeletedChat(BaseModel):
@@ -162,7 +169,21 @@ class ChatMessageIn(RequestModel):
 
 class ChatRequest(RequestModel):
     chatId: str | None = None
-    messages: list[ChatMessageIn] = Field(min_length=1)
+    messages: list[ChatMessageIn] = Field(
+        default_factory=list,
+        description="The client's copy of the chat; only the last (the user's) is new. "
+        "May be left out with `regenerate`.",
+    )
+    regenerate: bool = Field(
+        False,
+        description="Replace the chat's last answer with a new one (needs `chatId`; no new "
+        "message is stored, `messages` is ignored).",
+    )
+    editMessageId: str | None = Field(
+        None,
+        description="A question of the chat (`chatId`) to replace with the last message of "
+        "`messages`; everything after it is removed, then the new question is answered.",
+    )
 
 
 def _type_is_required(schema: dict[str, Any]) -> None:
@@ -199,6 +220,11 @@ class DoneEvent(Event):
     type: Literal["done"] = "done"
     message_id: str = Field(description="Id of the stored assistant message.")
     usage: Usage | None = None
+    finish_reason: FinishReason | None = Field(
+        None,
+        description="Why the answer ended: stop (complete), max_tokens (cut at the length "
+        "limit: stored incomplete), other. safety and recitation end with an error event.",
+    )
 
 
 class ErrorEvent(Event):
@@ -206,6 +232,7 @@ class ErrorEvent(Event):
     detail: str = Field(description="Human-readable; safe to show the user.")
     code: str = Field(
         description="Machine-readable: model_busy, model_unavailable, model_refused, "
+        "blocked (the model's safety or recitation checks withheld the answer), "
         "answer_not_saved."
     )
     message_id: str | None = Field(None, description="The partial answer kept, if any.")

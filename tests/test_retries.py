@@ -12,7 +12,7 @@ from dev.gemini_standin import StandinControl
 from dev.stack import LocalStack
 from shared.db import Database
 from shared.gemini import BACKOFF_CAP_SECONDS, backoff_seconds
-from tests.conftest import ApiClient, function_process, sse_events
+from tests.conftest import ApiClient, function_process, stream_events
 
 FALLBACK = "gemini-fallback-test"
 
@@ -50,7 +50,7 @@ def test_a_busy_or_unavailable_model_is_retried_until_it_answers(
     question = unique(f"flaky {status}")
     model.script(match=question, http_error={"status": status}, times=2)
     model.script(match=question, reply="Third time lucky.")
-    events = sse_events(alice.send(question))
+    events = stream_events(alice.send(question))
     start, *chunks, done = [e for e in events if isinstance(e, dict)]
     assert start["type"] == "start" and done["type"] == "done"
     assert "".join(chunk["content"] for chunk in chunks) == "Third time lucky."
@@ -64,7 +64,7 @@ def test_a_busy_or_unavailable_model_is_retried_until_it_answers(
 def test_a_refusal_is_not_retried(alice: ApiClient, model: StandinControl) -> None:
     question = unique("refused")
     model.script(match=question, http_error={"status": 400, "message": "bad request"}, times=5)
-    events = sse_events(alice.send(question))
+    events = stream_events(alice.send(question))
     assert events[-1]["type"] == "error"
     assert len(model.requests(match=question)) == 1
 
@@ -78,7 +78,7 @@ def test_never_retried_after_the_first_chunk(
         chunks=["Half ", "an ", "answer"],
         stream_error={"after_chunks": 1, "status": 503},
     )
-    events = sse_events(alice.send(question))
+    events = stream_events(alice.send(question))
     assert [e["type"] for e in events if isinstance(e, dict)] == ["start", "chunk", "error"]
     assert len(model.requests(match=question)) == 1  # the user saw "Half ": no second answer
     assert answers(db, events[0]["chat_id"])[0]["status"] == "incomplete"
@@ -89,7 +89,7 @@ def test_after_the_budget_the_fallback_model_answers(
 ) -> None:
     question = unique("fallback")
     model.script(match=question, http_error={"status": 503}, times=1)
-    events = sse_events(with_fallback.send(question))
+    events = stream_events(with_fallback.send(question))
     assert events[-1]["type"] == "done"
     records = model.requests(match=question)
     assert [(r["model"], r["outcome"]) for r in records] == [
@@ -104,7 +104,7 @@ def test_when_the_fallback_fails_too_the_turn_ends_with_an_error(
 ) -> None:
     question = unique("both down")
     model.script(match=question, http_error={"status": 503}, times=5)
-    events = sse_events(with_fallback.send(question))
+    events = stream_events(with_fallback.send(question))
     assert events[-1]["type"] == "error" and "unavailable" in events[-1]["detail"]
     assert [r["model"] for r in model.requests(match=question)] == ["gemini-2.5-flash", FALLBACK]
 

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 
 from dev.stack import LocalStack
-from tests.conftest import ApiClient, assert_error, function_process, sse_events
+from tests.conftest import ApiClient, assert_error, function_process, stream_events
 
 PLANS = {"pro": {"messages_per_minute": 60, "tokens_per_day": 5000}, "tiny": {"tokens_per_day": 1}}
 
@@ -46,7 +46,7 @@ def test_a_new_user_on_the_default_plan(alice: ApiClient) -> None:
 
 
 def test_usage_counts_what_was_sent_and_answered(alice: ApiClient) -> None:
-    events = sse_events(alice.send("How many tokens is this?"))
+    events = stream_events(alice.send("How many tokens is this?"))
     done = events[-1]
     assert done["type"] == "done"
     report = alice.get("/api/usage").json()
@@ -79,12 +79,12 @@ def test_the_429s_name_the_plan_and_the_limit_hit(stack: LocalStack, make_user: 
     plans = {"chatty": {"messages_per_minute": 1}, "thrifty": {"tokens_per_day": 1}}
     with function_process(stack, "chat_stream", PLAN_LIMITS=json.dumps(plans)) as base:
         chatty = as_client(base, make_user(plan="chatty"))  # type: ignore[operator]
-        assert sse_events(chatty.send("one"))[-1]["type"] == "done"
+        assert stream_events(chatty.send("one"))[-1]["type"] == "done"
         refused = assert_error(chatty.send("two"), 429, "rate_limited_messages")
         assert "chatty plan" in refused["detail"] and "1 per minute" in refused["detail"]
 
         thrifty = as_client(base, make_user(plan="thrifty"))  # type: ignore[operator]
-        assert sse_events(thrifty.send("one"))[-1]["type"] == "done"
+        assert stream_events(thrifty.send("one"))[-1]["type"] == "done"
         response = thrifty.send("two")
         refused = assert_error(response, 429, "rate_limited_tokens")
         assert "thrifty plan" in refused["detail"] and "1 tokens per day" in refused["detail"]

@@ -106,7 +106,7 @@ def summarize_chat(request: Request) -> Response:
     db = database()
     state = db.fetch_one(
         """
-        SELECT c.title_source,
+        SELECT c.title_source, c.rewrites,
                (SELECT covers_through_position FROM summaries
                 WHERE chat_id = c.id ORDER BY version DESC LIMIT 1) AS covered,
                (SELECT content FROM summaries
@@ -172,10 +172,14 @@ def summarize_chat(request: Request) -> Response:
         # The chat's row lock serialises summary writers: at most one summary per cut, and
         # an older cut delivered late never becomes the newest version.
         chat = tx.fetch_one(
-            "SELECT id FROM chats WHERE id = :chat_id FOR UPDATE", chat_id=task.chat_id
+            "SELECT rewrites FROM chats WHERE id = :chat_id FOR UPDATE", chat_id=task.chat_id
         )
         if chat is None:
             return done("nothing to do: the chat was deleted")
+        if chat["rewrites"] != state["rewrites"]:
+            # Regenerate or edit removed messages since we read them: this summary may
+            # hold what the user took back. The next trigger builds one from what remains.
+            return done("nothing to do: the history changed meanwhile")
         stored = tx.fetch_one(
             """
             INSERT INTO summaries (id, chat_id, version, covers_through_position, content,

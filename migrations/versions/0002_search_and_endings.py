@@ -11,6 +11,8 @@
 * ``messages.streaming_until``: set on an answer placeholder while its turn streams (a
   lease, so a crashed instance cannot leave a chat busy for ever), cleared when it is
   stored. Regenerate and edit refuse a chat with a live lease (409 ``chat_busy``).
+* ``chats.rewrites``: how many times regenerate or edit removed messages from the chat. A
+  summary built from messages read before a rewrite is not stored after it.
 
 Revision ID: 0002
 Revises: 0001
@@ -36,6 +38,8 @@ ALTER TABLE messages
         GENERATED ALWAYS AS (to_tsvector('simple'::regconfig, content)) STORED;
 CREATE INDEX messages_content_search ON messages USING gin (content_search);
 
+ALTER TABLE chats ADD COLUMN rewrites integer NOT NULL DEFAULT 0;
+
 ALTER TABLE messages
     ADD COLUMN finish_reason text
         CHECK (finish_reason IN ('stop', 'max_tokens', 'safety', 'recitation', 'other')),
@@ -47,7 +51,7 @@ ALTER TABLE messages DROP COLUMN streaming_until, DROP COLUMN finish_reason;
 DROP INDEX messages_content_search;
 ALTER TABLE messages DROP COLUMN content_search;
 DROP INDEX chats_title_search;
-ALTER TABLE chats DROP COLUMN title_search;
+ALTER TABLE chats DROP COLUMN title_search, DROP COLUMN rewrites;
 """
 
 
