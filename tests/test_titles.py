@@ -15,7 +15,7 @@ import requests
 from dev.gemini_standin import StandinControl
 from dev.stack import LocalStack
 from shared.db import Database
-from tests.conftest import ApiClient, store_history
+from tests.conftest import ApiClient, read_logs, store_history, stream_events
 
 
 @pytest.fixture(scope="module")
@@ -166,3 +166,57 @@ def test_one_title_task_per_chat_however_often_asked(
     assert tasks.request_title(uuid.UUID(chat_id)) is False
     wait_for(lambda: (title_of(db, chat_id) or {}).get("title") == "Once")
     assert len(model.requests(match="dedup title")) == 1
+
+
+# --- asked for by chat_stream after the first complete answer ---------------------------------
+
+
+def unique(label: str) -> str:
+    return f"{label}-{uuid.uuid4().hex[:10]}"
+
+
+def title_requested(stack: LocalStack, chat_id: str) -> bool:
+    """Whether chat_stream asked for this chat's title (it logs each task it creates)."""
+    return any(
+        entry.get("message") == "title requested" and entry.get("chat") == chat_id
+        for entry in read_logs(stack, "chat_stream")
+    )
+
+
+def test_the_first_answer_titles_a_new_chat_within_seconds(
+    stack: LocalStack, alice: ApiClient, model: StandinControl
+) -> None:
+    question = unique("How do ravens talk")
+    model.script(match=question, reply="They croak.")
+    model.script(match=question, method="generateContent", reply="How ravens talk")
+    events = stream_events(alice.send(question))
+    assert events[-1]["type"] == "done"
+    chat_id = events[0]["chat_id"]
+    assert title_requested(stack, chat_id)  # asked for once the stream had ended with done
+
+    def listed_title() -> str | None:
+        chats = alice.get("/api/chats").json()
+        title = next(c["title"] for c in chats if c["chatId"] == chat_id)
+        return title if title != "New Chat" else None
+
+    assert wait_for(listed_title, timeout=15) == "How ravens talk"
+    [call] = [r for r in model.requests(match=question) if r["method"] == "generateContent"]
+    assert "User: " + question in call["body"]["contents"][0]["parts"][0]["text"]
+
+
+def test_no_title_task_for_a_titled_chat_or_a_cut_answer(
+    stack: LocalStack, alice: ApiClient, model: StandinControl
+) -> None:
+    titled = alice.create_chat("Chosen by me")["chatId"]
+    assert stream_events(alice.send(unique("hello"), titled))[-1]["type"] == "done"
+    assert not title_requested(stack, titled)
+
+    question = unique("long")
+    model.script(match=question, reply="Cut", finish_reason="MAX_TOKENS")
+    events = stream_events(alice.send(question))
+    chat_id = events[0]["chat_id"]
+    assert events[-1]["finish_reason"] == "max_tokens"
+    assert not title_requested(stack, chat_id)
+    # The first complete answer asks.
+    assert stream_events(alice.send(unique("again"), chat_id))[-1]["finish_reason"] == "stop"
+    assert title_requested(stack, chat_id)
