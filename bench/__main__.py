@@ -12,13 +12,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import chat_stream, chats_crud, clerk_webhook, summaries
+from bench import chat_stream, chats_crud, clerk_webhook, controls, summaries
 
 BENCHMARKS: dict[str, Callable[[], dict[str, Any]]] = {
     "chats_crud": chats_crud.run,
     "chat_stream": chat_stream.run,
     "summaries": summaries.run,
     "clerk_webhook": clerk_webhook.run,
+    "controls": controls.run,
 }
 
 

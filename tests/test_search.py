@@ -132,3 +132,31 @@ def test_bad_search_input_is_a_clear_4xx(alice: ApiClient) -> None:
 
 def test_search_needs_a_token(anonymous: ApiClient) -> None:
     assert_error(anonymous.get("/api/chats", params={"q": "x"}), 401)
+
+
+def test_a_word_too_common_to_rank_lists_matching_chats_by_recent_activity(
+    alice: ApiClient, db: Database
+) -> None:
+    from shared.chats import SEARCH_RANKED_HITS
+
+    word = "everywhere" + uuid.uuid4().hex[:6]
+    busy = alice.create_chat("Busy")["chatId"]
+    with db.transaction() as tx:  # more matching messages than are worth ranking
+        tx.execute(
+            "INSERT INTO messages (id, chat_id, position, role, content) "
+            "SELECT gen_random_uuid(), :chat, n, 'user', :word || ' number ' || n "
+            "FROM generate_series(0, :last) n",
+            chat=uuid.UUID(busy),
+            word=word,
+            last=SEARCH_RANKED_HITS,
+        )
+    quiet = alice.create_chat("Quiet")["chatId"]
+    add_messages(db, quiet, [f"just one {word} here", "ok"])
+    titled = alice.create_chat(f"About {word}")["chatId"]
+    alice.create_chat("No match")
+
+    hits = search(alice, word)
+    # Most recently active first (created last here), each with its newest matching message.
+    assert [hit["chatId"] for hit in hits] == [titled, quiet, busy]
+    assert hits[0]["matchMessageId"] is None and word in hits[0]["snippet"]
+    assert hits[2]["snippet"] == f"{word} number {SEARCH_RANKED_HITS}"
