@@ -97,8 +97,15 @@ def bench_search(stack: LocalStack, db: Database) -> dict[str, Any]:
     results: dict[str, Any] = {"seed_seconds": round(seed_seconds, 1)}
     for _ in range(20):  # warm-up: connections, caches, the token cache
         timed_get(base + urllib.parse.urlencode({"q": "w7"}), token)
-    for label, q in {**queries, "plain list (no q)": None}.items():
-        url = base + (urllib.parse.urlencode({"q": q}) if q else "")
+    runs: list[tuple[str, str | None, int | None]] = [
+        (label, q, None) for label, q in queries.items()
+    ]
+    runs += [(f"{label}, limit=100", q, 100) for label, q in queries.items()]
+    for label, q, limit in [*runs, ("plain list (no q)", None, None)]:
+        params: dict[str, Any] = {"q": q} if q else {}
+        if limit:
+            params["limit"] = limit
+        url = base + urllib.parse.urlencode(params)
         timings, hits = [], 0
         for _ in range(SEARCH_SAMPLES):
             ms, body = timed_get(url, token)
@@ -119,7 +126,7 @@ def bench_search(stack: LocalStack, db: Database) -> dict[str, Any]:
             "matching_chats": matching["n"] if matching else None,
         }
         print(
-            f"search {label:>22}: p50 {results[label]['p50_ms']:6.2f} ms, "
+            f"search {label:>32}: p50 {results[label]['p50_ms']:6.2f} ms, "
             f"p95 {results[label]['p95_ms']:6.2f} ms, page {hits}, "
             f"chats matching {results[label]['matching_chats']}"
         )

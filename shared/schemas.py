@@ -51,8 +51,17 @@ class RenameChatRequest(RequestModel):
 MAX_SEARCH_CHARS = 200
 
 
+LIST_PAGE_SIZE = 100
+SEARCH_PAGE_SIZE = 20
+
+
 class ChatListQuery(RequestModel):
-    limit: int = Field(100, ge=1, le=200, description="Chats per page.")
+    limit: int | None = Field(
+        None,
+        ge=1,
+        le=200,
+        description=f"Chats per page (default {LIST_PAGE_SIZE}; {SEARCH_PAGE_SIZE} with `q`).",
+    )
     cursor: str | None = Field(None, description="X-Next-Cursor of the previous page.")
     q: Annotated[str, StringConstraints(strip_whitespace=True, max_length=MAX_SEARCH_CHARS)] = (
         Field(

@@ -160,3 +160,13 @@ def test_a_word_too_common_to_rank_lists_matching_chats_by_recent_activity(
     assert [hit["chatId"] for hit in hits] == [titled, quiet, busy]
     assert hits[0]["matchMessageId"] is None and word in hits[0]["snippet"]
     assert hits[2]["snippet"] == f"{word} number {SEARCH_RANKED_HITS}"
+
+
+def test_a_search_page_holds_20_chats_unless_asked(alice: ApiClient) -> None:
+    word = "many" + uuid.uuid4().hex[:6]
+    for n in range(21):
+        alice.create_chat(f"{word} {n}")
+    first = alice.get("/api/chats", params={"q": word})
+    assert len(first.json()) == 20 and "X-Next-Cursor" in first.headers
+    assert len(search(alice, word, limit=21)) == 21
+    assert len(alice.get("/api/chats").json()) == 21  # the plain list keeps its 100

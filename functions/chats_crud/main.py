@@ -29,6 +29,8 @@ from shared import chats, media, usage
 from shared.auth import AuthenticatedUser, request_authenticator
 from shared.runtime import database, make_api, start_function
 from shared.schemas import (
+    LIST_PAGE_SIZE,
+    SEARCH_PAGE_SIZE,
     ChatListQuery,
     CreateChatRequest,
     MessageListQuery,
@@ -55,10 +57,12 @@ def list_chats(request: Request, user: AuthenticatedUser) -> Response:
     query = validate(ChatListQuery, request.args.to_dict(), where="query.")
     if query.q:
         hits, next_cursor = chats.search_chats(
-            database(), user.id, query.q, query.limit, query.cursor
+            database(), user.id, query.q, query.limit or SEARCH_PAGE_SIZE, query.cursor
         )
         return json_response(hits, headers=_next_page_headers(request, "cursor", next_cursor))
-    page, next_cursor = chats.list_chats_json(database(), user.id, query.limit, query.cursor)
+    page, next_cursor = chats.list_chats_json(
+        database(), user.id, query.limit or LIST_PAGE_SIZE, query.cursor
+    )
     return Response(
         page,
         mimetype="application/json",
