@@ -19,6 +19,7 @@ ERROR_STATUSES = {
     "400": "Malformed input (e.g. invalid JSON).",
     "401": "Missing, malformed or expired token (with WWW-Authenticate: Bearer).",
     "404": "No such chat, or it belongs to someone else.",
+    "409": "Conflict, e.g. chat_busy: an answer of the chat is still streaming.",
     "413": "Body too large.",
     "422": "Well-formed input that fails validation; detail names the field.",
     "429": "Rate limited (with Retry-After).",
@@ -251,7 +252,7 @@ def _paths() -> dict[str, Any]:
                             },
                         },
                     },
-                    **_errors("400", "401", "404", "413", "422", "429", "503"),
+                    **_errors("400", "401", "404", "409", "413", "422", "429", "503"),
                 },
             }
         },

@@ -105,7 +105,7 @@ def test_regenerate_replaces_the_last_answer_and_keeps_the_question(
         ("assistant", "A better answer two."),
     ]
     # The model saw the question again, and not the answer it replaces.
-    record = model.requests(match=second)[-1]
+    record = [r for r in model.requests(match=second) if r["method"] != "generateContent"][-1]
     assert record["body"]["contents"][-1]["role"] == "user"
     assert "Answer two." not in model_texts(record)
     count = db.fetch_one("SELECT message_count FROM chats WHERE id = :id", id=uuid.UUID(chat_id))
@@ -186,7 +186,7 @@ def test_edit_replaces_the_question_and_removes_everything_after_it(
         ("assistant", "A2 for the edit."),
     ]
     # No trace in the window: only the summary before the edit point is left and used.
-    record = model.requests(match=edited)[-1]
+    record = [r for r in model.requests(match=edited) if r["method"] != "generateContent"][-1]
     system = record["body"]["systemInstruction"]["parts"][0]["text"]
     texts = " ".join(model_texts(record)) + system
     for gone in (q2, "A2.", q3, "A3.", "summary through 3"):

@@ -60,23 +60,28 @@ def test_a_title_task_titles_the_chat_from_its_first_exchange(
     stack: LocalStack, alice: ApiClient, db: Database, model: StandinControl
 ) -> None:
     chat_id = chat_with_history(alice, db)
-    model.script(match="message 1", method="generateContent", reply='"Ravens at dawn."')
+    marker = uuid.uuid4().hex[:8]
+    with db.transaction() as tx:  # the first exchange, recognisable among other tests' chats
+        tx.execute(
+            "UPDATE messages SET content = content || ' ' || :marker WHERE chat_id = :id",
+            marker=marker,
+            id=uuid.UUID(chat_id),
+        )
+    model.script(match=marker, method="generateContent", reply='"Ravens at dawn."')
     response = deliver(stack, {"chat_id": chat_id, "task": "title"})
     assert response.status_code == 200 and response.json()["message"] == "title stored"
     assert title_of(db, chat_id) == {"title": "Ravens at dawn.", "title_source": "generated"}
     [listed] = [c for c in alice.get("/api/chats").json() if c["chatId"] == chat_id]
     assert listed["title"] == "Ravens at dawn."
-    [call] = [r for r in model.requests(match="message 1") if r["method"] == "generateContent"]
+    [call] = [r for r in model.requests(match=marker) if r["method"] == "generateContent"]
     assert call["body"]["generationConfig"]["maxOutputTokens"] == 32
     prompt = call["body"]["contents"][0]["parts"][0]["text"]
-    assert "User: message 0" in prompt and "Raven: message 1" in prompt
+    assert f"User: message 0 {marker}" in prompt and f"Raven: message 1 {marker}" in prompt
 
     # Delivered again (at least once): the chat has its title, no second model call.
     again = deliver(stack, {"chat_id": chat_id, "task": "title"})
     assert again.status_code == 200 and "already" in again.json()["message"]
-    assert (
-        len([r for r in model.requests(match="message 1") if r["method"] == "generateContent"]) == 1
-    )
+    assert len([r for r in model.requests(match=marker) if r["method"] == "generateContent"]) == 1
 
 
 def test_a_rename_during_titling_wins(

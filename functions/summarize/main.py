@@ -48,8 +48,9 @@ MODEL.preload()
 # the summary still covers through the cut and the newest messages stay verbatim).
 MAX_MESSAGES_PER_SUMMARY = 400
 TITLE_MAX_CHARS = 60
-# A title task reads the chat's first messages only: the first exchange says what it is about.
-TITLE_SOURCE_MESSAGES = 4
+# A title task reads the chat's first exchange only (question and answer): it says what the
+# chat is about, and the call stays small.
+TITLE_SOURCE_MESSAGES = 2
 
 SUMMARIZER_INSTRUCTION = """\
 You maintain the running summary of a conversation between a user and Raven, an AI \
