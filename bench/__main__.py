@@ -12,7 +12,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import chat_stream, chats_crud, clerk_webhook, hostile, stream_framing, summaries
+from bench import (
+    chat_stream,
+    chats_crud,
+    clerk_webhook,
+    controls,
+    hostile,
+    stream_framing,
+    summaries,
+)
 
 BENCHMARKS: dict[str, Callable[[], dict[str, Any]]] = {
     "chats_crud": chats_crud.run,
@@ -21,6 +29,7 @@ BENCHMARKS: dict[str, Callable[[], dict[str, Any]]] = {
     "summaries": summaries.run,
     "clerk_webhook": clerk_webhook.run,
     "hostile": hostile.run,
+    "controls": controls.run,
 }
 
 

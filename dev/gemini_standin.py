@@ -108,9 +108,17 @@ Scripting API (control endpoints under ``/__standin/``)
     is recomputed unless given); ``countTokens`` answers ``totalTokens`` from it.
   - ``times`` (int, default 1): how many requests the script serves.
   - ``match`` (str): apply only to a request whose last user text contains it.
+  - ``finish_reason`` (str): the last chunk's ``finishReason`` (default ``STOP``), e.g.
+    ``MAX_TOKENS``, ``SAFETY``, ``RECITATION``.
+  - ``block_reason`` (str): refuse the prompt as Gemini does: one response with
+    ``promptFeedback.blockReason`` (e.g. ``SAFETY``) and no candidate.
   - ``method`` (str): restrict to one RPC. Scripts without ``method`` apply to
     ``streamGenerateContent`` and ``generateContent`` only, never to ``countTokens``, so a
     token count cannot consume a script meant for the model call.
+
+  To fail N times then succeed, queue ``{"http_error": {"status": 503}, "times": N}`` (with
+  a ``match``): the N requests after it fail, the next gets the default answer (or the next
+  script queued for it).
 
   A request takes the oldest matching keyed script first and otherwise the oldest script
   without a ``match`` key, so concurrent tests that key their scripts never steal each
@@ -215,8 +223,28 @@ _SCRIPT_KEYS = frozenset(
         "match",
         "method",
         "stamp_chunks",
+        "finish_reason",
+        "block_reason",
     }
 )
+
+# Gemini's FinishReason and BlockedReason values a script may name.
+FINISH_REASONS = frozenset(
+    {
+        "STOP",
+        "MAX_TOKENS",
+        "SAFETY",
+        "RECITATION",
+        "LANGUAGE",
+        "OTHER",
+        "BLOCKLIST",
+        "PROHIBITED_CONTENT",
+        "SPII",
+        "MALFORMED_FUNCTION_CALL",
+        "IMAGE_SAFETY",
+    }
+)
+BLOCK_REASONS = frozenset({"SAFETY", "OTHER", "BLOCKLIST", "PROHIBITED_CONTENT", "IMAGE_SAFETY"})
 
 
 class ScriptError(ValueError):
@@ -247,6 +275,9 @@ class Script:
         stamp_chunks: Replace each streamed chunk's text with the time it is sent
             (``time.time()``, 6 decimals, then a space): benchmarks measure the latency
             each chunk gains on its way through the backend.
+        finish_reason: The last chunk's ``finishReason`` (default ``STOP``).
+        block_reason: Refuse the prompt: one response with ``promptFeedback.blockReason``
+            and no candidate, as Gemini answers a blocked input.
     """
 
     id: int
@@ -262,6 +293,8 @@ class Script:
     match: str | None = None
     method: str | None = None
     stamp_chunks: bool = False
+    finish_reason: str = "STOP"
+    block_reason: str | None = None
 
     def applies_to(self, method: str) -> bool:
         """Whether the script may serve a call of ``method``."""
@@ -366,6 +399,14 @@ def parse_script(payload: Any, script_id: int) -> Script:
         if not isinstance(payload["stamp_chunks"], bool):
             raise ScriptError("stamp_chunks must be true or false")
         script.stamp_chunks = payload["stamp_chunks"]
+    if "finish_reason" in payload:
+        if payload["finish_reason"] not in FINISH_REASONS:
+            raise ScriptError(f"finish_reason must be one of {', '.join(sorted(FINISH_REASONS))}")
+        script.finish_reason = payload["finish_reason"]
+    if "block_reason" in payload:
+        if payload["block_reason"] not in BLOCK_REASONS:
+            raise ScriptError(f"block_reason must be one of {', '.join(sorted(BLOCK_REASONS))}")
+        script.block_reason = payload["block_reason"]
     if "method" in payload:
         if payload["method"] not in MODEL_METHODS:
             raise ScriptError(f"method must be one of {', '.join(sorted(MODEL_METHODS))}")
@@ -920,14 +961,19 @@ class _Handler(BaseHTTPRequestHandler):
             chunks = split_into_chunks(script.reply)
         else:
             chunks = split_into_chunks(default_reply(view))
+        if script is not None and script.block_reason is not None:
+            chunks = []
         usage = self._usage(view, "".join(chunks), script)
+        finish = script.finish_reason if script is not None else "STOP"
+        block = script.block_reason if script is not None else None
         if method == "generateContent":
-            self._whole(self._responses(route, ["".join(chunks)], usage)[0], len(chunks), script)
+            whole = self._responses(route, ["".join(chunks)], usage, finish, block)[0]
+            self._whole(whole, len(chunks), script)
         elif "sse" not in urllib.parse.parse_qs(query).get("alt", []):
             # Without alt=sse the real API answers one JSON array of the chunk responses.
-            self._whole(self._responses(route, chunks, usage), len(chunks), script)
+            self._whole(self._responses(route, chunks, usage, finish, block), len(chunks), script)
         else:
-            self._stream(self._responses(route, chunks, usage), script)
+            self._stream(self._responses(route, chunks, usage, finish, block), script)
 
     @staticmethod
     def _usage(view: RequestView, reply: str, script: Script | None) -> dict[str, int]:
@@ -947,11 +993,26 @@ class _Handler(BaseHTTPRequestHandler):
 
     @staticmethod
     def _responses(
-        route: dict[str, Any], chunks: list[str], usage: dict[str, int]
+        route: dict[str, Any],
+        chunks: list[str],
+        usage: dict[str, int],
+        finish_reason: str = "STOP",
+        block_reason: str | None = None,
     ) -> list[dict[str, Any]]:
-        """One GenerateContentResponse per chunk; the last one finishes and bills."""
+        """One GenerateContentResponse per chunk; the last one finishes and bills.
+
+        A blocked prompt is one response without candidates, carrying ``promptFeedback``.
+        """
         response_id = uuid.uuid4().hex[:22]
         created = time.strftime("%Y-%m-%dT%H:%M:%S.000000Z", time.gmtime())
+        if block_reason is not None:
+            blocked: dict[str, Any] = {
+                "promptFeedback": {"blockReason": block_reason},
+                "usageMetadata": usage,
+                "modelVersion": route["model"],
+                "responseId": response_id,
+            }
+            return [blocked]
         responses: list[dict[str, Any]] = []
         for index, text in enumerate(chunks or [""]):
             candidate: dict[str, Any] = {
@@ -966,7 +1027,7 @@ class _Handler(BaseHTTPRequestHandler):
             if route["mode"] == "vertex":
                 response["createTime"] = created
             if index == max(len(chunks), 1) - 1:
-                candidate["finishReason"] = "STOP"
+                candidate["finishReason"] = finish_reason
                 response["usageMetadata"] = usage
             responses.append(response)
         return responses
@@ -1015,7 +1076,7 @@ class _Handler(BaseHTTPRequestHandler):
                 break
             if delay:
                 self._sleep(delay)
-            if script is not None and script.stamp_chunks:
+            if script is not None and script.stamp_chunks and "candidates" in response:
                 response["candidates"][0]["content"]["parts"] = [{"text": f"{time.time():.6f} "}]
             self._write_chunk(_sse_event(response))
         # fail_after_chunks cuts the connection at its chunk, even after every chunk; a

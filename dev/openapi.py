@@ -22,6 +22,7 @@ ERROR_STATUSES = {
     "401": "Missing, malformed or expired token (with WWW-Authenticate: Bearer).",
     "404": "No such chat, or it belongs to someone else.",
     "408": "The request body did not arrive within REQUEST_BODY_TIMEOUT_SECONDS.",
+    "409": "Conflict, e.g. chat_busy: an answer of the chat is still streaming.",
     "413": "Body too large.",
     "422": (
         "Well-formed input that fails validation; detail names the field "
@@ -51,6 +52,7 @@ MODELS: list[type[BaseModel]] = [
     schemas.RenameChatRequest,
     schemas.Chat,
     schemas.CreatedChat,
+    schemas.ChatSearchHit,
     schemas.Message,
     schemas.DeletedChat,
     schemas.ChatRequest,
@@ -58,6 +60,7 @@ MODELS: list[type[BaseModel]] = [
     *NDJSON_EVENTS[1:],
     schemas.UploadUrlRequest,
     schemas.UploadUrlResponse,
+    schemas.UsageReport,
     schemas.WebhookAck,
 ]
 
@@ -143,14 +146,24 @@ def _paths() -> dict[str, Any]:
         "/api/chats": {
             "get": {
                 "operationId": "listChats",
-                "summary": "The caller's chats, most recently active first.",
+                "summary": (
+                    "The caller's chats, most recently active first; with `q`, the chats "
+                    "matching it, best first, each with a snippet."
+                ),
                 "security": BEARER,
                 "parameters": _query_parameters(schemas.ChatListQuery),
                 "responses": {
                     "200": {
-                        "description": "A page of chats.",
+                        "description": "A page of chats (search hits when `q` is given).",
                         "headers": NEXT_CURSOR_HEADERS,
-                        "content": _json_content({"type": "array", "items": _ref(schemas.Chat)}),
+                        "content": _json_content(
+                            {
+                                "type": "array",
+                                "items": {
+                                    "oneOf": [_ref(schemas.Chat), _ref(schemas.ChatSearchHit)]
+                                },
+                            }
+                        ),
                     },
                     **_errors("400", "401", "422", "503"),
                 },
@@ -277,7 +290,7 @@ def _paths() -> dict[str, Any]:
                             },
                         },
                     },
-                    **_errors("400", "401", "404", "408", "413", "422", "429", "503"),
+                    **_errors("400", "401", "404", "408", "409", "413", "422", "429", "503"),
                 },
             }
         },
@@ -306,6 +319,20 @@ def _paths() -> dict[str, Any]:
                         "content": _json_content(_ref(schemas.UploadUrlResponse)),
                     },
                     **_errors("400", "401", "408", "413", "422", "429", "503"),
+                },
+            }
+        },
+        "/api/usage": {
+            "get": {
+                "operationId": "readUsage",
+                "summary": "Today's usage, the caller's plan limits, what remains, when it resets.",
+                "security": BEARER,
+                "responses": {
+                    "200": {
+                        "description": "The caller's usage.",
+                        "content": _json_content(_ref(schemas.UsageReport)),
+                    },
+                    **_errors("401", "503"),
                 },
             }
         },

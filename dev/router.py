@@ -45,6 +45,7 @@ CONTRACT_ROUTES: dict[str, str] = {
     "/api/chats": "chats_crud",
     "/api/chats/<path:rest>": "chats_crud",
     "/api/upload-url": "upload_url",
+    "/api/usage": "chats_crud",
     "/clerk-webhook": "clerk_webhook",
 }
 

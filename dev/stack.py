@@ -346,11 +346,14 @@ class LocalStack:
 
         It runs from its own virtualenv (it pins protobuf<5, which google-cloud-* cannot use).
         Like Cloud Tasks it POSTs each task to its URL with the X-CloudTasks-* headers, and
-        redelivers a task whose handler answered an error.
+        redelivers a task whose handler answered an error; dev/tasks_emulator.py makes it
+        refuse a reused task name with ALREADY_EXISTS, as Cloud Tasks does.
         """
         executable = REPO_ROOT / ".venv-tasks" / "bin" / "gcloud-tasks-emulator"
         if not executable.exists():
             raise RuntimeError(f"{executable} is missing: run `make dev`, which installs it")
+        # Through our launcher, which refuses a reused task name as Cloud Tasks does.
+        launcher = [str(executable.parent / "python"), str(REPO_ROOT / "dev" / "tasks_emulator.py")]
         port = free_port()
         queue = (
             f"projects/{env.get('PROJECT_ID') or 'raven-local'}/locations/"
@@ -359,7 +362,7 @@ class LocalStack:
         log = None if self.log_dir is None else (self.log_dir / "tasks-emulator.log").open("ab")
         self.processes["tasks_emulator"] = subprocess.Popen(
             [
-                str(executable),
+                *launcher,
                 "start",
                 "--port",
                 str(port),

@@ -54,6 +54,7 @@ class AuthenticatedUser:
     email: str | None = None
     first_name: str | None = None
     last_name: str | None = None
+    plan: str | None = None  # the token's plan claim (PLAN_CLAIM), if any
 
     @property
     def display_name(self) -> str | None:
@@ -157,8 +158,10 @@ class TokenVerifier:
         issuer: str | None,
         allowed_origins: list[str],
         leeway_seconds: int,
+        plan_claim: str = "plan",
     ) -> None:
         self._keys = keys
+        self._plan_path = plan_claim.split(".")
         self._verified: dict[str, tuple[AuthenticatedUser, float]] = {}
         self._issuer = issuer
         self._allowed_parties = None if "*" in allowed_origins else set(allowed_origins)
@@ -171,6 +174,7 @@ class TokenVerifier:
             issuer=settings.clerk_issuer,
             allowed_origins=settings.allowed_origins,
             leeway_seconds=settings.jwt_leeway_seconds,
+            plan_claim=settings.plan_claim,
         )
 
     def verify(self, token: str) -> AuthenticatedUser:
@@ -247,8 +251,17 @@ class TokenVerifier:
             email=_optional_str(claims.get("email")),
             first_name=_optional_str(claims.get("first_name") or claims.get("given_name")),
             last_name=_optional_str(claims.get("last_name") or claims.get("family_name")),
+            plan=_plan_claim(claims, self._plan_path),
         )
         return user, float(claims["exp"])
+
+
+def _plan_claim(claims: dict[str, Any], path: list[str]) -> str | None:
+    """The plan name at ``path`` in the claims (``metadata.plan`` reaches into an object)."""
+    value: Any = claims
+    for key in path:
+        value = value.get(key) if isinstance(value, dict) else None
+    return value[:64] if isinstance(value, str) and value else None
 
 
 def _optional_str(value: Any) -> str | None:

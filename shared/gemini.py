@@ -21,6 +21,7 @@ import asyncio
 import logging
 import os
 import queue
+import random
 import threading
 import time
 from collections.abc import Iterator
@@ -28,6 +29,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from shared.schemas import FinishReason
 from shared.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -43,11 +45,42 @@ class Heartbeat:
     """The model has been silent for a while; the caller may keep the connection alive."""
 
 
+# Why the model stopped, as the API reports it (Gemini's FinishReason and the prompt's
+# BlockedReason, many of them), folded into the few a client can act on.
+_FINISH_REASONS: dict[str, FinishReason] = {
+    "STOP": "stop",
+    "MAX_TOKENS": "max_tokens",
+    "SAFETY": "safety",
+    "BLOCKLIST": "safety",
+    "PROHIBITED_CONTENT": "safety",
+    "SPII": "safety",
+    "IMAGE_SAFETY": "safety",
+    "IMAGE_PROHIBITED_CONTENT": "safety",
+    "RECITATION": "recitation",
+    "IMAGE_RECITATION": "recitation",
+}
+BLOCKING_REASONS = frozenset({"safety", "recitation"})
+
+
+def finish_reason_of(api_reason: str | None) -> FinishReason:
+    """Gemini's reason (``"MAX_TOKENS"``...) as one of ours; an unreported one is ``other``."""
+    return _FINISH_REASONS.get(api_reason or "", "other")
+
+
 @dataclass(frozen=True)
 class Finished:
+    """The end of a generation: its usage, why it stopped and which model answered."""
+
     input_tokens: int
     output_tokens: int
-    finish_reason: str | None
+    finish_reason: FinishReason
+    model: str = ""
+    prompt_blocked: bool = False  # the input itself was refused: there is no candidate
+
+    @property
+    def blocked(self) -> bool:
+        """The answer was withheld or cut by the model's safety or recitation checks."""
+        return self.prompt_blocked or self.finish_reason in BLOCKING_REASONS
 
 
 StreamEvent = TextChunk | Heartbeat | Finished
@@ -171,9 +204,59 @@ class GeminiStreamer:
     ) -> Iterator[StreamEvent]:
         """Yield the model's text as it comes, heartbeats while it is silent, then the usage.
 
+        Before the first chunk, a busy or unavailable call is retried with jittered
+        exponential backoff while ``GEMINI_RETRY_BUDGET_SECONDS`` lasts, then tried once on
+        ``GEMINI_FALLBACK_MODEL`` if one is set. Never after a chunk: the caller has already
+        passed it on, and a second answer would repeat it. A call that stayed silent for
+        ``MODEL_TIMEOUT_SECONDS`` is not retried either (the user has waited long enough).
+        ``Finished.model`` names the model that answered.
+
         Raises:
-            ModelError: the model failed, or stayed silent for ``MODEL_TIMEOUT_SECONDS``.
+            ModelError: the model failed (after any retries), or stayed silent too long.
         """
+        settings = self._settings
+        deadline = time.monotonic() + settings.gemini_retry_budget_seconds
+        fallback = settings.gemini_fallback_model
+        attempt = 0
+        while True:
+            text_sent = False
+            try:
+                for event in self._stream_once(
+                    model, system_instruction, contents, heartbeat_seconds, max_output_tokens
+                ):
+                    text_sent = text_sent or isinstance(event, TextChunk)
+                    yield event
+                return
+            except ModelError as error:
+                if text_sent or not error.retryable or error.cause == "timeout":
+                    raise
+                attempt += 1
+                delay = backoff_seconds(attempt)
+                if time.monotonic() + delay <= deadline:
+                    logger.info(
+                        "model call retried",
+                        extra={"model": model, "attempt": attempt, "cause": error.cause},
+                    )
+                    yield from _wait(delay, heartbeat_seconds)
+                    continue
+                if fallback and fallback != model:
+                    logger.warning(
+                        "model call falls back",
+                        extra={"model": model, "fallback": fallback, "cause": error.cause},
+                    )
+                    model, fallback, deadline = fallback, None, 0.0  # one try, no retries
+                    continue
+                raise
+
+    def _stream_once(
+        self,
+        model: str,
+        system_instruction: str,
+        contents: list[dict[str, Any]],
+        heartbeat_seconds: float,
+        max_output_tokens: int | None,
+    ) -> Iterator[StreamEvent]:
+        """One streamed call to one model (see :meth:`stream`)."""
         loop = self._ensure_started()
         config = self.generation_config(system_instruction, max_output_tokens)
         events: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
@@ -219,7 +302,8 @@ class GeminiStreamer:
         events: queue.SimpleQueue[tuple[str, Any]],
     ) -> None:
         input_tokens = output_tokens = 0
-        finish_reason = None
+        api_reason: str | None = None
+        prompt_blocked = False
         try:
             stream = await self._client.aio.models.generate_content_stream(
                 model=model, contents=contents, config=config
@@ -233,8 +317,15 @@ class GeminiStreamer:
                     input_tokens = usage.prompt_token_count or input_tokens
                     output_tokens = usage.candidates_token_count or output_tokens
                 if response.candidates and response.candidates[0].finish_reason:
-                    finish_reason = str(response.candidates[0].finish_reason.value)
-            events.put(("done", Finished(input_tokens, output_tokens, finish_reason)))
+                    api_reason = str(response.candidates[0].finish_reason.value)
+                feedback = response.prompt_feedback
+                if feedback is not None and feedback.block_reason:
+                    prompt_blocked = True
+                    api_reason = str(feedback.block_reason.value)
+            finished = Finished(
+                input_tokens, output_tokens, finish_reason_of(api_reason), model, prompt_blocked
+            )
+            events.put(("done", finished))
         except asyncio.CancelledError:
             raise
         except Exception as error:  # noqa: BLE001 - every failure is reported to the reader
@@ -267,8 +358,31 @@ class GeminiStreamer:
         return _text_of(response), Finished(
             usage.prompt_token_count or 0,
             usage.candidates_token_count or 0,
-            str(reason.value) if reason else None,
+            finish_reason_of(str(reason.value) if reason else None),
+            model,
         )
+
+
+# Backoff between retries: doubling from BACKOFF_BASE_SECONDS up to BACKOFF_CAP_SECONDS, each
+# wait drawn between half and all of it ("equal jitter"), so instances that failed together do
+# not all come back at the same moment.
+BACKOFF_BASE_SECONDS = 0.25
+BACKOFF_CAP_SECONDS = 2.0
+
+
+def backoff_seconds(attempt: int) -> float:
+    """The wait before retry number ``attempt`` (1, 2, ...)."""
+    ceiling = min(BACKOFF_CAP_SECONDS, BACKOFF_BASE_SECONDS * 2 ** (attempt - 1))
+    return ceiling / 2 + random.uniform(0, ceiling / 2)
+
+
+def _wait(seconds: float, heartbeat_seconds: float) -> Iterator[Heartbeat]:
+    """Sleep ``seconds``, yielding a heartbeat every ``heartbeat_seconds`` of it."""
+    end = time.monotonic() + seconds
+    while (left := end - time.monotonic()) > 0:
+        time.sleep(min(left, heartbeat_seconds))
+        if time.monotonic() < end:
+            yield Heartbeat()
 
 
 def _coalesce(events: queue.SimpleQueue[tuple[str, Any]], text: str) -> tuple[str, tuple[str, Any]]:

@@ -9,11 +9,21 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    model_validator,
+)
 
 MAX_TITLE_CHARS = 200
 DEFAULT_TITLE = "New Chat"
 MAX_POSITION = 2**31 - 1  # messages.position is a PostgreSQL integer
+
+# Why an answer ended (Gemini's many reasons folded into these by shared/gemini.py).
+FinishReason = Literal["stop", "max_tokens", "safety", "recitation", "other"]
 
 
 def _strip(value: object) -> object:
@@ -63,9 +73,30 @@ class RenameChatRequest(RequestModel):
     ]
 
 
+MAX_SEARCH_CHARS = 200
+
+
+LIST_PAGE_SIZE = 100
+SEARCH_PAGE_SIZE = 20
+
+
 class ChatListQuery(RequestModel):
-    limit: int = Field(100, ge=1, le=200, description="Chats per page.")
+    limit: int | None = Field(
+        None,
+        ge=1,
+        le=200,
+        description=f"Chats per page (default {LIST_PAGE_SIZE}; {SEARCH_PAGE_SIZE} with `q`).",
+    )
     cursor: str | None = Field(None, description="X-Next-Cursor of the previous page.")
+    q: Annotated[str, StringConstraints(strip_whitespace=True, max_length=MAX_SEARCH_CHARS)] = (
+        Field(
+            "",
+            description=(
+                "Search: only chats whose title or messages contain these words, best match "
+                'first (web-search syntax: "a phrase", -excluded, or). Blank: the plain list.'
+            ),
+        )
+    )
 
 
 class MessageListQuery(RequestModel):
@@ -90,6 +121,13 @@ class CreatedChat(Chat):
     chat_id: str
 
 
+class ChatSearchHit(Chat):
+    snippet: str = Field(description="Plain-text excerpt around the best match.")
+    matchMessageId: str | None = Field(
+        description="The message the snippet comes from; null when the title matched best."
+    )
+
+
 class MessagePart(BaseModel):
     type: str = Field(description='"text", or a media kind such as "image", "video", "audio".')
     text: str | None = None
@@ -108,10 +146,48 @@ class Message(BaseModel):
     status: Literal["complete", "incomplete"] = Field(
         description="incomplete: the answer was cut short (model failure or disconnect)."
     )
+    finish_reason: FinishReason | None = Field(
+        description="Why an answer ended, as the model said (null for questions and for "
+        "answers cut by a failure or a disconnect)."
+    )
 
 
 class DeletedChat(BaseModel):
     message: str
+
+
+# --- usage -------------------------------------------------------------------------------
+
+
+class UsageToday(BaseModel):
+    messages: int = Field(description="Answered turns today (UTC).")
+    input_tokens: int
+    output_tokens: int
+    total_tokens: int
+
+
+class UsageLimits(BaseModel):
+    messages_per_minute: int
+    tokens_per_day: int
+
+
+class UsageRemaining(BaseModel):
+    messages_this_minute: int
+    tokens_today: int
+
+
+class UsageResets(BaseModel):
+    minute: float = Field(description="When the per-minute count restarts, Unix epoch seconds.")
+    day: float = Field(description="Next 00:00 UTC, when the daily tokens restart.")
+
+
+class UsageReport(BaseModel):
+    plan: str = Field(description="The caller's plan (from the token's plan claim, or default).")
+    day: str = Field(description="The UTC day counted, YYYY-MM-DD.")
+    today: UsageToday
+    limits: UsageLimits
+    remaining: UsageRemaining
+    resets_at: UsageResets
 
 
 # --- POST /chat --------------------------------------------------------------------------
@@ -130,7 +206,21 @@ class ChatMessageIn(RequestModel):
 
 class ChatRequest(RequestModel):
     chatId: str | None = None
-    messages: list[ChatMessageIn] = Field(min_length=1)
+    messages: list[ChatMessageIn] = Field(
+        default_factory=list,
+        description="The client's copy of the chat; only the last (the user's) is new. "
+        "May be left out with `regenerate`.",
+    )
+    regenerate: bool = Field(
+        False,
+        description="Replace the chat's last answer with a new one (needs `chatId`; no new "
+        "message is stored, `messages` is ignored).",
+    )
+    editMessageId: str | None = Field(
+        None,
+        description="A question of the chat (`chatId`) to replace with the last message of "
+        "`messages`; everything after it is removed, then the new question is answered.",
+    )
 
 
 def _type_is_required(schema: dict[str, Any]) -> None:
@@ -167,6 +257,11 @@ class DoneEvent(Event):
     type: Literal["done"] = "done"
     message_id: str = Field(description="Id of the stored assistant message.")
     usage: Usage | None = None
+    finish_reason: FinishReason | None = Field(
+        None,
+        description="Why the answer ended: stop (complete), max_tokens (cut at the length "
+        "limit: stored incomplete), other. safety and recitation end with an error event.",
+    )
 
 
 class ErrorEvent(Event):
@@ -174,6 +269,7 @@ class ErrorEvent(Event):
     detail: str = Field(description="Human-readable; safe to show the user.")
     code: str = Field(
         description="Machine-readable: model_busy, model_unavailable, model_refused, "
+        "blocked (the model's safety or recitation checks withheld the answer), "
         "answer_not_saved."
     )
     message_id: str | None = Field(None, description="The partial answer kept, if any.")

@@ -10,6 +10,7 @@ Each variable is documented, with a working local default, in ``.env.example``.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 from functools import lru_cache
@@ -39,6 +40,18 @@ def _empty_is_none(value: object) -> object:
     return value
 
 
+def _json_object(value: object) -> object:
+    """Accept a JSON object in a string (how an environment variable carries a mapping)."""
+    if isinstance(value, str):
+        if not value.strip():
+            return {}
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"not valid JSON: {error.msg}") from None
+    return value
+
+
 CommaList = Annotated[list[str], BeforeValidator(_split_list)]
 OptionalStr = Annotated[str | None, BeforeValidator(_empty_is_none)]
 PositiveInt = Annotated[int, Field(gt=0)]
@@ -63,6 +76,15 @@ DEFAULT_UPLOAD_TYPES = [
     "application/pdf",
     "text/plain",
 ]
+
+
+class PlanLimits(BaseModel):
+    """One plan's limits; a limit left out is the default plan's (the RATE_LIMIT_* values)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    messages_per_minute: PositiveInt | None = None
+    tokens_per_day: PositiveInt | None = None
 
 
 class Settings(BaseModel):
@@ -113,6 +135,12 @@ class Settings(BaseModel):
         15.0, alias="SSE_HEARTBEAT_SECONDS"
     )
     chat_stream_format: Literal["sse", "ndjson"] = Field("sse", alias="CHAT_STREAM_FORMAT")
+    # Before the first chunk only: a busy or unavailable model call is retried with jittered
+    # backoff for at most this long, then tried once on GEMINI_FALLBACK_MODEL if set.
+    gemini_retry_budget_seconds: Annotated[float, Field(ge=0)] = Field(
+        4.0, alias="GEMINI_RETRY_BUDGET_SECONDS"
+    )
+    gemini_fallback_model: OptionalStr = Field(None, alias="GEMINI_FALLBACK_MODEL")
     chat_max_request_bytes: PositiveInt = Field(8 * 1024 * 1024, alias="CHAT_MAX_REQUEST_BYTES")
     max_message_chars: PositiveInt = Field(32_000, alias="MAX_MESSAGE_CHARS")
     system_instruction_url: OptionalStr = Field(None, alias="SYSTEM_INSTRUCTION_URL")
@@ -156,6 +184,13 @@ class Settings(BaseModel):
     # --- rate limits -----------------------------------------------------------------------------
     rate_limit_messages_per_minute: PositiveInt = Field(20, alias="RATE_LIMIT_MESSAGES_PER_MINUTE")
     rate_limit_tokens_per_day: PositiveInt = Field(2_000_000, alias="RATE_LIMIT_TOKENS_PER_DAY")
+    # Plans: the token claim naming the caller's plan (a dotted path reaches into an object,
+    # e.g. "metadata.plan"), each plan's limits, and the name of the plan without a claim.
+    plan_claim: str = Field("plan", alias="PLAN_CLAIM", min_length=1)
+    plan_limits: Annotated[dict[str, PlanLimits], BeforeValidator(_json_object)] = Field(
+        default_factory=dict, alias="PLAN_LIMITS"
+    )
+    default_plan: str = Field("free", alias="DEFAULT_PLAN", min_length=1)
 
     # --- Cloud Tasks (summaries) ---------------------------------------------------------------
     tasks_queue: OptionalStr = Field(None, alias="TASKS_QUEUE")

@@ -1,9 +1,11 @@
-"""The task client: asks the summarize function for a rolling summary through Cloud Tasks.
+"""The task client: asks the summarize function for a rolling summary or a chat's title
+through Cloud Tasks.
 
 A task is an HTTP POST to ``SUMMARIZE_URL`` carrying ids only (never message text), with an
 OIDC token for ``TASKS_INVOKER_SERVICE_ACCOUNT`` so a private summarize function accepts
-it. Its name is derived from the chat and the cut, so asking twice for the same summary is
-harmless: Cloud Tasks refuses the second with ALREADY_EXISTS, which counts as success
+it. Its name is derived from the chat and the cut (a title's from the chat alone), so asking
+twice for the same summary or title is harmless: Cloud Tasks refuses the second with
+ALREADY_EXISTS, which counts as success
 (https://cloud.google.com/tasks/docs/reference/rpc/google.cloud.tasks.v2#createtaskrequest).
 
 google.cloud.tasks_v2 costs ~0.7 s to import, so it is imported on the first enqueue only,
@@ -34,6 +36,15 @@ def summary_task_id(chat_id: uuid.UUID, cut: int) -> str:
 
 def summary_payload(chat_id: uuid.UUID, cut: int) -> dict[str, Any]:
     return {"chat_id": str(chat_id), "cut": cut}
+
+
+def title_task_id(chat_id: uuid.UUID) -> str:
+    """One title task per chat: however many answers ask for it, the chat is titled once."""
+    return f"title-{chat_id.hex}"
+
+
+def title_payload(chat_id: uuid.UUID) -> dict[str, Any]:
+    return {"chat_id": str(chat_id), "task": "title"}
 
 
 def _tasks_client() -> Any:
@@ -68,6 +79,23 @@ def request_summary(chat_id: uuid.UUID, cut: int) -> bool:
         SettingsError: TASKS_QUEUE or SUMMARIZE_URL is not configured.
         google.api_core.exceptions.GoogleAPICallError: the queue could not be reached.
     """
+    created = _create_task(summary_task_id(chat_id, cut), summary_payload(chat_id, cut))
+    if created:
+        logger.info("summary requested", extra={"chat": str(chat_id), "cut": cut})
+    return created
+
+
+def request_title(chat_id: uuid.UUID) -> bool:
+    """Enqueue a generated title for ``chat_id`` (summarize writes it unless the user renamed
+    the chat first). Same returns and raises as :func:`request_summary`."""
+    created = _create_task(title_task_id(chat_id), title_payload(chat_id))
+    if created:
+        logger.info("title requested", extra={"chat": str(chat_id)})
+    return created
+
+
+def _create_task(task_id: str, payload: dict[str, Any]) -> bool:
+    """Create a named task posting ``payload`` to summarize; False when the name exists."""
     from google.api_core import exceptions
     from google.cloud import tasks_v2
 
@@ -78,20 +106,16 @@ def request_summary(chat_id: uuid.UUID, cut: int) -> bool:
         "http_method": tasks_v2.HttpMethod.POST,
         "url": settings.summarize_url,
         "headers": {"Content-Type": "application/json"},
-        "body": json.dumps(summary_payload(chat_id, cut)).encode(),
+        "body": json.dumps(payload).encode(),
     }
     if settings.tasks_invoker_service_account:
         http_request["oidc_token"] = {
             "service_account_email": settings.tasks_invoker_service_account,
             "audience": settings.summarize_url,
         }
-    task = {
-        "name": f"{settings.tasks_queue}/tasks/{summary_task_id(chat_id, cut)}",
-        "http_request": http_request,
-    }
+    task = {"name": f"{settings.tasks_queue}/tasks/{task_id}", "http_request": http_request}
     try:
         _tasks_client().create_task(parent=settings.tasks_queue, task=task, timeout=10)
     except exceptions.AlreadyExists:
         return False
-    logger.info("summary requested", extra={"chat": str(chat_id), "cut": cut})
     return True

@@ -5,16 +5,23 @@
   refused send does not count.
 * Tokens per day: Gemini's reported usage summed per user per UTC day (``usage_daily``),
   checked before the model is called and added after it answers.
+
+The limits are the caller's plan's: the plan is named by a token claim (``PLAN_CLAIM``) and
+``PLAN_LIMITS`` maps plan names to limits; a user without a known plan has ``DEFAULT_PLAN``,
+whose limits are ``RATE_LIMIT_MESSAGES_PER_MINUTE`` and ``RATE_LIMIT_TOKENS_PER_DAY``.
 """
 
 from __future__ import annotations
 
 import random
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
-from shared.db import Transaction
+from shared.db import Database, Transaction
 from shared.errors import RateLimited
+from shared.settings import Settings
 
 # Old minute windows are pruned on roughly one send in this many.
 PRUNE_ONE_IN = 50
@@ -31,16 +38,36 @@ def seconds_until_next_utc_day(now: datetime | None = None) -> int:
     return max(1, int((tomorrow - current).total_seconds()))
 
 
-def check_and_count_message(
-    tx: Transaction, user_id: str, *, messages_per_minute: int, tokens_per_day: int
-) -> None:
+@dataclass(frozen=True)
+class Plan:
+    """The limits that apply to one user."""
+
+    name: str
+    messages_per_minute: int
+    tokens_per_day: int
+
+
+def plan_for(settings: Settings, claimed: str | None) -> Plan:
+    """The plan a token's claim names; no claim, or a plan not configured: the default plan."""
+    name = claimed if claimed in settings.plan_limits else settings.default_plan
+    limits = settings.plan_limits.get(name)
+    return Plan(
+        name=name,
+        messages_per_minute=(limits and limits.messages_per_minute)
+        or settings.rate_limit_messages_per_minute,
+        tokens_per_day=(limits and limits.tokens_per_day) or settings.rate_limit_tokens_per_day,
+    )
+
+
+def check_and_count_message(tx: Transaction, user_id: str, plan: Plan) -> None:
     """Count one message against the user's limits, or refuse it with a 429.
 
     Runs inside the transaction that stores the message, so a refusal (which rolls the
     transaction back) leaves the counters as they were.
 
     Raises:
-        RateLimited: with ``Retry-After`` and a detail naming the limit that was hit.
+        RateLimited: with ``Retry-After``; the code and the detail name the limit that was
+            hit (and the plan it belongs to).
     """
     row = tx.fetch_one(
         """
@@ -55,15 +82,16 @@ def check_and_count_message(
         user_id=user_id,
     )
     assert row is not None
-    if row["messages"] > messages_per_minute:
+    if row["messages"] > plan.messages_per_minute:
         raise RateLimited(
-            f"Too many messages: the limit is {messages_per_minute} per minute",
+            f"Too many messages: the {plan.name} plan allows {plan.messages_per_minute} per minute",
             retry_after=seconds_until_next_minute(),
             code="rate_limited_messages",
         )
-    if row["tokens_today"] >= tokens_per_day:
+    if row["tokens_today"] >= plan.tokens_per_day:
         raise RateLimited(
-            f"Daily token limit reached: {tokens_per_day} tokens per day (resets at 00:00 UTC)",
+            f"Daily token limit reached: the {plan.name} plan allows {plan.tokens_per_day} "
+            "tokens per day (resets at 00:00 UTC)",
             retry_after=seconds_until_next_utc_day(),
             code="rate_limited_tokens",
         )
@@ -90,3 +118,53 @@ def record_usage(tx: Transaction, user_id: str, input_tokens: int, output_tokens
         input_tokens=input_tokens,
         output_tokens=output_tokens,
     )
+
+
+def usage_report(db: Database, user_id: str, plan: Plan) -> dict[str, Any]:
+    """``GET /api/usage``: today's usage, the plan's limits, what remains and when it resets.
+
+    One statement reads the current UTC day's totals and the current minute's count together
+    with the database's clock, so the report and the limits are judged by the same time.
+    """
+    row = db.fetch_one(
+        """
+        SELECT (now() AT TIME ZONE 'utc')::date::text AS day,
+               EXTRACT(EPOCH FROM now())::float8 AS now,
+               COALESCE(d.messages, 0) AS messages,
+               COALESCE(d.input_tokens, 0) AS input_tokens,
+               COALESCE(d.output_tokens, 0) AS output_tokens,
+               COALESCE(w.messages, 0) AS minute_messages
+        FROM (SELECT 1) one
+        LEFT JOIN usage_daily d
+               ON d.user_id = :user_id AND d.day = (now() AT TIME ZONE 'utc')::date
+        LEFT JOIN rate_limit_windows w
+               ON w.user_id = :user_id AND w.window_start = date_trunc('minute', now())
+        """,
+        user_id=user_id,
+    )
+    assert row is not None
+    now = row["now"]
+    tokens = int(row["input_tokens"]) + int(row["output_tokens"])
+    day_start = datetime.fromtimestamp(now, UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    return {
+        "plan": plan.name,
+        "day": row["day"],
+        "today": {
+            "messages": row["messages"],
+            "input_tokens": int(row["input_tokens"]),
+            "output_tokens": int(row["output_tokens"]),
+            "total_tokens": tokens,
+        },
+        "limits": {
+            "messages_per_minute": plan.messages_per_minute,
+            "tokens_per_day": plan.tokens_per_day,
+        },
+        "remaining": {
+            "messages_this_minute": max(0, plan.messages_per_minute - row["minute_messages"]),
+            "tokens_today": max(0, plan.tokens_per_day - tokens),
+        },
+        "resets_at": {
+            "minute": float(int(now) - int(now) % 60 + 60),
+            "day": (day_start + timedelta(days=1)).timestamp(),
+        },
+    }

@@ -128,6 +128,10 @@ locals {
     LOCATION                      = local.vertex_location
     RAVEN_MODEL                   = var.raven_model
     SUMMARY_MODEL                 = var.summary_model
+    GEMINI_FALLBACK_MODEL         = var.gemini_fallback_model
+    PLAN_CLAIM                    = var.plans.claim
+    DEFAULT_PLAN                  = var.plans.default
+    PLAN_LIMITS                   = var.plans.limits == null ? null : jsonencode(var.plans.limits)
     THINKING_BUDGET               = var.thinking_budget == null ? null : tostring(var.thinking_budget)
     CHAT_STREAM_FORMAT            = var.chat_stream_format
     SYSTEM_INSTRUCTION_URL        = "gs://${google_storage_bucket.config.name}/${google_storage_bucket_object.system_instruction.name}"
@@ -162,8 +166,12 @@ locals {
       "MEDIA_MAX_PARTS", "MEDIA_MAX_VIDEOS", "RATE_LIMIT_MESSAGES_PER_MINUTE",
       "RATE_LIMIT_TOKENS_PER_DAY", "SSE_HEARTBEAT_SECONDS", "SUMMARY_KEEP_RECENT",
       "SUMMARY_MIN_MESSAGES", "SUMMARY_TRIGGER_TOKENS", "SYSTEM_INSTRUCTION_TTL_SECONDS",
+      "GEMINI_FALLBACK_MODEL", "GEMINI_RETRY_BUDGET_SECONDS", "PLAN_CLAIM", "DEFAULT_PLAN", "PLAN_LIMITS",
     ]
-    chats_crud    = ["ALLOWED_ORIGINS", "CLERK_ISSUER", "CLERK_JWKS_URL", "GCS_BUCKET_NAME", "SIGNER_SERVICE_ACCOUNT"]
+    chats_crud = [
+      "ALLOWED_ORIGINS", "CLERK_ISSUER", "CLERK_JWKS_URL", "GCS_BUCKET_NAME", "SIGNER_SERVICE_ACCOUNT",
+      "PLAN_CLAIM", "DEFAULT_PLAN", "PLAN_LIMITS",
+    ]
     upload_url    = ["ALLOWED_ORIGINS", "CLERK_ISSUER", "CLERK_JWKS_URL", "GCS_BUCKET_NAME", "SIGNER_SERVICE_ACCOUNT", "UPLOAD_ALLOWED_TYPES"]
     clerk_webhook = ["GCS_BUCKET_NAME"]
     summarize     = ["LOCATION", "SUMMARY_MODEL", "THINKING_BUDGET", "MODEL_TIMEOUT_SECONDS"]

@@ -9,7 +9,7 @@ locals {
   # Contract path -> function. summarize is private and never behind the load balancer.
   load_balancer_routes = {
     chat_stream   = ["/chat"]
-    chats_crud    = ["/api/chats", "/api/chats/*"]
+    chats_crud    = ["/api/chats", "/api/chats/*", "/api/usage"]
     upload_url    = ["/api/upload-url"]
     clerk_webhook = ["/clerk-webhook"]
   }

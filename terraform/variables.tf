@@ -184,6 +184,29 @@ variable "summary_model" {
   default     = null
 }
 
+variable "gemini_fallback_model" {
+  type        = string
+  description = "Gemini model tried once when RAVEN_MODEL stays busy or unavailable before the first chunk (GEMINI_FALLBACK_MODEL). Null: none."
+  default     = null
+}
+
+variable "plans" {
+  type = object({
+    claim   = optional(string)
+    default = optional(string)
+    limits = optional(map(object({
+      messages_per_minute = optional(number)
+      tokens_per_day      = optional(number)
+    })))
+  })
+  description = <<-EOT
+    Per-plan limits: the session-token claim naming the plan (PLAN_CLAIM), the plan of users without one
+    (DEFAULT_PLAN) and each plan's limits (PLAN_LIMITS; a limit left out is tuning's rate_limit_* value).
+    Null fields keep the defaults in shared/settings.py.
+  EOT
+  default     = {}
+}
+
 variable "thinking_budget" {
   type        = number
   description = "Gemini thinking budget in tokens, 0 for none (THINKING_BUDGET). Null: the default in shared/settings.py."
@@ -285,6 +308,7 @@ variable "tuning" {
     media_url_ttl_seconds             = optional(number)
     rate_limit_messages_per_minute    = optional(number)
     rate_limit_tokens_per_day         = optional(number)
+    gemini_retry_budget_seconds       = optional(number)
   })
   description = <<-EOT
     Application tunables, given to every function as environment variables named in upper case

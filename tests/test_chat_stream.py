@@ -237,7 +237,8 @@ def test_http_error_before_the_first_chunk(
     alice: ApiClient, db: Database, model: StandinControl
 ) -> None:
     question = unique("http error")
-    model.script(match=question, http_error={"status": 503, "message": "overloaded"})
+    # Failing for longer than the retry budget (GEMINI_RETRY_BUDGET_SECONDS; see test_retries).
+    model.script(match=question, http_error={"status": 503, "message": "overloaded"}, times=100)
     events = stream_events(alice.send(question))
     assert [e["type"] for e in events] == ["start", "error"]
     assert "unavailable" in events[-1]["detail"]
@@ -247,7 +248,7 @@ def test_http_error_before_the_first_chunk(
 
 def test_rate_limited_model_says_so(alice: ApiClient, model: StandinControl) -> None:
     question = unique("model 429")
-    model.script(match=question, http_error={"status": 429, "message": "quota"})
+    model.script(match=question, http_error={"status": 429, "message": "quota"}, times=100)
     events = stream_events(alice.send(question))
     assert events[-1]["type"] == "error" and "busy" in events[-1]["detail"]
 

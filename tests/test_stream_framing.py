@@ -153,7 +153,8 @@ def test_a_model_refusal_before_any_text_is_an_error_line(
     alice: ApiClient, model: StandinControl
 ) -> None:
     question = unique("busy")
-    model.script(match=question, http_error={"status": 429, "message": "quota"})
+    # Busy for longer than the retry budget (GEMINI_RETRY_BUDGET_SECONDS).
+    model.script(match=question, http_error={"status": 429, "message": "quota"}, times=100)
     answer, error = frontend_reader(alice.send(question).content)
     assert answer == ""
     assert error is not None and "busy" in error

@@ -866,10 +866,17 @@ def test_load_balancer_serves_every_contract_path() -> None:
     }
     assert routes == {
         "chat_stream": {"/chat"},
-        "chats_crud": {"/api/chats", "/api/chats/*"},
+        "chats_crud": {"/api/chats", "/api/chats/*", "/api/usage"},
         "upload_url": {"/api/upload-url"},
         "clerk_webhook": {"/clerk-webhook"},
     }
+    # The local router maps the same paths to the same functions.
+    from dev.router import CONTRACT_ROUTES
+
+    local: dict[str, set[str]] = {}
+    for path, function in CONTRACT_ROUTES.items():
+        local.setdefault(function, set()).add(re.sub(r"<path:\w+>", "*", path))
+    assert local == routes
     assert variables()["enable_load_balancer"]["default"] is False
 
 

@@ -32,7 +32,7 @@ from flask import Request, Response, stream_with_context
 
 from shared import chats, context, usage
 from shared.auth import AuthenticatedUser, request_authenticator
-from shared.errors import PayloadTooLarge, UnprocessableEntity
+from shared.errors import NotFound, PayloadTooLarge, UnprocessableEntity
 from shared.gemini import Finished, GeminiStreamer, Heartbeat, ModelError, TextChunk
 from shared.runtime import database, make_api, start_function
 from shared.schemas import ChatRequest, DoneEvent, ErrorEvent, StartEvent, Usage
@@ -50,6 +50,15 @@ SYSTEM_INSTRUCTION = SystemInstruction(
 SYSTEM_INSTRUCTION.start()
 MODEL = GeminiStreamer(settings)
 MODEL.preload()
+
+# What a user reads when the model withheld (or stopped) an answer on its own checks.
+BLOCKED_DETAIL = {
+    "safety": "The answer was withheld by the model's safety filters. Try rephrasing.",
+    "recitation": "The answer was stopped because it repeated existing material too closely.",
+    "other": "The model declined to answer this message.",
+    "stop": "The model declined to answer this message.",
+    "max_tokens": "The model declined to answer this message.",
+}
 
 # Room left in the instruction for the user's name (``{user_name}``).
 SYSTEM_NAME_TOKENS = 16
@@ -73,6 +82,8 @@ class NewMessage:
 
 def read_new_message(body: ChatRequest) -> NewMessage:
     """The last message of the body, validated; the earlier ones are the client's copy."""
+    if not body.messages:
+        raise UnprocessableEntity("messages: at least one message is required", code="no_message")
     last = body.messages[-1]
     if last.role != "user":
         raise UnprocessableEntity("The last message must be the user's", code="last_not_user")
@@ -123,11 +134,33 @@ def instruction_tokens(template: str) -> int:
     return estimate_text_tokens(template) + SYSTEM_NAME_TOKENS
 
 
+def read_controls(body: ChatRequest) -> tuple[uuid.UUID | None, uuid.UUID | None]:
+    """The chat and, for an edit, the question to replace; 4xx for a contradictory body."""
+    if body.regenerate and body.editMessageId is not None:
+        raise UnprocessableEntity(
+            "regenerate and editMessageId cannot be combined", code="conflicting_controls"
+        )
+    if (body.regenerate or body.editMessageId is not None) and not body.chatId:
+        raise UnprocessableEntity(
+            "chatId is required to regenerate or edit", code="chat_id_required"
+        )
+    chat_id = chats.parse_chat_id(body.chatId) if body.chatId else None
+    if body.editMessageId is None:
+        return chat_id, None
+    try:
+        return chat_id, uuid.UUID(body.editMessageId)
+    except ValueError:
+        raise NotFound("Message not found in this chat", code="message_not_found") from None
+
+
 def send_message(request: Request, user: AuthenticatedUser) -> Response:
     received = time.perf_counter()
     body = parse_json(request, ChatRequest)
+    chat_id, edited_id = read_controls(body)
+    if body.regenerate:
+        assert chat_id is not None
+        return answer_turn(request, user, received, regenerate_chat=chat_id)
     message = read_new_message(body)
-    chat_id = chats.parse_chat_id(body.chatId) if body.chatId else None
     media_parts = resolve_attachments(user, message.media_refs)
     parts = ([{"type": "text", "text": message.text}] if message.text else []) + media_parts
     tokens = estimate_message_tokens(
@@ -144,22 +177,63 @@ def send_message(request: Request, user: AuthenticatedUser) -> Response:
             code="message_exceeds_context",
         )
 
+    return answer_turn(
+        request,
+        user,
+        received,
+        chat_id=chat_id,
+        edited_id=edited_id,
+        new_message=(message.text, parts, tokens),
+        instruction=(template, system_tokens),
+    )
+
+
+def answer_turn(
+    request: Request,
+    user: AuthenticatedUser,
+    received: float,
+    *,
+    chat_id: uuid.UUID | None = None,
+    edited_id: uuid.UUID | None = None,
+    regenerate_chat: uuid.UUID | None = None,
+    new_message: tuple[str, list[dict[str, Any]], int] | None = None,
+    instruction: tuple[str, int] | None = None,
+) -> Response:
+    """Store the turn's start (a send, an edit or a regenerate), then stream its answer.
+
+    One short transaction counts the message against the user's limits and changes the
+    chat; an edit or a regenerate also removes what it replaces (messages, summaries,
+    media links) and refuses a chat whose answer is still streaming (409 ``chat_busy``).
+    """
+    if instruction is None:
+        template = SYSTEM_INSTRUCTION.text()
+        instruction = (template, instruction_tokens(template))
+    template, system_tokens = instruction
+    released = 0
     db = database()
     with db.transaction() as tx:
-        usage.check_and_count_message(
-            tx,
-            user.id,
-            messages_per_minute=settings.rate_limit_messages_per_minute,
-            tokens_per_day=settings.rate_limit_tokens_per_day,
-        )
-        turn = chats.start_turn(tx, user.id, chat_id, message.text, parts, tokens)
-        if media_parts:
-            from shared import media
+        usage.check_and_count_message(tx, user.id, usage.plan_for(settings, user.plan))
+        if regenerate_chat is not None:
+            turn = chats.start_regenerate(tx, user.id, regenerate_chat)
+        else:
+            assert new_message is not None
+            text, parts, tokens = new_message
+            if edited_id is not None and chat_id is not None:
+                turn = chats.start_edit(tx, user.id, chat_id, edited_id, text, parts, tokens)
+            else:
+                turn = chats.start_turn(tx, user.id, chat_id, text, parts, tokens)
+            media_ids = [uuid.UUID(part["upload_id"]) for part in parts if "upload_id" in part]
+            if media_ids:
+                from shared import media
 
-            media.link_media_to_chat(
-                tx, turn["chat_id"], [uuid.UUID(part["upload_id"]) for part in media_parts]
-            )
+                media.link_media_to_chat(tx, turn["chat_id"], media_ids)
+            if edited_id is not None:
+                released = chats.release_unused_media(tx, turn["chat_id"])
         user_name = chats.user_display_name(tx, user.id) or user.display_name
+    if released:
+        from shared.storage import schedule_storage_cleanup
+
+        schedule_storage_cleanup()  # off the request path; the queue rows survive any failure
 
     summary, recent = context.load_recent(
         db, turn["chat_id"], turn["user_position"], settings.chat_window_size
@@ -233,7 +307,13 @@ def stream_turn(
         raise
     finally:
         saved = save_answer(user, turn, model_context, "".join(answer), finished)
-    if finished is not None and saved:
+    if finished is not None and finished.blocked and not client_left:
+        yield ErrorEvent(
+            detail=BLOCKED_DETAIL[finished.finish_reason],
+            code="blocked",
+            message_id=str(turn["assistant_message_id"]) if answer and saved else None,
+        )
+    elif finished is not None and saved:
         yield DoneEvent(
             message_id=str(turn["assistant_message_id"]),
             usage=Usage(
@@ -241,8 +321,12 @@ def stream_turn(
                 output_tokens=finished.output_tokens,
                 total_tokens=finished.input_tokens + finished.output_tokens,
             ),
+            finish_reason=finished.finish_reason,
         )
+        # After done has been written: neither adds to the turn's latency.
         request_summary_if_due(turn, model_context, finished.output_tokens)
+        if finished.finish_reason == "stop" and turn["title_source"] == "default":
+            request_title(turn["chat_id"])
     elif not client_left:
         yield ErrorEvent(
             detail=failure.detail if failure else "The answer could not be saved; please retry.",
@@ -259,20 +343,22 @@ def save_answer(
     finished: Finished | None,
 ) -> bool:
     """Store the answer (complete or partial) and the turn's usage; never raises."""
-    complete = finished is not None
     output_tokens = finished.output_tokens if finished else estimate_text_tokens(text)
     input_tokens = finished.input_tokens if finished else model_context.window_tokens
+    # A blocked answer with no text is not kept (there is nothing to show); any other ending
+    # of the model's own is, even empty.
+    keep = bool(text) or (finished is not None and not finished.blocked)
     try:
         with database().transaction() as tx:
-            if text or complete:
+            if keep:
                 chats.finish_answer(
                     tx,
                     turn["assistant_message_id"],
                     text,
-                    complete=complete,
+                    finish_reason=finished.finish_reason if finished else None,
                     token_count=output_tokens,
-                    reported=complete and finished is not None and finished.output_tokens > 0,
-                    model=settings.raven_model,
+                    reported=finished is not None and finished.output_tokens > 0,
+                    model=finished.model if finished else settings.raven_model,
                 )
             else:
                 chats.discard_answer(tx, turn["assistant_message_id"])
@@ -300,6 +386,16 @@ def request_summary_if_due(
         tasks.request_summary(turn["chat_id"], cut)
     except Exception:
         logger.exception("could not ask for a summary", extra={"chat": str(turn["chat_id"])})
+
+
+def request_title(chat_id: uuid.UUID) -> None:
+    """Ask for a generated title (once per chat: the task's name is the chat's)."""
+    try:
+        from shared import tasks
+
+        tasks.request_title(chat_id)
+    except Exception:
+        logger.exception("could not ask for a title", extra={"chat": str(chat_id)})
 
 
 API = make_api(

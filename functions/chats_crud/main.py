@@ -2,7 +2,8 @@
 
 | call                          | handler        |
 |-------------------------------|----------------|
-| GET    /api/chats             | list_chats     |
+| GET    /api/chats             | list_chats     | (``?q=`` searches)
+| GET    /api/usage             | read_usage     |
 | POST   /api/chats/create      | create_chat    |
 | GET    /api/chats/{chat_id}   | read_chat      |
 | PATCH  /api/chats/{chat_id}   | rename_chat    |
@@ -24,15 +25,18 @@ from urllib.parse import urlencode
 import functions_framework
 from flask import Request, Response
 
-from shared import chats, media
+from shared import chats, media, usage
 from shared.auth import AuthenticatedUser, request_authenticator
 from shared.runtime import database, make_api, start_function
 from shared.schemas import (
+    LIST_PAGE_SIZE,
+    SEARCH_PAGE_SIZE,
     ChatListQuery,
     CreateChatRequest,
     MessageListQuery,
     RenameChatRequest,
 )
+from shared.settings import get_settings
 from shared.storage import media_storage, schedule_storage_cleanup
 from shared.web import Route, json_response, parse_json, query_args, validate
 
@@ -51,7 +55,14 @@ def _next_page_headers(request: Request, cursor_name: str, cursor: object | None
 
 def list_chats(request: Request, user: AuthenticatedUser) -> Response:
     query = validate(ChatListQuery, query_args(request), where="query.")
-    page, next_cursor = chats.list_chats_json(database(), user.id, query.limit, query.cursor)
+    if query.q:
+        hits, next_cursor = chats.search_chats(
+            database(), user.id, query.q, query.limit or SEARCH_PAGE_SIZE, query.cursor
+        )
+        return json_response(hits, headers=_next_page_headers(request, "cursor", next_cursor))
+    page, next_cursor = chats.list_chats_json(
+        database(), user.id, query.limit or LIST_PAGE_SIZE, query.cursor
+    )
     return Response(
         page,
         mimetype="application/json",
@@ -89,6 +100,11 @@ def delete_chat(request: Request, user: AuthenticatedUser, chat_id: str) -> Resp
     return json_response({"message": "Chat deleted"})
 
 
+def read_usage(request: Request, user: AuthenticatedUser) -> Response:
+    plan = usage.plan_for(get_settings(), user.plan)
+    return json_response(usage.usage_report(database(), user.id, plan))
+
+
 API = make_api(
     authenticate=request_authenticator(),
     routes=[
@@ -97,6 +113,7 @@ API = make_api(
         Route("GET", "/api/chats/<chat_id>", read_chat),
         Route("PATCH", "/api/chats/<chat_id>", rename_chat),
         Route("DELETE", "/api/chats/<chat_id>", delete_chat),
+        Route("GET", "/api/usage", read_usage),
     ],
 )
 

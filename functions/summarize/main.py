@@ -7,6 +7,10 @@ messages after it, through the cut, into a new summary of about ``SUMMARY_TARGET
 and stores it as the next version. A chat still titled "New Chat" also gets a short
 generated title (a title the user set always wins, also one set while this runs).
 
+A title task, ``{"chat_id": ..., "task": "title"}``, is asked for by chat_stream after a
+chat's first complete answer: one small model call titles the chat from its first exchange
+(again only while the chat has its default title).
+
 Delivery is at least once, so every outcome is idempotent and the status code tells Cloud
 Tasks what to do (https://cloud.google.com/tasks/docs/creating-http-target-tasks#handler):
 
@@ -22,7 +26,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from typing import Any
+from typing import Any, Literal
 
 import functions_framework
 from flask import Request, Response
@@ -44,6 +48,9 @@ MODEL.preload()
 # the summary still covers through the cut and the newest messages stay verbatim).
 MAX_MESSAGES_PER_SUMMARY = 400
 TITLE_MAX_CHARS = 60
+# A title task reads the chat's first exchange only (question and answer): it says what the
+# chat is about, and the call stays small.
+TITLE_SOURCE_MESSAGES = 2
 
 SUMMARIZER_INSTRUCTION = """\
 You maintain the running summary of a conversation between a user and Raven, an AI \
@@ -77,9 +84,16 @@ def transcript(messages: list[dict[str, Any]]) -> str:
     return "\n\n".join(lines)
 
 
+class TitleTask(BaseModel):
+    chat_id: uuid.UUID
+    task: Literal["title"]
+
+
 def summarize_chat(request: Request) -> Response:
-    """Handle one summary task (see the module docstring for the status codes)."""
+    """Handle one summary or title task (see the module docstring for the status codes)."""
     raw = request.get_json(silent=True)
+    if isinstance(raw, dict) and raw.get("task") == "title":
+        return title_chat(request, raw)
     try:
         task = SummaryTask.model_validate(raw)
     except ValidationError:
@@ -93,7 +107,7 @@ def summarize_chat(request: Request) -> Response:
     db = database()
     state = db.fetch_one(
         """
-        SELECT c.title_source,
+        SELECT c.title_source, c.rewrites,
                (SELECT covers_through_position FROM summaries
                 WHERE chat_id = c.id ORDER BY version DESC LIMIT 1) AS covered,
                (SELECT content FROM summaries
@@ -159,10 +173,14 @@ def summarize_chat(request: Request) -> Response:
         # The chat's row lock serialises summary writers: at most one summary per cut, and
         # an older cut delivered late never becomes the newest version.
         chat = tx.fetch_one(
-            "SELECT id FROM chats WHERE id = :chat_id FOR UPDATE", chat_id=task.chat_id
+            "SELECT rewrites FROM chats WHERE id = :chat_id FOR UPDATE", chat_id=task.chat_id
         )
         if chat is None:
             return done("nothing to do: the chat was deleted")
+        if chat["rewrites"] != state["rewrites"]:
+            # Regenerate or edit removed messages since we read them: this summary may
+            # hold what the user took back. The next trigger builds one from what remains.
+            return done("nothing to do: the history changed meanwhile")
         stored = tx.fetch_one(
             """
             INSERT INTO summaries (id, chat_id, version, covers_through_position, content,
@@ -196,6 +214,68 @@ def summarize_chat(request: Request) -> Response:
     return done("summary stored", version=stored["version"])
 
 
+def title_chat(request: Request, raw: dict[str, Any]) -> Response:
+    """Title a chat still titled by default from its first exchange (one small model call).
+
+    chat_stream asks for it after the first complete answer. The title is written only if
+    the chat still has its default title then: a rename by the user, even one made while
+    the model was answering, wins.
+    """
+    try:
+        task = TitleTask.model_validate(raw)
+    except ValidationError:
+        logger.error(
+            "malformed title task dropped",
+            extra={"task": request.headers.get("X-CloudTasks-TaskName")},
+        )
+        return done("dropped: malformed task")
+    db = database()
+    messages = db.fetch_all(
+        """
+        SELECT c.title_source, m.role, m.content, m.parts
+        FROM chats c
+        LEFT JOIN LATERAL (
+            SELECT role, content, parts FROM messages
+            WHERE chat_id = c.id AND content <> ''
+            ORDER BY position LIMIT :limit
+        ) m ON true
+        WHERE c.id = :chat_id
+        """,
+        chat_id=task.chat_id,
+        limit=TITLE_SOURCE_MESSAGES,
+    )
+    if not messages:
+        return done("nothing to do: the chat was deleted")
+    if messages[0]["title_source"] != "default":
+        return done("nothing to do: the chat already has a title")
+    if messages[0]["role"] is None:
+        return done("nothing to do: no messages yet")
+    try:
+        title, _ = MODEL.generate(
+            model=settings.summary_model,
+            system_instruction=TITLE_INSTRUCTION,
+            contents=[{"role": "user", "parts": [{"text": transcript(messages)}]}],
+            max_output_tokens=32,
+            temperature=0.2,
+        )
+    except ModelError as error:
+        return model_failure(task, error)
+    if not title.strip():
+        return done("dropped: the model returned an empty title")
+    with db.transaction() as tx:
+        # A rename by the user (title_source 'user') wins, even one made while we ran.
+        titled = tx.fetch_one(
+            "UPDATE chats SET title = :title, title_source = 'generated' "
+            "WHERE id = :chat_id AND title_source = 'default' RETURNING title",
+            title=clean_title(title),
+            chat_id=task.chat_id,
+        )
+    if titled is None:
+        return done("nothing to do: renamed meanwhile")
+    logger.info("title stored", extra={"chat": str(task.chat_id)})
+    return done("title stored", title=titled["title"])
+
+
 def clean_title(text: str) -> str:
     title = " ".join(text.strip().strip("\"'“”").split())
     if len(title) > TITLE_MAX_CHARS:
@@ -203,7 +283,7 @@ def clean_title(text: str) -> str:
     return title or DEFAULT_TITLE
 
 
-def model_failure(task: SummaryTask, error: ModelError) -> Response:
+def model_failure(task: SummaryTask | TitleTask, error: ModelError) -> Response:
     """Passing failures are retried by Cloud Tasks (429/503); permanent ones are dropped."""
     logger.warning(
         "summary model call failed", extra={"chat": str(task.chat_id), "cause": error.cause}
