@@ -83,18 +83,27 @@ def _errors(*statuses: str) -> dict[str, Any]:
     }
 
 
+# A query parameter given empty (``?limit=``) counts as absent (shared.web.query_args).
+EMPTY_VALUE = {"type": "string", "maxLength": 0}
+
+
 def _query_parameters(model: type[BaseModel]) -> list[dict[str, Any]]:
     schema = model.model_json_schema()
-    return [
-        {
-            "name": name,
-            "in": "query",
-            "required": False,
-            "description": prop.get("description", ""),
-            "schema": {key: value for key, value in prop.items() if key != "description"},
-        }
-        for name, prop in schema["properties"].items()
-    ]
+    parameters = []
+    for name, prop in schema["properties"].items():
+        value = {key: item for key, item in prop.items() if key != "description"}
+        if value.get("type") != "string":
+            value = {"anyOf": [value, EMPTY_VALUE]}
+        parameters.append(
+            {
+                "name": name,
+                "in": "query",
+                "required": False,
+                "description": (prop.get("description", "") + " Empty counts as absent.").strip(),
+                "schema": value,
+            }
+        )
+    return parameters
 
 
 CHAT_ID = {
@@ -159,8 +168,10 @@ def _paths() -> dict[str, Any]:
                         "content": _json_content(
                             {
                                 "type": "array",
+                                # anyOf: a search hit is a chat too (objects may carry more
+                                # fields), so it matches both and oneOf would refuse it.
                                 "items": {
-                                    "oneOf": [_ref(schemas.Chat), _ref(schemas.ChatSearchHit)]
+                                    "anyOf": [_ref(schemas.Chat), _ref(schemas.ChatSearchHit)]
                                 },
                             }
                         ),

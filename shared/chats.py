@@ -582,7 +582,7 @@ def release_unused_media(tx: Transaction, chat_id: uuid.UUID) -> int:
             WHERE u.id = r.upload_id AND NOT EXISTS (
                 SELECT 1 FROM chat_uploads other
                 WHERE other.upload_id = r.upload_id AND other.chat_id <> :chat_id)
-            RETURNING u.bucket, u.object_name
+            RETURNING u.bucket, coalesce(u.permanent_name, u.object_name) AS object_name
         )
         INSERT INTO storage_deletions (bucket, object_name)
         SELECT bucket, object_name FROM doomed

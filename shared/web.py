@@ -132,9 +132,25 @@ def parse_json(request: Request, model: type[ModelT]) -> ModelT:
     return validate(model, data, strict=True)
 
 
-def query_args(request: Request) -> dict[str, str]:
-    """The query string's parameters; one given empty (``?cursor=``) counts as absent."""
-    return {name: value for name, value in request.args.items() if value != ""}
+def query_args(request: Request, model: type[BaseModel]) -> dict[str, str]:
+    """The query string's parameters for ``model``; one given empty (``?cursor=``) counts as
+    absent, and the ones the model does not read are left out (ignored, like unknown body
+    fields).
+
+    Raises:
+        UnprocessableEntity: a parameter of the model is given more than once
+            (``?limit=5&limit=x``): each is a single value, and silently using one of them
+            would accept a request the API description calls invalid.
+    """
+    known = model.model_fields
+    repeated = sorted(
+        name for name, values in request.args.lists() if name in known and len(values) > 1
+    )
+    if repeated:
+        raise UnprocessableEntity(
+            "; ".join(f"query.{name}: given more than once" for name in repeated[:5])
+        )
+    return {name: value for name, value in request.args.items() if name in known and value != ""}
 
 
 def validate(model: type[ModelT], data: Any, where: str = "", *, strict: bool = False) -> ModelT:

@@ -154,6 +154,8 @@ locals {
     "DB_ACQUIRE_TIMEOUT_SECONDS", "JWT_LEEWAY_SECONDS", "MAX_CONTEXT_TOKENS", "MAX_REQUEST_BYTES",
     "MEDIA_URL_TTL_SECONDS", "SUMMARY_MAX_TOKENS", "SUMMARY_TARGET_TOKENS", "TARGET_WINDOW_TOKENS",
     "UPLOAD_MAX_BYTES", "UPLOAD_URL_TTL_SECONDS",
+    # shared/serving.py, which every function's HTTP pipeline installs, bounds request bodies.
+    "REQUEST_BODY_TIMEOUT_SECONDS",
   ]
 
   function_env_keys = {
@@ -170,11 +172,11 @@ locals {
     ]
     chats_crud = [
       "ALLOWED_ORIGINS", "CLERK_ISSUER", "CLERK_JWKS_URL", "GCS_BUCKET_NAME", "SIGNER_SERVICE_ACCOUNT",
-      "PLAN_CLAIM", "DEFAULT_PLAN", "PLAN_LIMITS",
+      "PLAN_CLAIM", "DEFAULT_PLAN", "PLAN_LIMITS", "RATE_LIMIT_MESSAGES_PER_MINUTE", "RATE_LIMIT_TOKENS_PER_DAY",
     ]
     upload_url    = ["ALLOWED_ORIGINS", "CLERK_ISSUER", "CLERK_JWKS_URL", "GCS_BUCKET_NAME", "SIGNER_SERVICE_ACCOUNT", "UPLOAD_ALLOWED_TYPES"]
     clerk_webhook = ["GCS_BUCKET_NAME"]
-    summarize     = ["LOCATION", "SUMMARY_MODEL", "THINKING_BUDGET", "MODEL_TIMEOUT_SECONDS"]
+    summarize     = ["LOCATION", "SUMMARY_MODEL", "THINKING_BUDGET", "MODEL_TIMEOUT_SECONDS", "GEMINI_RETRY_BUDGET_SECONDS"]
     storage_sweep = [] # the queue rows name their buckets; only the database and PROJECT_ID (common_env)
   }
 

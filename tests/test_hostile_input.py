@@ -222,6 +222,22 @@ def test_an_empty_cursor_or_before_is_the_first_page(alice: ApiClient) -> None:
     assert read.status_code == 200 and read.json() == []
 
 
+@pytest.mark.parametrize(
+    "query", ["limit=&limit=x", "limit=5&limit=6", "cursor=a&cursor=", "q=x&q=y"]
+)
+def test_a_query_parameter_given_twice_is_422_naming_it(alice: ApiClient, query: str) -> None:
+    # Using one of the values silently would accept what the API description calls invalid.
+    name = query.split("=")[0]
+    assert_detail(alice.get(f"/api/chats?{query}"), 422, "validation_error", name)
+    chat = alice.create_chat("twice")
+    assert_detail(
+        alice.get(f"/api/chats/{chat['chatId']}?before=&before=9"),
+        422,
+        "validation_error",
+        "before",
+    )
+
+
 @pytest.mark.parametrize("limit", ["0", "201", "1e3", "9" * 30, "-5", "x"])
 def test_limit_out_of_range_is_422(alice: ApiClient, limit: str) -> None:
     assert_detail(

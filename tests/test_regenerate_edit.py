@@ -236,6 +236,17 @@ def test_edit_releases_media_no_message_uses_any_more(
         stream_events(alice.send(question, media=[image_part(dropped), image_part(kept)]))
     )
     chat_id, question_id = events[0]["chat_id"], events[0]["message_id"]
+    # Their first use moved both files from incoming/ to their permanent names.
+    stored_as = {
+        row["id"]: row["name"]
+        for row in db.fetch_all(
+            "SELECT id::text AS id, permanent_name AS name FROM uploads "
+            "WHERE id IN (CAST(:a AS uuid), CAST(:b AS uuid))",
+            a=dropped["upload_id"],
+            b=kept["upload_id"],
+        )
+    }
+    assert all(name and name.startswith("uploads/") for name in stored_as.values()), stored_as
 
     edited = unique("only one")
     model.script(match=edited, reply="One picture.")
@@ -257,10 +268,10 @@ def test_edit_releases_media_no_message_uses_any_more(
     bucket = storage_client.bucket(stack.env["GCS_BUCKET_NAME"])
     deadline = time.monotonic() + 10
     # As on delete: the object is removed off the request path.
-    while bucket.blob(dropped["object_name"]).exists():
+    while bucket.blob(stored_as[dropped["upload_id"]]).exists():
         assert time.monotonic() < deadline, "the released object stayed in the bucket"
         time.sleep(0.2)
-    assert bucket.blob(kept["object_name"]).exists()
+    assert bucket.blob(stored_as[kept["upload_id"]]).exists()
     [question_row, _] = alice.get(f"/api/chats/{chat_id}").json()
     assert [p["type"] for p in question_row["parts"]] == ["text", "image"]
 

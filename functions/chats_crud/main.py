@@ -54,7 +54,7 @@ def _next_page_headers(request: Request, cursor_name: str, cursor: object | None
 
 
 def list_chats(request: Request, user: AuthenticatedUser) -> Response:
-    query = validate(ChatListQuery, query_args(request), where="query.")
+    query = validate(ChatListQuery, query_args(request, ChatListQuery), where="query.")
     if query.q:
         hits, next_cursor = chats.search_chats(
             database(), user.id, query.q, query.limit or SEARCH_PAGE_SIZE, query.cursor
@@ -79,7 +79,7 @@ def create_chat(request: Request, user: AuthenticatedUser) -> Response:
 
 
 def read_chat(request: Request, user: AuthenticatedUser, chat_id: str) -> Response:
-    query = validate(MessageListQuery, query_args(request), where="query.")
+    query = validate(MessageListQuery, query_args(request, MessageListQuery), where="query.")
     rows, older = chats.list_messages(
         database(), user.id, chats.parse_chat_id(chat_id), query.limit, query.before
     )
