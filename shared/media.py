@@ -39,6 +39,7 @@ from shared.chats import MediaUrlSigner
 from shared.db import Database, Row, Transaction, sqlstate
 from shared.errors import NotFound, UnprocessableEntity
 from shared.storage import MediaStorage
+from shared.telemetry import logs_media_check
 
 FOREIGN_KEY_VIOLATION = "23503"
 
@@ -271,6 +272,7 @@ def parse_reference(storage: MediaStorage, reference: str) -> tuple[str, str]:
     return bucket, name
 
 
+@logs_media_check
 def resolve_media(
     db: Database, storage: MediaStorage, user_id: str, reference: str, mime_type: str | None
 ) -> MediaRecord:

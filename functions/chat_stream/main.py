@@ -38,6 +38,7 @@ from shared.runtime import database, make_api, start_function
 from shared.schemas import ChatRequest, DoneEvent, ErrorEvent, StartEvent, Usage
 from shared.stream_framing import Framing, choose_framing
 from shared.system_instruction import SystemInstruction, personalise
+from shared.telemetry import TurnRecord, received_at
 from shared.token_estimate import estimate_message_tokens, estimate_text_tokens
 from shared.web import Route, parse_json
 
@@ -124,6 +125,16 @@ def instruction_tokens(template: str) -> int:
 
 
 def send_message(request: Request, user: AuthenticatedUser) -> Response:
+    """One turn, recorded as one ``chat_turn`` log line however it ends (shared.telemetry)."""
+    record = TurnRecord(received_at(request.environ), settings.raven_model)
+    try:
+        return open_turn(request, user, record)
+    except BaseException as error:
+        record.refused(error)
+        raise
+
+
+def open_turn(request: Request, user: AuthenticatedUser, record: TurnRecord) -> Response:
     received = time.perf_counter()
     body = parse_json(request, ChatRequest)
     message = read_new_message(body)
@@ -177,8 +188,11 @@ def send_message(request: Request, user: AuthenticatedUser) -> Response:
             "prepare_ms": round((time.perf_counter() - received) * 1000, 2),
         },
     )
+    record.chat = str(turn["chat_id"])
+    record.window_messages = len(model_context.window_positions)
     framing = choose_framing(request.headers.get("Accept"), settings.chat_stream_format)
-    wire = framing_of(framing, stream_turn(user, turn, model_context, system))
+    events = record.observe(stream_turn(user, turn, model_context, system, record), TextChunk)
+    wire = framing_of(framing, events)
     return Response(stream_with_context(wire), mimetype=framing.media_type, headers=STREAM_HEADERS)
 
 
@@ -203,6 +217,7 @@ def stream_turn(
     turn: dict[str, Any],
     model_context: context.ModelContext,
     system: str,
+    record: TurnRecord,
 ) -> Iterator[TurnEvent]:
     """The events of one turn, heartbeats included; stores the answer however it ends."""
     chat_id = str(turn["chat_id"])
@@ -220,6 +235,7 @@ def stream_turn(
         ):
             if isinstance(event, Finished):
                 finished = event
+                record.model_finished(event.input_tokens, event.output_tokens, event.finish_reason)
                 continue
             if isinstance(event, TextChunk):
                 answer.append(event.text)

@@ -21,6 +21,7 @@ Deployed, the function is private: only the tasks invoker service account may ca
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from typing import Any
 
@@ -32,6 +33,7 @@ from shared.errors import RateLimited, ServiceUnavailable
 from shared.gemini import GeminiStreamer, ModelError
 from shared.runtime import database, make_api, start_function
 from shared.schemas import DEFAULT_TITLE
+from shared.telemetry import logs_task
 from shared.web import Route, json_response
 
 logger = logging.getLogger("raven.summarize")
@@ -77,6 +79,28 @@ def transcript(messages: list[dict[str, Any]]) -> str:
     return "\n\n".join(lines)
 
 
+def task_outcome(response: Response) -> str:
+    """``stored``, ``skipped`` (nothing to do) or ``dropped``, from the answer's message."""
+    message = str((response.get_json(silent=True) or {}).get("message", ""))
+    if message.startswith("summary stored"):
+        return "stored"
+    return "dropped" if message.startswith("dropped") else "skipped"
+
+
+def queue_delay_seconds(request: Request) -> float | None:
+    """How long the task waited past its schedule time (Cloud Tasks' X-CloudTasks-TaskETA)."""
+    try:
+        return round(max(0.0, time.time() - float(request.headers["X-CloudTasks-TaskETA"])), 3)
+    except (KeyError, ValueError):
+        return None
+
+
+def task_attempt(request: Request) -> int | None:
+    retries = request.headers.get("X-CloudTasks-TaskRetryCount", "")
+    return int(retries) + 1 if retries.isdigit() else None
+
+
+@logs_task("summary", task_outcome, queue_delay_s=queue_delay_seconds, attempt=task_attempt)
 def summarize_chat(request: Request) -> Response:
     """Handle one summary task (see the module docstring for the status codes)."""
     raw = request.get_json(silent=True)
