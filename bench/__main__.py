@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import chat_stream, chats_crud, clerk_webhook, stream_framing, summaries
+from bench import chat_stream, chats_crud, clerk_webhook, stream_framing, summaries, telemetry
 
 BENCHMARKS: dict[str, Callable[[], dict[str, Any]]] = {
     "chats_crud": chats_crud.run,
@@ -20,6 +20,7 @@ BENCHMARKS: dict[str, Callable[[], dict[str, Any]]] = {
     "stream_framing": stream_framing.run,
     "summaries": summaries.run,
     "clerk_webhook": clerk_webhook.run,
+    "telemetry": telemetry.run,
 }
 
 
