@@ -6,9 +6,10 @@
     not count), against the bare events. Best of several repeats, so other load on the shared
     machine inflates neither. Target: < 0.2 ms per turn, for 1 and for 200 chunks.
 (b) Import time: each function's ``main`` imported with ``python -X importtime`` in a fresh
-    process (bytecode compiled beforehand, as deployed), in this tree and in the base commit (``git merge-base HEAD main``, exported with
-    ``git archive``), interleaved, median of several runs; and shared.telemetry's own import
-    time. Target: no function's import time grows (beyond run-to-run noise).
+    process (bytecode compiled beforehand, as deployed), in this tree and in the base commit
+    (``git merge-base HEAD main``, exported with ``git archive``), interleaved, median of
+    several runs; and shared.telemetry's own import time.
+    Target: no function's import time grows (beyond run-to-run noise).
 """
 
 from __future__ import annotations
