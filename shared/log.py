@@ -83,7 +83,7 @@ def lean_records() -> None:
     process names, so logging need not find them: no stack walk per line
     (https://docs.python.org/3/howto/logging.html#optimization).
     """
-    logging._srcfile = None  # type: ignore[attr-defined]
+    logging._srcfile = None
     logging.logThreads = False
     logging.logProcesses = False
     logging.logMultiprocessing = False
