@@ -14,8 +14,11 @@ per turn, and that the dashboard and the alerts name only metrics that exist.
 
 from __future__ import annotations
 
+import io
 import json
 import re
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -28,7 +31,7 @@ import pytest
 import requests
 
 from dev.gemini_standin import StandinControl
-from dev.logs import readable
+from dev.logs import DevMetrics, LogRelay, readable
 from dev.stack import LocalStack
 from shared.db import Database
 from tests.conftest import ApiClient, read_logs, stream_events, upload_file
@@ -403,6 +406,30 @@ def test_make_dev_prints_one_readable_line_per_turn(logged: list[Any]) -> None:
     assert "\n" not in text and text.startswith("[chat_stream] turn ok")
     assert "turn ok" in text and "first token" in text and "tokens" in text
     assert str(ok["jsonPayload"]["output_tokens"]) in text
+
+
+def test_make_dev_relays_a_function_s_output_readably_and_counts_it(logged: list[Any]) -> None:
+    """The relay make dev puts between each function's stdout and the terminal."""
+    lines = [
+        json.dumps({**e["jsonPayload"], "severity": e.get("severity", "INFO")})
+        for e in logged
+        if e["jsonPayload"].get("function") == "chat_stream"
+    ]
+    script = "import sys; sys.stdout.write(sys.stdin.read()); print('a plain line')"
+    process = subprocess.Popen(
+        [sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    out, metrics = io.StringIO(), DevMetrics()
+    LogRelay(metrics, out).attach("chat_stream", process)
+    assert process.stdin is not None
+    process.stdin.write(("\n".join(lines) + "\n").encode())
+    process.stdin.close()
+    process.wait(timeout=30)
+    printed = wait_for(lambda: out.getvalue() if "a plain line" in out.getvalue() else None)
+    assert "[chat_stream] turn ok · first token" in printed
+    assert '{"severity"' not in printed  # no raw JSON reaches the terminal
+    turns = sum(1 for e in logged if e["jsonPayload"].get("event") == "chat_turn")
+    assert metrics.snapshot()["turns"]["count"] == turns
 
 
 def test_dashboard_and_alerts_name_only_defined_metrics() -> None:
