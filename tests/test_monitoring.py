@@ -125,7 +125,7 @@ def parse_filter(text: str) -> list[tuple[str, str, Any]]:
     Only conjunctions of comparisons on field paths: the subset terraform/monitoring.tf
     uses, so every part of a filter is understood here and checked against real entries.
     """
-    terms = []
+    terms: list[tuple[str, str, Any]] = []
     for part in re.split(r"\s+AND\s+", text.strip()):
         match = _TERM.fullmatch(part)
         assert match, f"unsupported filter term {part!r} in {text!r}"
