@@ -1,5 +1,6 @@
 # Observability as code: log-based metrics from the functions' structured events, a Cloud Monitoring
-# dashboard (dashboard.json) and alert policies. The functions import no metrics SDK: every number
+# dashboard (dashboard.json.tftpl: the dashboard's JSON, a template so that metric names, ids and
+# thresholds follow the variables) and alert policies. The functions import no metrics SDK: every number
 # below comes from the JSON lines they already write (shared/telemetry.py) or from Google's own
 # metrics (Cloud Run, Cloud Tasks, Cloud SQL). tests/test_monitoring.py runs each metric's filter
 # and extractors against lines the local stack really writes.
@@ -189,7 +190,7 @@ resource "google_logging_metric" "event" {
 }
 
 resource "google_monitoring_dashboard" "operations" {
-  dashboard_json = templatefile("${path.module}/dashboard.json", {
+  dashboard_json = templatefile("${path.module}/dashboard.json.tftpl", {
     title             = "${var.name_prefix} backend"
     name_prefix       = var.name_prefix
     metric            = local.metric_types

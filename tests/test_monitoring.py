@@ -434,7 +434,7 @@ def test_make_dev_relays_a_function_s_output_readably_and_counts_it(logged: list
 
 def test_dashboard_and_alerts_name_only_defined_metrics() -> None:
     defined = set(log_metrics())
-    dashboard = (TERRAFORM / "dashboard.json").read_text()
+    dashboard = (TERRAFORM / "dashboard.json.tftpl").read_text()
     used = set(re.findall(r"\$\{metric\.(\w+)\}", dashboard))
     used |= {
         name for name in re.findall(r"\$\{prom_prefix\}_(\w+?)_(?:sum|count|bucket)\b", dashboard)
