@@ -20,6 +20,7 @@ from bench import (
     hostile,
     stream_framing,
     summaries,
+    telemetry,
 )
 
 BENCHMARKS: dict[str, Callable[[], dict[str, Any]]] = {
@@ -30,6 +31,7 @@ BENCHMARKS: dict[str, Callable[[], dict[str, Any]]] = {
     "clerk_webhook": clerk_webhook.run,
     "hostile": hostile.run,
     "controls": controls.run,
+    "telemetry": telemetry.run,
 }
 
 

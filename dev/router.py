@@ -10,7 +10,9 @@ It also serves, for local use only, what no deployed function ever serves:
 * ``GET /dev/.well-known/jwks.json``: that key's JWKS, which the functions fetch exactly as
   they fetch Clerk's;
 * ``GET /dev/healthz``: 200 once every part of the stack answers;
-* ``GET /dev/openapi.json``: the OpenAPI description of the contract.
+* ``GET /dev/openapi.json``: the OpenAPI description of the contract;
+* ``GET /dev/metrics``: counters and latency percentiles since the stack started, from the
+  functions' log lines (:mod:`dev.logs`), the numbers the deployed dashboard shows.
 
 And it is the browser's way to the storage emulator: ``/<uploads bucket>/<object>`` is
 proxied to it, with CORS answered for the allowed origins as the bucket's CORS policy answers
@@ -149,12 +151,14 @@ class Router:
         health_checks: dict[str, Callable[[], bool]],
         openapi: Callable[[], dict[str, Any]],
         *,
+        metrics: Callable[[], dict[str, Any]] | None = None,
         storage: StorageUpstream | None = None,
     ) -> None:
         self._upstreams = upstreams
         self._signer = signer
         self._health_checks = health_checks
         self._openapi = openapi
+        self._metrics = metrics
         self._storage = storage
         rules = [Rule(path, endpoint=function) for path, function in CONTRACT_ROUTES.items()]
         if storage is not None:
@@ -165,6 +169,8 @@ class Router:
             Rule("/dev/.well-known/jwks.json", endpoint="dev_jwks", methods=["GET"]),
             Rule("/dev/openapi.json", endpoint="dev_openapi", methods=["GET"]),
         ]
+        if metrics is not None:
+            rules.append(Rule("/dev/metrics", endpoint="dev_metrics", methods=["GET"]))
         self._map = Map(rules, strict_slashes=False)
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
@@ -190,6 +196,8 @@ class Router:
             return _json(self._signer.jwks())
         if endpoint == "dev_openapi":
             return _json(self._openapi())
+        if endpoint == "dev_metrics" and self._metrics is not None:
+            return _json(self._metrics())
         if endpoint == "storage":
             return self._storage_request(request)
         return self._proxy(request, self._upstreams[endpoint])

@@ -39,6 +39,7 @@ from typing import Any
 from werkzeug.serving import make_server
 
 from dev.bundle import REPO_ROOT, function_names
+from dev.logs import DevMetrics, LogFiles, LogRelay
 from dev.router import JsonErrorRequestHandler, Router, StorageUpstream
 from dev.storage_front import SignatureFront
 from dev.tokens import LocalSigner
@@ -226,6 +227,7 @@ class LocalStack:
         self.gemini_standin_url: str | None = None
         self.gemini_description = ""
         self.storage_url = ""
+        self.metrics = DevMetrics()
 
     def environment(self, database_url: str) -> dict[str, str]:
         env = read_env_file(REPO_ROOT / ".env.example")
@@ -256,16 +258,33 @@ class LocalStack:
         self.function_urls = {name: f"http://127.0.0.1:{free_port()}" for name in function_names()}
         self._start_standins(env)
         self._start_tasks_emulator(env)
+        # Each function's log lines: in its own file (tests, benchmarks), read when
+        # /dev/metrics is asked for; or through the relay, which prints them readably.
+        relay = LogRelay(self.metrics) if self.log_dir is None else None
+        log_files = (
+            LogFiles(self.metrics, self.log_dir, self.function_urls)
+            if self.log_dir is not None
+            else None
+        )
         for name, url in self.function_urls.items():
             port = int(url.rsplit(":", 1)[1])
             log = None if self.log_dir is None else (self.log_dir / f"{name}.log").open("ab")
             self.processes[name] = subprocess.Popen(
                 function_command(name, port),
                 cwd=REPO_ROOT,
-                env={**env, "PORT": str(port)},
-                stdout=log,
-                stderr=log,
+                # FUNCTION_TARGET as Cloud Run sets it: every log line names its function.
+                env={**env, "PORT": str(port), "FUNCTION_TARGET": name},
+                stdout=log if relay is None else subprocess.PIPE,
+                stderr=log if relay is None else subprocess.STDOUT,
             )
+            if relay is not None:
+                relay.attach(name, self.processes[name])
+
+        def metrics() -> dict[str, Any]:
+            if log_files is not None:
+                log_files.collect()
+            return self.metrics.snapshot()
+
         health_checks: dict[str, Callable[[], bool]] = {
             "postgres": postgres_answers(env["DATABASE_URL"]),
             "tasks_emulator": functools.partial(tcp_answers, env["TASKS_EMULATOR_HOST"]),
@@ -282,6 +301,7 @@ class LocalStack:
             self.signer,
             health_checks,
             functools.partial(build_openapi, load_settings(env)),
+            metrics=metrics,
             storage=StorageUpstream(
                 env["GCS_BUCKET_NAME"],
                 self.storage_url,
@@ -418,6 +438,8 @@ Raven backend is running at {base_url}
 
   The API: docs/api.md; as OpenAPI: {base_url}/dev/openapi.json
   Health: {base_url}/dev/healthz. Frontend: NEXT_PUBLIC_BACKEND_URL={base_url}
+  Metrics since start (what the deployed dashboard shows): {base_url}/dev/metrics
+  Each turn is logged below as one line: outcome, time to first token, tokens, model.
 
   Try it:
     TOKEN=$(curl -s -X POST {base_url}/dev/token -d '{{"sub": "user_demo", "first_name": "Ada"}}' \\

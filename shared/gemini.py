@@ -18,6 +18,7 @@ at another endpoint (the local stand-in). google-genai is imported on first use 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import queue
@@ -76,6 +77,7 @@ class Finished:
     finish_reason: FinishReason
     model: str = ""
     prompt_blocked: bool = False  # the input itself was refused: there is no candidate
+    retries: int = 0  # calls made before the one that answered (retries and the fallback)
 
     @property
     def blocked(self) -> bool:
@@ -100,6 +102,7 @@ class ModelError(Exception):
         self.detail = detail
         self.kind = kind
         self.cause = cause
+        self.retries = 0  # calls made before the last one, which failed like this
 
     @property
     def retryable(self) -> bool:
@@ -225,9 +228,12 @@ class GeminiStreamer:
                     model, system_instruction, contents, heartbeat_seconds, max_output_tokens
                 ):
                     text_sent = text_sent or isinstance(event, TextChunk)
+                    if isinstance(event, Finished) and attempt:
+                        event = dataclasses.replace(event, retries=attempt)
                     yield event
                 return
             except ModelError as error:
+                error.retries = attempt
                 if text_sent or not error.retryable or error.cause == "timeout":
                     raise
                 attempt += 1

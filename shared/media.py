@@ -46,6 +46,7 @@ from shared.chats import MediaUrlSigner
 from shared.db import Database, Row, Transaction, sqlstate
 from shared.errors import NotFound, UnprocessableEntity
 from shared.storage import MediaStorage, StoredObject
+from shared.telemetry import logs_media_check
 
 FOREIGN_KEY_VIOLATION = "23503"
 
@@ -315,6 +316,7 @@ class MediaRejected(UnprocessableEntity):
     """An upload whose object is not what was declared: it is deleted and stays refused."""
 
 
+@logs_media_check
 def resolve_media(
     db: Database, storage: MediaStorage, user_id: str, reference: str, mime_type: str | None
 ) -> MediaRecord:

@@ -15,7 +15,7 @@ from flask import Request
 from shared import serving
 from shared.db import Database
 from shared.log import configure_logging
-from shared.settings import Settings, get_settings
+from shared.settings import Settings, function_target, get_settings
 from shared.web import Api, Route
 
 if TYPE_CHECKING:
@@ -34,7 +34,7 @@ def start_function(*required: str) -> Settings:
             start instead of at its first request.
     """
     settings = get_settings().require(*required)
-    configure_logging(settings.project_id, settings.debug)
+    configure_logging(settings.project_id, settings.debug, function_target())
     return settings
 
 

@@ -323,6 +323,17 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     return settings
 
 
+def function_target(environ: Mapping[str, str] | None = None) -> str | None:
+    """The running function's entry point name, which the platform sets (not a setting).
+
+    Cloud Run functions sets ``FUNCTION_TARGET`` on every instance
+    (https://cloud.google.com/run/docs/configuring/services/overview-environment-variables);
+    ``make dev`` sets it for each local function, as functions-framework also reads it.
+    """
+    source = os.environ if environ is None else environ
+    return source.get("FUNCTION_TARGET") or None
+
+
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
     """The instance's settings, validated on first use and cached for its lifetime."""

@@ -660,6 +660,17 @@ def due_storage_deletions(db: Database) -> int:
     return int(row["n"]) if row else 0
 
 
+def storage_deletions_backlog(db: Database) -> tuple[int, float | None]:
+    """Rows queued in ``storage_deletions`` and the oldest one's age in seconds (None if empty)."""
+    row = db.fetch_one(
+        "SELECT count(*) AS n, EXTRACT(EPOCH FROM now() - min(created_at)) AS oldest "
+        "FROM storage_deletions"
+    )
+    if row is None or not row["n"]:
+        return 0, None
+    return int(row["n"]), float(row["oldest"])
+
+
 def run_storage_sweep(
     db: Database, client_factory: Callable[[], Client], budget_seconds: float
 ) -> SweepResult:

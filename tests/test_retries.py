@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -36,6 +38,19 @@ def unique(label: str) -> str:
     return f"{label}-{uuid.uuid4().hex[:10]}"
 
 
+def turn_event(stack: LocalStack, chat_id: str) -> dict[str, Any]:
+    """The chat_turn log line of a chat's turn, from any chat_stream instance's log."""
+    assert stack.log_dir is not None
+    deadline = time.monotonic() + 10
+    while True:
+        for path in stack.log_dir.glob("chat_stream*.log"):
+            for line in path.read_text().splitlines():
+                if chat_id in line and '"chat_turn"' in line:
+                    return dict(json.loads(line))
+        assert time.monotonic() < deadline, "no chat_turn line for the chat"
+        time.sleep(0.1)
+
+
 def answers(db: Database, chat_id: str) -> list[dict[str, Any]]:
     return db.fetch_all(
         "SELECT content, status, model FROM messages WHERE chat_id = :id AND role = 'assistant'",
@@ -45,7 +60,7 @@ def answers(db: Database, chat_id: str) -> list[dict[str, Any]]:
 
 @pytest.mark.parametrize("status", [503, 429, 500])
 def test_a_busy_or_unavailable_model_is_retried_until_it_answers(
-    alice: ApiClient, db: Database, model: StandinControl, status: int
+    stack: LocalStack, alice: ApiClient, db: Database, model: StandinControl, status: int
 ) -> None:
     question = unique(f"flaky {status}")
     model.script(match=question, http_error={"status": status}, times=2)
@@ -59,6 +74,8 @@ def test_a_busy_or_unavailable_model_is_retried_until_it_answers(
     assert answers(db, events[0]["chat_id"]) == [
         {"content": "Third time lucky.", "status": "complete", "model": "gemini-2.5-flash"}
     ]
+    logged = turn_event(stack, events[0]["chat_id"])
+    assert (logged["outcome"], logged["retries"], logged["model"]) == ("ok", 2, "gemini-2.5-flash")
 
 
 def test_a_refusal_is_not_retried(alice: ApiClient, model: StandinControl) -> None:
@@ -85,7 +102,7 @@ def test_never_retried_after_the_first_chunk(
 
 
 def test_after_the_budget_the_fallback_model_answers(
-    with_fallback: ApiClient, db: Database, model: StandinControl
+    stack: LocalStack, with_fallback: ApiClient, db: Database, model: StandinControl
 ) -> None:
     question = unique("fallback")
     model.script(match=question, http_error={"status": 503}, times=1)
@@ -97,16 +114,20 @@ def test_after_the_budget_the_fallback_model_answers(
         (FALLBACK, "ok"),
     ]
     assert answers(db, events[0]["chat_id"])[0]["model"] == FALLBACK
+    logged = turn_event(stack, events[0]["chat_id"])
+    assert (logged["outcome"], logged["retries"], logged["model"]) == ("ok", 1, FALLBACK)
 
 
 def test_when_the_fallback_fails_too_the_turn_ends_with_an_error(
-    with_fallback: ApiClient, model: StandinControl
+    stack: LocalStack, with_fallback: ApiClient, model: StandinControl
 ) -> None:
     question = unique("both down")
     model.script(match=question, http_error={"status": 503}, times=5)
     events = stream_events(with_fallback.send(question))
     assert events[-1]["type"] == "error" and "unavailable" in events[-1]["detail"]
     assert [r["model"] for r in model.requests(match=question)] == ["gemini-2.5-flash", FALLBACK]
+    logged = turn_event(stack, events[0]["chat_id"])
+    assert (logged["outcome"], logged["retries"]) == ("model_error:unavailable", 1)
 
 
 def test_backoff_is_jittered_doubling_and_capped() -> None:

@@ -38,6 +38,7 @@ from shared.runtime import database, make_api, start_function
 from shared.schemas import ChatRequest, DoneEvent, ErrorEvent, StartEvent, Usage
 from shared.stream_framing import Framing, choose_framing
 from shared.system_instruction import SystemInstruction, personalise
+from shared.telemetry import TurnRecord, received_at
 from shared.token_estimate import estimate_message_tokens, estimate_text_tokens
 from shared.web import Route, parse_json
 
@@ -154,12 +155,22 @@ def read_controls(body: ChatRequest) -> tuple[uuid.UUID | None, uuid.UUID | None
 
 
 def send_message(request: Request, user: AuthenticatedUser) -> Response:
+    """One turn, recorded as one ``chat_turn`` log line however it ends (shared.telemetry)."""
+    record = TurnRecord(received_at(request.environ), settings.raven_model)
+    try:
+        return open_turn(request, user, record)
+    except BaseException as error:
+        record.refused(error)
+        raise
+
+
+def open_turn(request: Request, user: AuthenticatedUser, record: TurnRecord) -> Response:
     received = time.perf_counter()
     body = parse_json(request, ChatRequest)
     chat_id, edited_id = read_controls(body)
     if body.regenerate:
         assert chat_id is not None
-        return answer_turn(request, user, received, regenerate_chat=chat_id)
+        return answer_turn(request, user, received, record, regenerate_chat=chat_id)
     message = read_new_message(body)
     media_parts = resolve_attachments(user, message.media_refs)
     parts = ([{"type": "text", "text": message.text}] if message.text else []) + media_parts
@@ -181,6 +192,7 @@ def send_message(request: Request, user: AuthenticatedUser) -> Response:
         request,
         user,
         received,
+        record,
         chat_id=chat_id,
         edited_id=edited_id,
         new_message=(message.text, parts, tokens),
@@ -192,6 +204,7 @@ def answer_turn(
     request: Request,
     user: AuthenticatedUser,
     received: float,
+    record: TurnRecord,
     *,
     chat_id: uuid.UUID | None = None,
     edited_id: uuid.UUID | None = None,
@@ -251,8 +264,11 @@ def answer_turn(
             "prepare_ms": round((time.perf_counter() - received) * 1000, 2),
         },
     )
+    record.chat = str(turn["chat_id"])
+    record.window_messages = len(model_context.window_positions)
     framing = choose_framing(request.headers.get("Accept"), settings.chat_stream_format)
-    wire = framing_of(framing, stream_turn(user, turn, model_context, system))
+    events = record.observe(stream_turn(user, turn, model_context, system, record), TextChunk)
+    wire = framing_of(framing, events)
     return Response(stream_with_context(wire), mimetype=framing.media_type, headers=STREAM_HEADERS)
 
 
@@ -277,6 +293,7 @@ def stream_turn(
     turn: dict[str, Any],
     model_context: context.ModelContext,
     system: str,
+    record: TurnRecord,
 ) -> Iterator[TurnEvent]:
     """The events of one turn, heartbeats included; stores the answer however it ends."""
     chat_id = str(turn["chat_id"])
@@ -294,12 +311,16 @@ def stream_turn(
         ):
             if isinstance(event, Finished):
                 finished = event
+                record.model_finished(event.input_tokens, event.output_tokens, event.finish_reason)
+                record.retries = event.retries
+                record.model = event.model or record.model
                 continue
             if isinstance(event, TextChunk):
                 answer.append(event.text)
             yield event
     except ModelError as error:
         failure = error
+        record.retries = error.retries
         logger.warning("model failed", extra={"chat": chat_id, "cause": error.cause})
     except GeneratorExit:
         client_left = True  # the client went away: stop reading from the model (done above)

@@ -16,11 +16,14 @@ or its time budget ends, and answers how many rows it finished and how many are 
 
 from __future__ import annotations
 
+import time
+
 import functions_framework
 from flask import Request, Response
 
 from shared.runtime import database, make_api, start_function
-from shared.storage import run_storage_sweep, storage_client
+from shared.storage import run_storage_sweep, storage_client, storage_deletions_backlog
+from shared.telemetry import log_storage_sweep
 from shared.web import Route, json_response
 
 start_function()
@@ -31,7 +34,16 @@ SWEEP_BUDGET_SECONDS = 240.0
 
 
 def sweep(request: Request) -> Response:
+    started = time.perf_counter()
     result = run_storage_sweep(database(), storage_client, SWEEP_BUDGET_SECONDS)
+    pending, oldest = storage_deletions_backlog(database())
+    log_storage_sweep(
+        result.finished,
+        result.due,
+        pending,
+        oldest,
+        round((time.perf_counter() - started) * 1e3, 2),
+    )
     return json_response({"finished": result.finished, "due": result.due})
 
 

@@ -25,6 +25,7 @@ Deployed, the function is private: only the tasks invoker service account may ca
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from typing import Any, Literal
 
@@ -36,6 +37,7 @@ from shared.errors import RateLimited, ServiceUnavailable
 from shared.gemini import GeminiStreamer, ModelError
 from shared.runtime import database, make_api, start_function
 from shared.schemas import DEFAULT_TITLE
+from shared.telemetry import logs_task
 from shared.web import Route, json_response
 
 logger = logging.getLogger("raven.summarize")
@@ -89,11 +91,38 @@ class TitleTask(BaseModel):
     task: Literal["title"]
 
 
-def summarize_chat(request: Request) -> Response:
+def task_outcome(response: Response) -> str:
+    """``stored``, ``skipped`` (nothing to do) or ``dropped``, from the answer's message."""
+    message = str((response.get_json(silent=True) or {}).get("message", ""))
+    if message.startswith(("summary stored", "title stored")):
+        return "stored"
+    return "dropped" if message.startswith("dropped") else "skipped"
+
+
+def queue_delay_seconds(request: Request, *_: Any) -> float | None:
+    """How long the task waited past its schedule time (Cloud Tasks' X-CloudTasks-TaskETA)."""
+    try:
+        return round(max(0.0, time.time() - float(request.headers["X-CloudTasks-TaskETA"])), 3)
+    except (KeyError, ValueError):
+        return None
+
+
+def task_attempt(request: Request, *_: Any) -> int | None:
+    retries = request.headers.get("X-CloudTasks-TaskRetryCount", "")
+    return int(retries) + 1 if retries.isdigit() else None
+
+
+def handle_task(request: Request) -> Response:
     """Handle one summary or title task (see the module docstring for the status codes)."""
     raw = request.get_json(silent=True)
     if isinstance(raw, dict) and raw.get("task") == "title":
         return title_chat(request, raw)
+    return summarize_chat(request, raw)
+
+
+@logs_task("summary", task_outcome, queue_delay_s=queue_delay_seconds, attempt=task_attempt)
+def summarize_chat(request: Request, raw: Any) -> Response:
+    """Fold the chat's messages through the task's cut into its next summary."""
     try:
         task = SummaryTask.model_validate(raw)
     except ValidationError:
@@ -214,6 +243,7 @@ def summarize_chat(request: Request) -> Response:
     return done("summary stored", version=stored["version"])
 
 
+@logs_task("title", task_outcome, queue_delay_s=queue_delay_seconds, attempt=task_attempt)
 def title_chat(request: Request, raw: dict[str, Any]) -> Response:
     """Title a chat still titled by default from its first exchange (one small model call).
 
@@ -296,7 +326,7 @@ def model_failure(task: SummaryTask | TitleTask, error: ModelError) -> Response:
 
 
 # No bearer token: deployed, Cloud Run's IAM admits only the tasks invoker's OIDC token.
-API = make_api([Route("POST", "/", summarize_chat, auth=False)])
+API = make_api([Route("POST", "/", handle_task, auth=False)])
 
 
 @functions_framework.http
