@@ -362,8 +362,11 @@ def test_turn_events_carry_the_numbers_and_no_text(logged: list[Any]) -> None:
     for turn in ok:
         assert 0 < turn["model_ttft_ms"] <= turn["ttft_ms"] <= turn["turn_ms"]
         assert turn["input_tokens"] > 0 and turn["output_tokens"] > 0
-        assert turn["finish_reason"] == "stop" and turn["retries"] == 0
+        # Other tests' turns share the log: retried ones are checked in tests/test_retries.py.
+        assert turn["finish_reason"] in {"stop", "max_tokens", "other"}
+        assert isinstance(turn["retries"], int) and turn["retries"] >= 0
         assert turn["window_messages"] >= 1 and turn["function"] == "chat_stream"
+    assert any(t["finish_reason"] == "stop" and t["retries"] == 0 for t in ok)
     failed = [t for t in turns if t["outcome"] == "model_error:unavailable"]
     assert failed and all(t["code"] == "model_unavailable" for t in failed)
     for entry in logged:
