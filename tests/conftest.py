@@ -20,6 +20,7 @@ import pg8000.dbapi
 import pytest
 import requests
 
+from dev.gemini_standin import StandinControl
 from dev.stack import LocalStack, free_port, function_command
 from shared.db import Database, connect_kwargs_from_url
 from shared.settings import load_settings
@@ -134,6 +135,11 @@ def stream_events(response: requests.Response) -> list[Any]:
     return events
 
 
+def dicts(events: list[Any]) -> list[dict[str, Any]]:
+    """The events of :func:`stream_events` without the heartbeats."""
+    return [event for event in events if isinstance(event, dict)]
+
+
 def assert_error(response: requests.Response, status: int, code: str | None = None) -> dict:
     """The contract's error shape: the status, JSON with a human ``detail`` and a ``code``."""
     assert response.status_code == status, (response.status_code, response.text)
@@ -173,6 +179,29 @@ def db(stack: LocalStack) -> Iterator[Database]:
     database = Database(lambda: pg8000.dbapi.connect(**kwargs), pool_size=2)
     yield database
     database.close()
+
+
+@pytest.fixture(scope="session")
+def model(stack: LocalStack) -> StandinControl:
+    """The Gemini stand-in's control API: scripts answers, records the requests it got."""
+    assert stack.gemini_standin_url is not None
+    return StandinControl(stack.gemini_standin_url)
+
+
+def unique(label: str) -> str:
+    """A label no other test uses, to script and find one test's own model requests."""
+    return f"{label}-{uuid.uuid4().hex[:10]}"
+
+
+def wait_for(condition: Any, timeout: float = 20.0) -> Any:
+    """Poll ``condition`` until it returns something truthy (and return it), or fail."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError("condition not met in time")
 
 
 @pytest.fixture

@@ -194,12 +194,6 @@ def frontend(stack: LocalStack, frontend_page: Any, frontend_origin: str, user_i
     return Frontend(frontend_page, frontend_origin).open(stack.base_url, token)
 
 
-@pytest.fixture(scope="module")
-def model(stack: LocalStack) -> StandinControl:
-    assert stack.gemini_standin_url is not None
-    return StandinControl(stack.gemini_standin_url)
-
-
 def unique(label: str) -> str:
     return f"{label} {uuid.uuid4().hex[:10]}"
 

@@ -6,7 +6,6 @@ import time
 import uuid
 from typing import Any
 
-import pytest
 import requests
 
 from dev.gemini_standin import StandinControl
@@ -15,12 +14,6 @@ from shared.db import Database
 from tests.conftest import ApiClient, assert_error, function_process, stream_events, upload_file
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64
-
-
-@pytest.fixture(scope="module")
-def model(stack: LocalStack) -> StandinControl:
-    assert stack.gemini_standin_url is not None
-    return StandinControl(stack.gemini_standin_url)
 
 
 def image_part(upload: dict[str, Any]) -> dict[str, Any]:

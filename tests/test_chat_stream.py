@@ -9,7 +9,6 @@ import time
 import uuid
 from typing import Any
 
-import pytest
 import requests
 
 from dev.gemini_standin import StandinControl
@@ -23,17 +22,8 @@ from tests.conftest import (
     store_history,
     stream_events,
     stream_lines,
+    unique,
 )
-
-
-@pytest.fixture(scope="module")
-def model(stack: LocalStack) -> StandinControl:
-    assert stack.gemini_standin_url is not None
-    return StandinControl(stack.gemini_standin_url)
-
-
-def unique(label: str) -> str:
-    return f"{label}-{uuid.uuid4().hex[:10]}"
 
 
 def stored_messages(db: Database, chat_id: str) -> list[dict[str, Any]]:

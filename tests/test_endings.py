@@ -3,29 +3,13 @@ reason, and a blocked answer ends with an error event coded ``blocked``."""
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
 import pytest
 
 from dev.gemini_standin import StandinControl
-from dev.stack import LocalStack
 from shared.gemini import finish_reason_of
-from tests.conftest import ApiClient, stream_events
-
-
-@pytest.fixture(scope="module")
-def model(stack: LocalStack) -> StandinControl:
-    assert stack.gemini_standin_url is not None
-    return StandinControl(stack.gemini_standin_url)
-
-
-def unique(label: str) -> str:
-    return f"{label}-{uuid.uuid4().hex[:10]}"
-
-
-def dicts(events: list[Any]) -> list[dict[str, Any]]:
-    return [event for event in events if isinstance(event, dict)]
+from tests.conftest import ApiClient, dicts, stream_events, unique
 
 
 def history(client: ApiClient, chat_id: str) -> list[dict[str, Any]]:

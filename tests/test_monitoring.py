@@ -265,12 +265,6 @@ def wait_for(condition: Callable[[], Any], timeout: float = 15) -> Any:
 
 
 @pytest.fixture(scope="module")
-def model(stack: LocalStack) -> StandinControl:
-    assert stack.gemini_standin_url is not None
-    return StandinControl(stack.gemini_standin_url)
-
-
-@pytest.fixture(scope="module")
 def logged(stack: LocalStack, model: StandinControl, db: Database) -> list[Any]:
     """Run what every metric counts, once, and return the LogEntries the stack wrote."""
     marker = uuid.uuid4().hex[:8]
@@ -284,7 +278,7 @@ def logged(stack: LocalStack, model: StandinControl, db: Database) -> list[Any]:
     chat_id = events[0]["chat_id"]
     # A turn the model fails: chat_turn with outcome model_error:unavailable.
     model.script(
-        match=f"{marker} fail", http_error={"status": 503, "message": "overloaded"}, times=5
+        match=f"{marker} fail", http_error={"status": 503, "message": "overloaded"}, times=100
     )
     failed = stream_events(user.send(f"{marker} fail please", chat_id))
     assert failed[-1]["type"] == "error", failed

@@ -8,29 +8,22 @@ import time
 import uuid
 from typing import Any
 
-import pytest
 import requests
 
 from dev.gemini_standin import StandinControl
 from dev.stack import LocalStack
 from shared.db import Database
-from tests.conftest import ApiClient, assert_error, stream_events, stream_lines, upload_file
+from tests.conftest import (
+    ApiClient,
+    assert_error,
+    dicts,
+    stream_events,
+    stream_lines,
+    unique,
+    upload_file,
+)
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64
-
-
-@pytest.fixture(scope="module")
-def model(stack: LocalStack) -> StandinControl:
-    assert stack.gemini_standin_url is not None
-    return StandinControl(stack.gemini_standin_url)
-
-
-def unique(label: str) -> str:
-    return f"{label}-{uuid.uuid4().hex[:10]}"
-
-
-def dicts(events: list[Any]) -> list[dict[str, Any]]:
-    return [event for event in events if isinstance(event, dict)]
 
 
 def turn(

@@ -14,15 +14,9 @@ from dev.gemini_standin import StandinControl
 from dev.stack import LocalStack
 from shared.db import Database
 from shared.gemini import BACKOFF_CAP_SECONDS, backoff_seconds
-from tests.conftest import ApiClient, function_process, stream_events
+from tests.conftest import ApiClient, function_process, stream_events, unique
 
 FALLBACK = "gemini-fallback-test"
-
-
-@pytest.fixture(scope="module")
-def model(stack: LocalStack) -> StandinControl:
-    assert stack.gemini_standin_url is not None
-    return StandinControl(stack.gemini_standin_url)
 
 
 @pytest.fixture(scope="module")
@@ -32,10 +26,6 @@ def with_fallback(stack: LocalStack) -> Iterator[ApiClient]:
         stack, "chat_stream", GEMINI_RETRY_BUDGET_SECONDS="0", GEMINI_FALLBACK_MODEL=FALLBACK
     ) as base:
         yield ApiClient(base, stack.signer.token("user_fallback_" + uuid.uuid4().hex[:8]))
-
-
-def unique(label: str) -> str:
-    return f"{label}-{uuid.uuid4().hex[:10]}"
 
 
 def turn_event(stack: LocalStack, chat_id: str) -> dict[str, Any]:

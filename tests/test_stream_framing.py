@@ -19,17 +19,14 @@ from dev.gemini_standin import StandinControl
 from dev.stack import LocalStack
 from shared.settings import load_settings
 from shared.stream_framing import NDJSON_MEDIA_TYPE, SSE_MEDIA_TYPE, choose_framing
-from tests.conftest import HEARTBEAT, ApiClient, assert_error, function_process, stream_events
-
-
-@pytest.fixture(scope="module")
-def model(stack: LocalStack) -> StandinControl:
-    assert stack.gemini_standin_url is not None
-    return StandinControl(stack.gemini_standin_url)
-
-
-def unique(label: str) -> str:
-    return f"{label}-{uuid.uuid4().hex[:10]}"
+from tests.conftest import (
+    HEARTBEAT,
+    ApiClient,
+    assert_error,
+    function_process,
+    stream_events,
+    unique,
+)
 
 
 def frontend_reader(body: bytes) -> tuple[str, str | None]:

@@ -19,7 +19,7 @@ import requests
 from dev.gemini_standin import StandinControl
 from dev.stack import LocalStack
 from shared.db import Database
-from tests.conftest import ApiClient, function_process, store_history, stream_events
+from tests.conftest import ApiClient, function_process, store_history, stream_events, wait_for
 
 # Low thresholds so a few turns are a "long" chat.
 SUMMARY_ENV = {
@@ -27,12 +27,6 @@ SUMMARY_ENV = {
     "SUMMARY_MIN_MESSAGES": "4",
     "SUMMARY_KEEP_RECENT": "2",
 }
-
-
-@pytest.fixture(scope="module")
-def model(stack: LocalStack) -> StandinControl:
-    assert stack.gemini_standin_url is not None
-    return StandinControl(stack.gemini_standin_url)
 
 
 @pytest.fixture(scope="module")
@@ -47,16 +41,6 @@ def summaries(db: Database, chat_id: str) -> list[dict[str, Any]]:
         "WHERE chat_id = :id ORDER BY version",
         id=uuid.UUID(chat_id),
     )
-
-
-def wait_for(condition: Any, timeout: float = 20.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError("condition not met in time")
 
 
 def deliver(stack: LocalStack, payload: Any, task_name: str = "t") -> requests.Response:

@@ -4,7 +4,6 @@ with one small model call, and a rename by the user always wins."""
 from __future__ import annotations
 
 import threading
-import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -15,13 +14,7 @@ import requests
 from dev.gemini_standin import StandinControl
 from dev.stack import LocalStack
 from shared.db import Database
-from tests.conftest import ApiClient, read_logs, store_history, stream_events
-
-
-@pytest.fixture(scope="module")
-def model(stack: LocalStack) -> StandinControl:
-    assert stack.gemini_standin_url is not None
-    return StandinControl(stack.gemini_standin_url)
+from tests.conftest import ApiClient, read_logs, store_history, stream_events, unique, wait_for
 
 
 def deliver(stack: LocalStack, payload: Any) -> requests.Response:
@@ -38,16 +31,6 @@ def title_of(db: Database, chat_id: str) -> dict[str, Any] | None:
     return db.fetch_one(
         "SELECT title, title_source FROM chats WHERE id = :id", id=uuid.UUID(chat_id)
     )
-
-
-def wait_for(condition: Any, timeout: float = 20.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError("condition not met in time")
 
 
 def chat_with_history(alice: ApiClient, db: Database, title: str | None = None) -> str:
@@ -174,10 +157,6 @@ def test_one_title_task_per_chat_however_often_asked(
 
 
 # --- asked for by chat_stream after the first complete answer ---------------------------------
-
-
-def unique(label: str) -> str:
-    return f"{label}-{uuid.uuid4().hex[:10]}"
 
 
 def title_requested(stack: LocalStack, chat_id: str) -> bool:
