@@ -17,7 +17,10 @@ breaks the build instead of silently slowing down or breaking streams.
 
 Automatic continuation, which the SDK's stream does, is done here too: a hop that ends with
 ``finishReason: CONTINUATION`` and a ``continuationToken`` is followed by a request resuming
-from that token, and the hops' usage is summed, as the SDK does.
+from that token, and the hops' usage is summed, as the SDK does. One thing the SDK does is
+not done: resuming a stream whose connection broke from the last checkpoint token it carried.
+Such a stream fails (``ModelError`` "unavailable", as it does against the stand-in, which
+never sends tokens) and ``GeminiStreamer.stream`` decides whether to retry.
 """
 
 from __future__ import annotations
