@@ -15,12 +15,10 @@ The seam is private SDK API, written against **google-genai 3.4.0** (``SDK_VERSI
 loudly when any of it is missing (tests/test_gemini_raw.py), so an SDK upgrade that moves it
 breaks the build instead of silently slowing down or breaking streams.
 
-Automatic continuation, which the SDK's stream does, is done here too: a hop that ends with
-``finishReason: CONTINUATION`` and a ``continuationToken`` is followed by a request resuming
-from that token, and the hops' usage is summed, as the SDK does. One thing the SDK does is
-not done: resuming a stream whose connection broke from the last checkpoint token it carried.
-Such a stream fails (``ModelError`` "unavailable", as it does against the stand-in, which
-never sends tokens) and ``GeminiStreamer.stream`` decides whether to retry.
+Automatic continuation, which the SDK's stream does, is done here too (see
+:func:`raw_stream`): a hop that ends with ``finishReason: CONTINUATION``, or breaks after a
+``continuationToken`` checkpoint, is resumed from that token, as the SDK does. Against the
+stand-in, which sends no token unless scripted to, a broken stream fails as it always did.
 """
 
 from __future__ import annotations
@@ -31,9 +29,10 @@ from typing import Any
 
 SDK_VERSION = "3.4.0"
 
-# Hops followed after a CONTINUATION finish, at most (the SDK has no limit; a stream that
-# keeps asking to continue is a fault, not an answer).
-MAX_CONTINUATIONS = 16
+# Requests one stream may take, at most (the SDK has no limit; a stream that keeps asking to
+# continue is a fault, not an answer), and resumes in a row without progress (the SDK's 3).
+MAX_HOPS = 16
+MAX_RECONNECTS_WITHOUT_PROGRESS = 3
 
 
 @dataclass
@@ -111,37 +110,79 @@ def check_seam() -> None:
 async def raw_stream(
     client: Any, model: str, contents: Any, config: Any
 ) -> AsyncIterator[dict[str, Any]]:
-    """Stream ``generateContent``'s raw responses (dicts), following continuations.
+    """Stream ``generateContent``'s raw responses (dicts), continuing as google-genai does.
+
+    Mirrors the SDK's ``StreamContinuation`` (3.4.0): a hop that ends with ``CONTINUATION``
+    (the finish reason is then removed), ends early, or breaks after a new
+    ``continuationToken`` is resumed from that token; the hops' usage is summed.
 
     Raises what the SDK's own stream raises: ``google.genai.errors.APIError`` for an error
     status or an error event, the transport's exceptions for broken connections.
     """
-    token: str | None = None
+    from google.genai import errors
+
+    resume: str | None = None
+    reconnects = 0  # hops in a row that made no progress
+    last_error: Exception | None = None
     usage_before: dict[str, int] = {}  # summed usage of the finished hops
-    for _hop in range(MAX_CONTINUATIONS + 1):
-        hop_config = config if token is None else _resuming(config, token)
-        token = None
+    for _hop in range(MAX_HOPS):
+        start, token = resume, None
+        finish: str | None = None
+        received = blocked = content = False
         hop_usage: dict[str, Any] | None = None
-        async for response in _one_hop(client, model, contents, hop_config):
-            candidates = response.get("candidates")
-            if candidates:
-                candidate = candidates[0]
-                if candidate.get("finishReason") == "CONTINUATION" and candidate.get(
-                    "continuationToken"
-                ):
-                    token = candidate["continuationToken"]
-                    del candidate["finishReason"]  # not the end: the next hop continues
-            usage = response.get("usageMetadata")
-            if usage:
-                hop_usage = usage
-                if usage_before:
-                    response["usageMetadata"] = _summed(usage_before, usage)
-            yield response
-        if token is None:
-            return
+        error: Exception | None = None
+        hop_config = config if start is None else _resuming(config, start)
+        try:
+            async for response in _one_hop(client, model, contents, hop_config):
+                received = True
+                blocked = blocked or response.get("promptFeedback") is not None
+                candidates = response.get("candidates")
+                if candidates:
+                    candidate = candidates[0]
+                    content = content or bool((candidate.get("content") or {}).get("parts"))
+                    reason = candidate.get("finishReason") or None
+                    finish = reason or finish
+                    if candidate.get("continuationToken"):
+                        token = candidate["continuationToken"]
+                    elif reason and reason != "CONTINUATION":
+                        token = None
+                    if reason == "CONTINUATION" and token:
+                        del candidate["finishReason"]  # not the end: the next hop continues
+                usage = response.get("usageMetadata")
+                if usage:
+                    hop_usage = usage
+                    if usage_before:
+                        response["usageMetadata"] = _summed(usage_before, usage)
+                yield response
+        except Exception as failure:  # noqa: BLE001 - decided below, as the SDK decides
+            error = failure
         if hop_usage:
             usage_before = _summed(usage_before, hop_usage)
-    raise RuntimeError(f"the model asked to continue more than {MAX_CONTINUATIONS} times")
+        if isinstance(error, errors.APIError) and not received:
+            raise error
+        progressed = content or bool(token and token != start)
+        if error is not None:
+            last_error = error
+        elif progressed:
+            last_error = None
+        if finish is not None or blocked:
+            ended_to_continue = finish == "CONTINUATION" and not blocked
+            resume = token if ended_to_continue and token and token != start else None
+            reconnects = 0
+        elif token and token != start:
+            resume, reconnects = token, 0
+        elif content or reconnects >= MAX_RECONNECTS_WITHOUT_PROGRESS:
+            resume = None
+        else:
+            resume, reconnects = start, reconnects + 1
+        if resume and not blocked and finish in (None, "CONTINUATION"):
+            continue
+        if error is not None:
+            raise error
+        if finish is None and not blocked and last_error is not None:
+            raise last_error
+        return
+    raise RuntimeError(f"the model's stream asked to continue more than {MAX_HOPS} times")
 
 
 def _resuming(config: Any, token: str) -> Any:

@@ -343,3 +343,29 @@ def test_a_continued_stream_reads_as_the_sdk_reads_it(
     sdk_first, sdk_second, fast_first, fast_second = control.requests(match=key)
     assert fast_second["body"] == sdk_second["body"]
     assert fast_first["body"] == sdk_first["body"] != fast_second["body"]
+
+
+def test_a_stream_broken_after_a_checkpoint_resumes_as_the_sdks_does(
+    client: genai.Client, control: StandinControl
+) -> None:
+    key = f"resume-{uuid.uuid4().hex[:10]}"
+    broken_hop = [
+        response(candidate({"text": "Before the checkpoint, "}, continuationToken="Y2sx")),
+        response(candidate({"text": "after it"})),
+        response(candidate({"text": " (never sent)"})),
+    ]
+    resumed_hop = [
+        response(candidate({"text": " and the end."}, finish="STOP"), usageMetadata=USAGE),
+    ]
+    for _ in ("sdk", "fast"):
+        control.script(responses=broken_hop, fail_after_chunks=2, match=key)
+        control.script(responses=resumed_hop, match=key)
+
+    sdk, fast = asyncio.run(both(client, f"{key} tell me"))
+
+    assert fast == sdk
+    assert "".join(chunk[0] for chunk in fast) == "Before the checkpoint, after it and the end."
+    outcomes = [record["outcome"] for record in control.requests(match=key)]
+    assert outcomes == ["aborted", "ok", "aborted", "ok"]
+    sdk_resumed, fast_resumed = control.requests(match=key)[1::2]
+    assert fast_resumed["body"] == sdk_resumed["body"]
