@@ -19,6 +19,7 @@ from bench import (
     controls,
     hostile,
     stream_framing,
+    stream_parse,
     summaries,
     telemetry,
 )
@@ -27,6 +28,7 @@ BENCHMARKS: dict[str, Callable[[], dict[str, Any]]] = {
     "chats_crud": chats_crud.run,
     "chat_stream": chat_stream.run,
     "stream_framing": stream_framing.run,
+    "stream_parse": stream_parse.run,
     "summaries": summaries.run,
     "clerk_webhook": clerk_webhook.run,
     "hostile": hostile.run,

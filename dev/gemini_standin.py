@@ -112,6 +112,10 @@ Scripting API (control endpoints under ``/__standin/``)
     ``MAX_TOKENS``, ``SAFETY``, ``RECITATION``.
   - ``block_reason`` (str): refuse the prompt as Gemini does: one response with
     ``promptFeedback.blockReason`` (e.g. ``SAFETY``) and no candidate.
+  - ``responses`` (list of objects): raw GenerateContentResponse JSON objects streamed as
+    they are, one SSE event each (several parts, ``thought`` parts, no candidates, a
+    usage-only last chunk...); streams only, and not with ``reply``, ``chunks`` or
+    ``block_reason``.
   - ``method`` (str): restrict to one RPC. Scripts without ``method`` apply to
     ``streamGenerateContent`` and ``generateContent`` only, never to ``countTokens``, so a
     token count cannot consume a script meant for the model call.
@@ -225,6 +229,7 @@ _SCRIPT_KEYS = frozenset(
         "stamp_chunks",
         "finish_reason",
         "block_reason",
+        "responses",
     }
 )
 
@@ -278,6 +283,9 @@ class Script:
         finish_reason: The last chunk's ``finishReason`` (default ``STOP``).
         block_reason: Refuse the prompt: one response with ``promptFeedback.blockReason``
             and no candidate, as Gemini answers a blocked input.
+        responses: Raw GenerateContentResponse objects to send as they are, one per
+            chunk (shapes the other keys cannot make: several parts, thought parts, no
+            candidates, a usage-only chunk).
     """
 
     id: int
@@ -295,6 +303,7 @@ class Script:
     stamp_chunks: bool = False
     finish_reason: str = "STOP"
     block_reason: str | None = None
+    responses: list[dict[str, Any]] | None = None
 
     def applies_to(self, method: str) -> bool:
         """Whether the script may serve a call of ``method``."""
@@ -407,6 +416,15 @@ def parse_script(payload: Any, script_id: int) -> Script:
         if payload["block_reason"] not in BLOCK_REASONS:
             raise ScriptError(f"block_reason must be one of {', '.join(sorted(BLOCK_REASONS))}")
         script.block_reason = payload["block_reason"]
+    if "responses" in payload:
+        responses = payload["responses"]
+        if not isinstance(responses, list) or not all(isinstance(r, dict) for r in responses):
+            raise ScriptError("responses must be a list of objects")
+        if not responses:
+            raise ScriptError("responses must not be empty")
+        if {"reply", "chunks", "block_reason"} & set(payload):
+            raise ScriptError("responses excludes reply, chunks and block_reason")
+        script.responses = [dict(r) for r in responses]
     if "method" in payload:
         if payload["method"] not in MODEL_METHODS:
             raise ScriptError(f"method must be one of {', '.join(sorted(MODEL_METHODS))}")
@@ -972,6 +990,8 @@ class _Handler(BaseHTTPRequestHandler):
         elif "sse" not in urllib.parse.parse_qs(query).get("alt", []):
             # Without alt=sse the real API answers one JSON array of the chunk responses.
             self._whole(self._responses(route, chunks, usage, finish, block), len(chunks), script)
+        elif script is not None and script.responses is not None:
+            self._stream(json.loads(json.dumps(script.responses)), script)
         else:
             self._stream(self._responses(route, chunks, usage, finish, block), script)
 

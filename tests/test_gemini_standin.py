@@ -625,6 +625,12 @@ def test_control_api(base_url: str, api_client: genai.Client, control: StandinCo
         control.script(http_error={"status": 200})
     with pytest.raises(ScriptError, match="mutually exclusive"):
         control.script(reply="a", chunks=["a"])
+    with pytest.raises(ScriptError, match="responses must be a list of objects"):
+        control.script(responses=["data: {}"])
+    with pytest.raises(ScriptError, match="responses must not be empty"):
+        control.script(responses=[])
+    with pytest.raises(ScriptError, match="responses excludes"):
+        control.script(responses=[{"candidates": []}], block_reason="SAFETY")
 
     control.script(reply="queued")
     stream(api_client, "first")
