@@ -21,7 +21,6 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -34,7 +33,7 @@ from dev.gemini_standin import StandinControl
 from dev.logs import DevMetrics, LogRelay, readable
 from dev.stack import LocalStack
 from shared.db import Database
-from tests.conftest import ApiClient, read_logs, stream_events, upload_file
+from tests.conftest import ApiClient, read_logs, stream_events, upload_file, wait_for
 
 TERRAFORM = Path(__file__).resolve().parent.parent / "terraform"
 NAME_PREFIX = "raven"  # variables.tf's default
@@ -252,16 +251,6 @@ FUNCTIONS = ("chat_stream", "summarize", "storage_sweep", "chats_crud", "upload_
 
 def captured_entries(stack: LocalStack) -> list[dict[str, Any]]:
     return [as_log_entry(f, line) for f in FUNCTIONS for line in read_logs(stack, f)]
-
-
-def wait_for(condition: Callable[[], Any], timeout: float = 15) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError("condition not met in time")
 
 
 @pytest.fixture(scope="module")

@@ -27,7 +27,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import functions_framework
 from flask import Request, Response
@@ -91,6 +91,9 @@ class TitleTask(BaseModel):
     task: Literal["title"]
 
 
+TaskT = TypeVar("TaskT", SummaryTask, TitleTask)
+
+
 def task_outcome(response: Response) -> str:
     """``stored``, ``skipped`` (nothing to do) or ``dropped``, from the answer's message."""
     message = str((response.get_json(silent=True) or {}).get("message", ""))
@@ -112,6 +115,19 @@ def task_attempt(request: Request, *_: Any) -> int | None:
     return int(retries) + 1 if retries.isdigit() else None
 
 
+def read_task(request: Request, raw: Any, model: type[TaskT]) -> TaskT | None:
+    """The task's payload, or None when it is malformed: retrying cannot fix that, so the
+    caller drops it, and it is logged loudly here."""
+    try:
+        return model.model_validate(raw)
+    except ValidationError:
+        logger.error(
+            f"malformed {model.__name__} dropped",
+            extra={"task": request.headers.get("X-CloudTasks-TaskName")},
+        )
+        return None
+
+
 def handle_task(request: Request) -> Response:
     """Handle one summary or title task (see the module docstring for the status codes)."""
     raw = request.get_json(silent=True)
@@ -123,14 +139,8 @@ def handle_task(request: Request) -> Response:
 @logs_task("summary", task_outcome, queue_delay_s=queue_delay_seconds, attempt=task_attempt)
 def summarize_chat(request: Request, raw: Any) -> Response:
     """Fold the chat's messages through the task's cut into its next summary."""
-    try:
-        task = SummaryTask.model_validate(raw)
-    except ValidationError:
-        # Retrying cannot fix a malformed task: drop it, loudly.
-        logger.error(
-            "malformed summary task dropped",
-            extra={"task": request.headers.get("X-CloudTasks-TaskName")},
-        )
+    task = read_task(request, raw, SummaryTask)
+    if task is None:
         return done("dropped: malformed task")
 
     db = database()
@@ -251,13 +261,8 @@ def title_chat(request: Request, raw: dict[str, Any]) -> Response:
     the chat still has its default title then: a rename by the user, even one made while
     the model was answering, wins.
     """
-    try:
-        task = TitleTask.model_validate(raw)
-    except ValidationError:
-        logger.error(
-            "malformed title task dropped",
-            extra={"task": request.headers.get("X-CloudTasks-TaskName")},
-        )
+    task = read_task(request, raw, TitleTask)
+    if task is None:
         return done("dropped: malformed task")
     db = database()
     messages = db.fetch_all(
