@@ -33,6 +33,7 @@ import functions_framework
 from flask import Request, Response
 from pydantic import BaseModel, Field, ValidationError
 
+from shared.db import Transaction
 from shared.errors import RateLimited, ServiceUnavailable
 from shared.gemini import GeminiStreamer, ModelError
 from shared.runtime import database, make_api, start_function
@@ -237,13 +238,7 @@ def summarize_chat(request: Request, raw: Any) -> Response:
             model=settings.summary_model,
         )
         if title:
-            # A rename by the user (title_source 'user') wins, even one made while we ran.
-            tx.execute(
-                "UPDATE chats SET title = :title, title_source = 'generated' "
-                "WHERE id = :chat_id AND title_source = 'default'",
-                title=clean_title(title),
-                chat_id=task.chat_id,
-            )
+            store_generated_title(tx, task.chat_id, title)
     if stored is None:
         return done("nothing to do: summarised concurrently")
     logger.info(
@@ -298,17 +293,26 @@ def title_chat(request: Request, raw: dict[str, Any]) -> Response:
     if not title.strip():
         return done("dropped: the model returned an empty title")
     with db.transaction() as tx:
-        # A rename by the user (title_source 'user') wins, even one made while we ran.
-        titled = tx.fetch_one(
-            "UPDATE chats SET title = :title, title_source = 'generated' "
-            "WHERE id = :chat_id AND title_source = 'default' RETURNING title",
-            title=clean_title(title),
-            chat_id=task.chat_id,
-        )
-    if titled is None:
+        stored_title = store_generated_title(tx, task.chat_id, title)
+    if stored_title is None:
         return done("nothing to do: renamed meanwhile")
     logger.info("title stored", extra={"chat": str(task.chat_id)})
-    return done("title stored", title=titled["title"])
+    return done("title stored", title=stored_title)
+
+
+def store_generated_title(tx: Transaction, chat_id: uuid.UUID, title: str) -> str | None:
+    """Give the chat a generated title, unless it no longer has its default one.
+
+    A rename by the user (title_source 'user') wins, even one made while the model ran.
+    Returns the title stored, or None when the chat kept the user's.
+    """
+    row = tx.fetch_one(
+        "UPDATE chats SET title = :title, title_source = 'generated' "
+        "WHERE id = :chat_id AND title_source = 'default' RETURNING title",
+        title=clean_title(title),
+        chat_id=chat_id,
+    )
+    return None if row is None else str(row["title"])
 
 
 def clean_title(text: str) -> str:
