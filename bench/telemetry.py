@@ -31,8 +31,8 @@ from typing import Any
 
 from dev.bundle import REPO_ROOT, function_names
 from dev.stack import read_env_file
-from shared.gemini import TextChunk
 from shared.log import CloudLoggingFormatter, lean_records
+from shared.model_events import TextChunk
 from shared.schemas import DoneEvent, StartEvent, Usage
 from shared.telemetry import TurnRecord
 

@@ -29,89 +29,22 @@ import queue
 import random
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from concurrent.futures import Future
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from shared.gemini_raw import check_seam, raw_stream, read_chunk
-from shared.schemas import FinishReason
+from shared.model_events import (
+    Finished,
+    Heartbeat,
+    ModelError,
+    StreamEvent,
+    TextChunk,
+    finish_reason_of,
+)
 from shared.settings import Settings
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class TextChunk:
-    text: str
-
-
-@dataclass(frozen=True)
-class Heartbeat:
-    """The model has been silent for a while; the caller may keep the connection alive."""
-
-
-# Why the model stopped, as the API reports it (Gemini's FinishReason and the prompt's
-# BlockedReason, many of them), folded into the few a client can act on.
-_FINISH_REASONS: dict[str, FinishReason] = {
-    "STOP": "stop",
-    "MAX_TOKENS": "max_tokens",
-    "SAFETY": "safety",
-    "BLOCKLIST": "safety",
-    "PROHIBITED_CONTENT": "safety",
-    "SPII": "safety",
-    "IMAGE_SAFETY": "safety",
-    "IMAGE_PROHIBITED_CONTENT": "safety",
-    "RECITATION": "recitation",
-    "IMAGE_RECITATION": "recitation",
-}
-BLOCKING_REASONS = frozenset({"safety", "recitation"})
-
-
-def finish_reason_of(api_reason: str | None) -> FinishReason:
-    """Gemini's reason (``"MAX_TOKENS"``...) as one of ours; an unreported one is ``other``."""
-    return _FINISH_REASONS.get(api_reason or "", "other")
-
-
-@dataclass(frozen=True)
-class Finished:
-    """The end of a generation: its usage, why it stopped and which model answered."""
-
-    input_tokens: int
-    output_tokens: int
-    finish_reason: FinishReason
-    model: str = ""
-    prompt_blocked: bool = False  # the input itself was refused: there is no candidate
-    retries: int = 0  # calls made before the one that answered (retries and the fallback)
-
-    @property
-    def blocked(self) -> bool:
-        """The answer was withheld or cut by the model's safety or recitation checks."""
-        return self.prompt_blocked or self.finish_reason in BLOCKING_REASONS
-
-
-StreamEvent = TextChunk | Heartbeat | Finished
-
-
-# How a model call failed, which decides whether retrying can help:
-# busy (429) and unavailable (5xx, timeouts, broken connections) pass; refused (other 4xx)
-# will fail the same way again.
-FailureKind = Literal["busy", "unavailable", "refused"]
-
-
-class ModelError(Exception):
-    """The model failed; ``detail`` is safe to show the user, ``cause`` is for the logs."""
-
-    def __init__(self, detail: str, kind: FailureKind, cause: str) -> None:
-        super().__init__(detail)
-        self.detail = detail
-        self.kind = kind
-        self.cause = cause
-        self.retries = 0  # calls made before the last one, which failed like this
-
-    @property
-    def retryable(self) -> bool:
-        return self.kind != "refused"
 
 
 def _describe_failure(error: BaseException) -> ModelError:
@@ -211,7 +144,7 @@ class GeminiStreamer:
         contents: list[dict[str, Any]],
         heartbeat_seconds: float,
         max_output_tokens: int | None = None,
-    ) -> Iterator[StreamEvent]:
+    ) -> Generator[StreamEvent, None, None]:
         """Yield the model's text as it comes, heartbeats while it is silent, then the usage.
 
         Before the first chunk, a busy or unavailable call is retried with jittered

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from dev.gemini_standin import StandinControl
-from shared.gemini import finish_reason_of
+from shared.model_events import finish_reason_of
 from tests.conftest import ApiClient, dicts, stream_events, unique
 
 

@@ -35,7 +35,8 @@ from pydantic import BaseModel, Field, ValidationError
 
 from shared.db import Transaction
 from shared.errors import RateLimited, ServiceUnavailable
-from shared.gemini import GeminiStreamer, ModelError
+from shared.gemini import GeminiStreamer
+from shared.model_events import ModelError
 from shared.runtime import database, make_api, start_function
 from shared.schemas import DEFAULT_TITLE
 from shared.telemetry import logs_task

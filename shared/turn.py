@@ -1,0 +1,359 @@
+"""A turn of a chat: the rules of ``POST /chat`` between the parsed request and its stream.
+
+A turn (see docs/api.md, "Sending a message"):
+
+1. read the body (only the last message is new and must be the user's: the client's copy of
+   the history is never fed to the model nor stored); check every media reference is one of
+   the caller's own uploads and really in the bucket;
+2. in one short transaction (:func:`begin`): count the message against the user's limits,
+   resolve or create the chat (someone else's or unknown: 404 before any stream), store the
+   user's message and reserve the answer's position; an edit or a regenerate also removes
+   what it replaces and refuses a chat whose answer is still streaming (409 ``chat_busy``);
+3. build the context from the store only (newest summary + recent window, one bounded query);
+4. :func:`stream_answer`: ``start``, the model's chunks (and heartbeats), then ``done`` with
+   usage or ``error``; the framing the request asked for only writes these events;
+5. store the answer: complete, or, if the model failed or the client left, what was produced
+   marked incomplete; add the turn's tokens to the user's usage;
+6. after ``done``: a rolling summary when enough is unsummarised (:func:`summary_due`), a
+   title for a chat that still has the default one.
+
+This module owns the rules and calls the domain modules; the model, storage and Cloud Tasks
+adapters are handed in by the entry point (functions/chat_stream/main.py), so nothing here
+imports an adapter.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import uuid
+from collections.abc import Callable, Generator, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from shared import chats, context, usage
+from shared.db import Database
+from shared.errors import NotFound, PayloadTooLarge, UnprocessableEntity
+from shared.model_events import Finished, Heartbeat, ModelError, StreamEvent, TextChunk
+from shared.schemas import ChatRequest, DoneEvent, ErrorEvent, StartEvent, Usage
+from shared.settings import Settings
+from shared.telemetry import TurnRecord
+from shared.token_estimate import estimate_message_tokens, estimate_text_tokens
+
+logger = logging.getLogger("raven.turn")
+
+# What a user reads when the model withheld (or stopped) an answer on its own checks.
+BLOCKED_DETAIL = {
+    "safety": "The answer was withheld by the model's safety filters. Try rephrasing.",
+    "recitation": "The answer was stopped because it repeated existing material too closely.",
+    "other": "The model declined to answer this message.",
+    "stop": "The model declined to answer this message.",
+    "max_tokens": "The model declined to answer this message.",
+}
+
+# Room left in the instruction for the user's name (``{user_name}``).
+SYSTEM_NAME_TOKENS = 16
+
+# A turn's events: the contract's events, and the model's text chunks and heartbeats as they
+# come (each framing writes those itself: a chunk is the hot path of a stream).
+TurnEvent = StartEvent | TextChunk | Heartbeat | DoneEvent | ErrorEvent
+
+
+@dataclass(frozen=True)
+class NewMessage:
+    """The one new message of a request: its text and its media references."""
+
+    text: str
+    media_refs: list[tuple[str, str | None]]  # (reference, declared MIME type)
+
+
+@dataclass(frozen=True)
+class TurnRequest:
+    """What a ``POST /chat`` body asks for, validated: a send, an edit or a regenerate."""
+
+    chat_id: uuid.UUID | None
+    edited_id: uuid.UUID | None  # the question an edit replaces
+    regenerate: bool
+    message: NewMessage | None  # None for a regenerate
+
+
+@dataclass(frozen=True)
+class Question:
+    """The new question, ready to store: its text, stored parts and estimated tokens."""
+
+    text: str
+    parts: list[dict[str, Any]]
+    tokens: int
+
+
+@dataclass(frozen=True)
+class BegunTurn:
+    """A turn stored and ready for the model: where it lives and what the model gets."""
+
+    chat_id: uuid.UUID
+    user_message_id: uuid.UUID
+    assistant_message_id: uuid.UUID
+    user_position: int
+    default_title: bool  # the chat still has its default title: ask for a generated one
+    user_name: str | None
+    released_media: int  # objects an edit queued for deletion from the bucket
+    model_context: context.ModelContext
+
+
+def read_request(body: ChatRequest, settings: Settings) -> TurnRequest:
+    """The body's controls and new message; a 4xx for a contradictory or unusable body."""
+    if body.regenerate and body.editMessageId is not None:
+        raise UnprocessableEntity(
+            "regenerate and editMessageId cannot be combined", code="conflicting_controls"
+        )
+    if (body.regenerate or body.editMessageId is not None) and not body.chatId:
+        raise UnprocessableEntity(
+            "chatId is required to regenerate or edit", code="chat_id_required"
+        )
+    chat_id = chats.parse_chat_id(body.chatId) if body.chatId else None
+    edited_id = None
+    if body.editMessageId is not None:
+        try:
+            edited_id = uuid.UUID(body.editMessageId)
+        except ValueError:
+            raise NotFound("Message not found in this chat", code="message_not_found") from None
+    message = None if body.regenerate else read_new_message(body, settings)
+    return TurnRequest(chat_id, edited_id, body.regenerate, message)
+
+
+def read_new_message(body: ChatRequest, settings: Settings) -> NewMessage:
+    """The last message of the body, validated; the earlier ones are the client's copy."""
+    if not body.messages:
+        raise UnprocessableEntity("messages: at least one message is required", code="no_message")
+    last = body.messages[-1]
+    if last.role != "user":
+        raise UnprocessableEntity("The last message must be the user's", code="last_not_user")
+    texts = [part.text for part in last.parts if part.type == "text"]
+    media = [(part.text.strip(), part.mimeType) for part in last.parts if part.type != "text"]
+    text = "\n".join(t for t in texts if t.strip()).strip()
+    if not text and not media:
+        raise UnprocessableEntity("The message is empty", code="empty_message")
+    if len(text) > settings.max_message_chars:
+        raise UnprocessableEntity(
+            f"The message is too long: at most {settings.max_message_chars} characters",
+            code="message_too_long",
+        )
+    if len(media) > settings.media_max_parts:
+        raise UnprocessableEntity(
+            f"Too many attachments: at most {settings.media_max_parts} per message",
+            code="too_many_media",
+        )
+    return NewMessage(text, media)
+
+
+def check_media_counts(media_parts: list[dict[str, Any]], settings: Settings) -> None:
+    """At most the configured number of images and videos in one message."""
+    images = sum(1 for part in media_parts if part["mime_type"].startswith("image/"))
+    videos = sum(1 for part in media_parts if part["mime_type"].startswith("video/"))
+    if images > settings.media_max_images or videos > settings.media_max_videos:
+        raise UnprocessableEntity(
+            f"Too many attachments: at most {settings.media_max_images} images and "
+            f"{settings.media_max_videos} videos per message",
+            code="too_many_media",
+        )
+
+
+@functools.lru_cache(maxsize=4)
+def instruction_tokens(template: str) -> int:
+    """The instruction's size with room for the user's name; counted once per loaded text."""
+    return estimate_text_tokens(template) + SYSTEM_NAME_TOKENS
+
+
+def question(
+    message: NewMessage, media_parts: list[dict[str, Any]], system_tokens: int, settings: Settings
+) -> Question:
+    """The new question as stored; 413 when it cannot fit the model's context at all."""
+    parts = ([{"type": "text", "text": message.text}] if message.text else []) + media_parts
+    tokens = estimate_message_tokens(
+        message.text, [(part["mime_type"], part.get("size")) for part in media_parts]
+    )
+    # The message must fit the context with the instruction and the largest summary.
+    room = settings.max_context_tokens - system_tokens - settings.summary_max_tokens
+    if tokens > room:
+        raise PayloadTooLarge(
+            f"The message is too long for the model's context: about {tokens} tokens, "
+            f"at most {max(room, 0)}",
+            code="message_exceeds_context",
+        )
+    return Question(message.text, parts, tokens)
+
+
+def begin(
+    db: Database,
+    settings: Settings,
+    user_id: str,
+    plan: str | None,
+    request: TurnRequest,
+    asked: Question | None,
+    system_tokens: int,
+) -> BegunTurn:
+    """Store the turn's start (a send, an edit or a regenerate) and build the model's context.
+
+    One short transaction counts the message against the user's limits and changes the
+    chat; an edit or a regenerate also removes what it replaces (messages, summaries,
+    media links) and refuses a chat whose answer is still streaming (409 ``chat_busy``).
+    """
+    released = 0
+    with db.transaction() as tx:
+        usage.check_and_count_message(tx, user_id, usage.plan_for(settings, plan))
+        if request.regenerate:
+            assert request.chat_id is not None
+            turn = chats.start_regenerate(tx, user_id, request.chat_id)
+        else:
+            assert asked is not None
+            if request.edited_id is not None and request.chat_id is not None:
+                turn = chats.start_edit(
+                    tx,
+                    user_id,
+                    request.chat_id,
+                    request.edited_id,
+                    asked.text,
+                    asked.parts,
+                    asked.tokens,
+                )
+            else:
+                turn = chats.start_turn(
+                    tx, user_id, request.chat_id, asked.text, asked.parts, asked.tokens
+                )
+            media_ids = [uuid.UUID(p["upload_id"]) for p in asked.parts if "upload_id" in p]
+            if media_ids:
+                from shared import media
+
+                media.link_media_to_chat(tx, turn["chat_id"], media_ids)
+            if request.edited_id is not None:
+                released = chats.release_unused_media(tx, turn["chat_id"])
+        user_name = chats.user_display_name(tx, user_id)
+
+    summary, recent = context.load_recent(
+        db, turn["chat_id"], turn["user_position"], settings.chat_window_size
+    )
+    return BegunTurn(
+        chat_id=turn["chat_id"],
+        user_message_id=turn["user_message_id"],
+        assistant_message_id=turn["assistant_message_id"],
+        user_position=turn["user_position"],
+        default_title=turn["title_source"] == "default",
+        user_name=user_name,
+        released_media=released,
+        model_context=context.build_context(summary, recent, settings, system_tokens),
+    )
+
+
+def stream_answer(
+    db: Database,
+    settings: Settings,
+    user_id: str,
+    turn: BegunTurn,
+    model_events: Generator[StreamEvent, None, None],
+    record: TurnRecord,
+    after_done: Callable[[BegunTurn, Finished], None],
+) -> Iterator[TurnEvent]:
+    """The events of one turn, heartbeats included; stores the answer however it ends.
+
+    ``model_events`` is the model's stream for this turn (not started yet); ``after_done``
+    runs once ``done`` has been written (summary and title requests: neither adds to the
+    turn's latency).
+    """
+    chat_id = str(turn.chat_id)
+    yield StartEvent(chat_id=chat_id, message_id=str(turn.user_message_id))
+    answer: list[str] = []
+    finished: Finished | None = None
+    failure: ModelError | None = None
+    client_left = False
+    try:
+        for event in model_events:
+            if isinstance(event, Finished):
+                finished = event
+                record.model_finished(event.input_tokens, event.output_tokens, event.finish_reason)
+                record.retries = event.retries
+                record.model = event.model or record.model
+                continue
+            if isinstance(event, TextChunk):
+                answer.append(event.text)
+            yield event
+    except ModelError as error:
+        failure = error
+        record.retries = error.retries
+        logger.warning("model failed", extra={"chat": chat_id, "cause": error.cause})
+    except GeneratorExit:
+        client_left = True
+        model_events.close()  # stop reading from (and paying for) the model now
+        logger.info("client disconnected", extra={"chat": chat_id, "chunks": len(answer)})
+        raise
+    finally:
+        saved = save_answer(db, settings, user_id, turn, "".join(answer), finished)
+    answer_id = str(turn.assistant_message_id) if answer and saved else None
+    if finished is not None and finished.blocked and not client_left:
+        yield ErrorEvent(
+            detail=BLOCKED_DETAIL[finished.finish_reason], code="blocked", message_id=answer_id
+        )
+    elif finished is not None and saved:
+        yield DoneEvent(
+            message_id=str(turn.assistant_message_id),
+            usage=Usage(
+                input_tokens=finished.input_tokens,
+                output_tokens=finished.output_tokens,
+                total_tokens=finished.input_tokens + finished.output_tokens,
+            ),
+            finish_reason=finished.finish_reason,
+        )
+        after_done(turn, finished)
+    elif not client_left:
+        yield ErrorEvent(
+            detail=failure.detail if failure else "The answer could not be saved; please retry.",
+            code=f"model_{failure.kind}" if failure else "answer_not_saved",
+            message_id=answer_id,
+        )
+
+
+def save_answer(
+    db: Database,
+    settings: Settings,
+    user_id: str,
+    turn: BegunTurn,
+    text: str,
+    finished: Finished | None,
+) -> bool:
+    """Store the answer (complete or partial) and the turn's usage; never raises."""
+    output_tokens = finished.output_tokens if finished else estimate_text_tokens(text)
+    input_tokens = finished.input_tokens if finished else turn.model_context.window_tokens
+    # A blocked answer with no text is not kept (there is nothing to show); any other ending
+    # of the model's own is, even empty.
+    keep = bool(text) or (finished is not None and not finished.blocked)
+    try:
+        with db.transaction() as tx:
+            if keep:
+                chats.finish_answer(
+                    tx,
+                    turn.assistant_message_id,
+                    text,
+                    finish_reason=finished.finish_reason if finished else None,
+                    token_count=output_tokens,
+                    reported=finished is not None and finished.output_tokens > 0,
+                    model=finished.model if finished else settings.raven_model,
+                )
+            else:
+                chats.discard_answer(tx, turn.assistant_message_id)
+            usage.record_usage(tx, user_id, input_tokens, output_tokens)
+        return True
+    except Exception:
+        logger.exception("could not store the answer", extra={"chat": str(turn.chat_id)})
+        return False
+
+
+def summary_due(turn: BegunTurn, answer_tokens: int, settings: Settings) -> int | None:
+    """Where a rolling summary should end now (a message position), or None if not yet."""
+    model_context = turn.model_context
+    uncovered = model_context.uncovered_tokens + answer_tokens
+    messages = model_context.uncovered_messages + 1
+    if uncovered < settings.summary_trigger_tokens or messages < settings.summary_min_messages:
+        return None
+    cut = turn.user_position + 1 - settings.summary_keep_recent
+    if model_context.summary is not None and cut <= model_context.summary.covers_through_position:
+        return None
+    return cut
