@@ -28,10 +28,9 @@ from typing import Any, Protocol
 import jwt
 from flask import Request
 
-from shared.db import Database
+from shared.db import Database, database
 from shared.errors import ServiceUnavailable, Unauthorized
-from shared.media import user_prefix
-from shared.runtime import database
+from shared.object_names import user_prefix
 from shared.settings import Settings, SettingsError, get_settings
 from shared.text import is_storable, storable
 

@@ -19,8 +19,6 @@ from shared.errors import BadRequest, Conflict, NotFound, UnprocessableEntity
 from shared.schemas import DEFAULT_TITLE, MAX_POSITION
 from shared.text import storable
 
-FOREIGN_KEY_VIOLATION = "23503"
-
 # Times leave Postgres as integer microseconds since the epoch: exact for keyset cursors, and
 # pg8000 decodes an integer ~30x faster than a timestamptz (which it parses with strptime).
 CHAT_COLUMNS = (

@@ -50,7 +50,7 @@ from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, quote, urlsplit
 
-from shared.db import Database, Row
+from shared.db import Database, Row, database
 from shared.errors import ServiceUnavailable
 from shared.settings import Settings, get_settings
 
@@ -709,8 +709,6 @@ class _BackgroundCleaner:
             self._thread.start()
 
     def _run(self) -> None:
-        from shared.runtime import database
-
         while True:
             with self._lock:
                 if not self._wanted:

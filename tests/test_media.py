@@ -16,13 +16,11 @@ from dev.stack import LocalStack
 from shared.db import Database
 from shared.errors import ApiError, NotFound, UnprocessableEntity
 from shared.file_types import CHECKED_TYPES, TEXT_TYPE, ftyp_brands, matches
-from shared.media import (
+from shared.media import link_media_to_chat, parse_reference, resolve_media
+from shared.object_names import (
     MAX_FILE_NAME_BYTES,
-    link_media_to_chat,
     object_name,
-    parse_reference,
     permanent_object_name,
-    resolve_media,
     safe_file_name,
     user_prefix,
 )

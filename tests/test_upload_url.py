@@ -25,7 +25,8 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from dev.metadata_standin import LOCAL_ACCESS_TOKEN, LOCAL_SERVICE_ACCOUNT
 from dev.stack import LocalStack
 from shared.db import Database
-from shared.media import incoming_prefix, resolve_media
+from shared.media import resolve_media
+from shared.object_names import incoming_prefix
 from shared.storage import MediaStorage
 from tests.conftest import FRONTEND_ORIGIN, REPO_ROOT, ApiClient, assert_error, upload_file
 

@@ -56,7 +56,7 @@ from svix.webhooks import Webhook, WebhookVerificationError
 
 from shared.db import Database, Transaction
 from shared.errors import BadRequest
-from shared.media import user_prefix, user_prefixes
+from shared.object_names import user_prefix, user_prefixes
 from shared.runtime import database, make_api, start_function
 from shared.settings import get_settings
 from shared.storage import schedule_storage_cleanup
