@@ -28,6 +28,7 @@ from typing import Any, Protocol
 import jwt
 from flask import Request
 
+from shared import deletions
 from shared.db import Database, database
 from shared.errors import ServiceUnavailable, Unauthorized
 from shared.object_names import user_prefix
@@ -318,11 +319,8 @@ class KnownUsers:
         # Fill in only what is missing: profile data from Clerk's webhook wins over claims.
         with self._db.transaction() as tx:
             row = tx.fetch_one(
-                """
-                WITH deletion AS (
-                    SELECT EXISTS (
-                        SELECT 1 FROM storage_deletions WHERE prefix = :folder) AS pending
-                ), saved AS (
+                f"""
+                WITH deletion AS ({deletions.FOLDER_QUEUED}), saved AS (
                     INSERT INTO users (id, email, first_name, last_name)
                     SELECT :id, :email, :first_name, :last_name FROM deletion
                     WHERE NOT deletion.pending

@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+from shared import deletions
 from shared.db import Database, Row, Transaction
 from shared.errors import BadRequest, Conflict, NotFound, UnprocessableEntity
 from shared.schemas import DEFAULT_TITLE, MAX_POSITION
@@ -344,7 +345,8 @@ def delete_chat(db: Database, user_id: str, chat_id: uuid.UUID) -> None:
 
     One transaction: the rows go at once (messages, summaries and media links by cascade),
     and each object only this chat referenced is queued in ``storage_deletions`` for the
-    bucket worker, so a crash between the two cannot leave an orphaned object unrecorded.
+    bucket worker (``shared.deletions``), so a crash between the two cannot leave an orphaned
+    object unrecorded.
     """
     with db.transaction() as tx:
         owned = tx.fetch_one(
@@ -354,22 +356,7 @@ def delete_chat(db: Database, user_id: str, chat_id: uuid.UUID) -> None:
         )
         if owned is None:
             raise chat_not_found()
-        tx.execute(
-            """
-            WITH doomed AS (
-                DELETE FROM uploads u
-                USING chat_uploads link
-                WHERE link.chat_id = :chat_id AND u.id = link.upload_id
-                  AND NOT EXISTS (
-                      SELECT 1 FROM chat_uploads other
-                      WHERE other.upload_id = link.upload_id AND other.chat_id <> :chat_id)
-                RETURNING u.bucket, coalesce(u.permanent_name, u.object_name) AS object_name
-            )
-            INSERT INTO storage_deletions (bucket, object_name)
-            SELECT bucket, object_name FROM doomed
-            """,
-            chat_id=chat_id,
-        )
+        deletions.queue_unshared_uploads(tx, chat_id, deletions.EVERY_LINK_OF_THE_CHAT)
         tx.execute("DELETE FROM chats WHERE id = :chat_id", chat_id=chat_id)
 
 
@@ -566,29 +553,17 @@ def release_unused_media(tx: Transaction, chat_id: uuid.UUID) -> int:
     Returns:
         How many objects were queued for deletion.
     """
-    queued = tx.fetch_all(
-        """
-        WITH released AS (
-            DELETE FROM chat_uploads link
-            WHERE link.chat_id = :chat_id AND NOT EXISTS (
-                SELECT 1 FROM messages m, jsonb_array_elements(m.parts) part
-                WHERE m.chat_id = :chat_id AND part ->> 'upload_id' = link.upload_id::text)
-            RETURNING link.upload_id
-        ), doomed AS (
-            DELETE FROM uploads u
-            USING released r
-            WHERE u.id = r.upload_id AND NOT EXISTS (
-                SELECT 1 FROM chat_uploads other
-                WHERE other.upload_id = r.upload_id AND other.chat_id <> :chat_id)
-            RETURNING u.bucket, coalesce(u.permanent_name, u.object_name) AS object_name
-        )
-        INSERT INTO storage_deletions (bucket, object_name)
-        SELECT bucket, object_name FROM doomed
-        RETURNING id
-        """,
-        chat_id=chat_id,
-    )
-    return len(queued)
+    return deletions.queue_unshared_uploads(tx, chat_id, _UNREFERENCED_LINKS)
+
+
+# The chat's media links no message of it refers to any more, unlinked.
+_UNREFERENCED_LINKS = """
+    DELETE FROM chat_uploads link
+    WHERE link.chat_id = :chat_id AND NOT EXISTS (
+        SELECT 1 FROM messages m, jsonb_array_elements(m.parts) part
+        WHERE m.chat_id = :chat_id AND part ->> 'upload_id' = link.upload_id::text)
+    RETURNING link.upload_id
+"""
 
 
 def start_regenerate(tx: Transaction, user_id: str, chat_id: uuid.UUID) -> dict[str, Any]:

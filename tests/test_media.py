@@ -25,7 +25,8 @@ from shared.object_names import (
     user_prefix,
 )
 from shared.settings import DEFAULT_UPLOAD_TYPES
-from shared.storage import KeyFileSigner, MediaStorage
+from shared.signing import KeyFileSigner
+from shared.storage import MediaStorage
 from tests.conftest import ApiClient, upload_file
 
 PNG = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + b"\x00" * 40

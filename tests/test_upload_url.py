@@ -375,7 +375,8 @@ IAM_SCRIPT = """
 import base64, json, sys
 import google.cloud.storage._signing as signing
 from google.oauth2 import service_account
-from shared.storage import IamSigner, media_storage
+from shared.signing import IamSigner
+from shared.storage import media_storage
 
 calls = []
 key = service_account.Credentials.from_service_account_file(sys.argv[1])

@@ -23,7 +23,7 @@ Every delivery goes through four steps:
    where checked ones live) in ``storage_deletions`` twice: swept at once, and again once
    every upload URL signed before the deletion has expired. Other event types are
    acknowledged with a 200, neither applied nor recorded.
-4. After the commit: the bucket cleanup starts off the request path (``shared.storage``), and
+4. After the commit: the bucket cleanup starts off the request path (``shared.deletions``), and
    now and then ``webhook_events`` older than Svix could still redeliver are pruned.
 
 After a deletion nothing keeps the user id except the queued folder rows, until the late
@@ -54,6 +54,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 # function, whose every request needs it, should pay.
 from svix.webhooks import Webhook, WebhookVerificationError
 
+from shared import deletions
 from shared.db import Database, Transaction
 from shared.errors import BadRequest
 from shared.object_names import user_prefix, user_prefixes
@@ -234,10 +235,8 @@ def upsert_user(tx: Transaction, user: ClerkUser) -> str:
         before ``user.deleted`` must not bring the profile back (Clerk never reuses ids).
     """
     row = tx.fetch_one(
-        """
-        WITH deletion AS (
-            SELECT EXISTS (SELECT 1 FROM storage_deletions WHERE prefix = :prefix) AS pending
-        ), saved AS (
+        f"""
+        WITH deletion AS ({deletions.FOLDER_QUEUED}), saved AS (
             INSERT INTO users (id, email, first_name, last_name, image_url, clerk_updated_at)
             SELECT :id, :email, :first_name, :last_name, :image_url, :clerk_updated_at
             FROM deletion WHERE NOT deletion.pending
@@ -254,7 +253,7 @@ def upsert_user(tx: Transaction, user: ClerkUser) -> str:
         )
         SELECT (SELECT pending FROM deletion) AS deleted, EXISTS (SELECT 1 FROM saved) AS saved
         """,
-        prefix=user_prefix(user.id),
+        folder=user_prefix(user.id),
         id=user.id,
         email=user.primary_email,
         first_name=user.first_name,
@@ -280,41 +279,13 @@ def delete_user(tx: Transaction, user_id: str, bucket: str, late_sweep_seconds: 
     The queued folders are the only trace of the user id left, and only until the late
     sweep has run.
     """
-    incoming, prefix = user_prefixes(user_id)
-    tx.execute(
-        """
-        INSERT INTO storage_deletions (bucket, object_name)
-        SELECT bucket, name FROM uploads,
-            LATERAL (VALUES (object_name), (permanent_name)) AS names (name)
-        WHERE user_id = :user_id AND name IS NOT NULL
-          AND NOT (bucket = :bucket
-                   AND (starts_with(name, :incoming) OR starts_with(name, :prefix)))
-        """,
-        user_id=user_id,
-        bucket=bucket,
-        incoming=incoming,
-        prefix=prefix,
-    )
-    queued = tx.fetch_all(
-        """
-        WITH gone AS (DELETE FROM users WHERE id = :user_id RETURNING id)
-        INSERT INTO storage_deletions (bucket, prefix, not_before)
-        SELECT :bucket, folders.prefix, sweeps.due
-        FROM gone,
-            (VALUES (CAST(:incoming AS text)), (CAST(:prefix AS text))) AS folders (prefix),
-            (VALUES
-                (now()),
-                (now() + CAST(:late_sweep_seconds AS integer) * INTERVAL '1 second')
-            ) AS sweeps (due)
-        RETURNING id
-        """,
-        user_id=user_id,
-        bucket=bucket,
-        incoming=incoming,
-        prefix=prefix,
-        late_sweep_seconds=late_sweep_seconds,
-    )
-    return bool(queued)
+    folders = user_prefixes(user_id)
+    deletions.queue_uploads_outside_folders(tx, user_id, bucket, folders)
+    gone = tx.fetch_one("DELETE FROM users WHERE id = :user_id RETURNING id", user_id=user_id)
+    if gone is None:
+        return False
+    deletions.queue_folders(tx, bucket, folders, late_sweep_seconds)
+    return True
 
 
 # --- housekeeping ------------------------------------------------------------------------------
