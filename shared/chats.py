@@ -20,6 +20,9 @@ from shared.errors import BadRequest, Conflict, NotFound, UnprocessableEntity
 from shared.schemas import DEFAULT_TITLE, MAX_POSITION
 from shared.text import storable
 
+# chat_stream reads the name as chats.user_display_name; the SQL is the users module's.
+from shared.users import user_display_name as user_display_name
+
 # Times leave Postgres as integer microseconds since the epoch: exact for keyset cursors, and
 # pg8000 decodes an integer ~30x faster than a timestamptz (which it parses with strptime).
 CHAT_COLUMNS = (
@@ -701,11 +704,3 @@ def discard_answer(tx: Transaction, message_id: uuid.UUID) -> None:
         "DELETE FROM messages WHERE id = :id AND role = 'assistant' AND content = ''",
         id=message_id,
     )
-
-
-def user_display_name(tx: Transaction, user_id: str) -> str | None:
-    row = tx.fetch_one("SELECT first_name, last_name FROM users WHERE id = :id", id=user_id)
-    if row is None:
-        return None
-    name = " ".join(part for part in (row["first_name"], row["last_name"]) if part)
-    return name or None
