@@ -41,9 +41,9 @@ from urllib.parse import unquote, urlsplit
 import pg8000.exceptions
 
 from shared import file_types
-from shared.chats import MediaUrlSigner
 from shared.db import FOREIGN_KEY_VIOLATION, Database, Row, Transaction, sqlstate
 from shared.errors import NotFound, UnprocessableEntity
+from shared.history import MediaUrlSigner
 from shared.object_names import permanent_object_name, user_prefixes
 from shared.telemetry import logs_media_check
 
