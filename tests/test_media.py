@@ -16,7 +16,8 @@ from dev.stack import LocalStack
 from shared.db import Database
 from shared.errors import ApiError, NotFound, UnprocessableEntity
 from shared.file_types import CHECKED_TYPES, TEXT_TYPE, ftyp_brands, matches
-from shared.media import link_media_to_chat, parse_reference, resolve_media
+from shared.media import link_media_to_chat, resolve_media
+from shared.media_references import parse_reference
 from shared.object_names import (
     MAX_FILE_NAME_BYTES,
     object_name,
