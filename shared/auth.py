@@ -28,10 +28,9 @@ from typing import Any, Protocol
 import jwt
 from flask import Request
 
-from shared.db import Database
+from shared import users
+from shared.db import Database, database
 from shared.errors import ServiceUnavailable, Unauthorized
-from shared.media import user_prefix
-from shared.runtime import database
 from shared.settings import Settings, SettingsError, get_settings
 from shared.text import is_storable, storable
 
@@ -58,8 +57,7 @@ class AuthenticatedUser:
 
     @property
     def display_name(self) -> str | None:
-        name = " ".join(part for part in (self.first_name, self.last_name) if part)
-        return name or None
+        return users.display_name(self.first_name, self.last_name)
 
 
 class KeySource(Protocol):
@@ -309,41 +307,19 @@ class KnownUsers:
         now = time.monotonic()
         synced_at = self._synced.get(user.id)
         if synced_at is not None and now - synced_at < self._ttl:
-            row = self._db.fetch_one(
-                "SELECT EXISTS (SELECT 1 FROM users WHERE id = :id) AS known", id=user.id
-            )
-            if row is not None and row["known"]:
+            if users.user_exists(self._db, user.id):
                 return
             with self._lock:
                 self._synced.pop(user.id, None)
-        # Fill in only what is missing: profile data from Clerk's webhook wins over claims.
         with self._db.transaction() as tx:
-            row = tx.fetch_one(
-                """
-                WITH deletion AS (
-                    SELECT EXISTS (
-                        SELECT 1 FROM storage_deletions WHERE prefix = :folder) AS pending
-                ), saved AS (
-                    INSERT INTO users (id, email, first_name, last_name)
-                    SELECT :id, :email, :first_name, :last_name FROM deletion
-                    WHERE NOT deletion.pending
-                    ON CONFLICT (id) DO UPDATE SET
-                        email = COALESCE(users.email, EXCLUDED.email),
-                        first_name = COALESCE(users.first_name, EXCLUDED.first_name),
-                        last_name = COALESCE(users.last_name, EXCLUDED.last_name)
-                    WHERE users.email IS NULL AND EXCLUDED.email IS NOT NULL
-                       OR users.first_name IS NULL AND EXCLUDED.first_name IS NOT NULL
-                       OR users.last_name IS NULL AND EXCLUDED.last_name IS NOT NULL
-                )
-                SELECT pending FROM deletion
-                """,
-                folder=user_prefix(user.id),
-                id=user.id,
+            allowed = users.ensure_user(
+                tx,
+                user.id,
                 email=user.email,
                 first_name=user.first_name,
                 last_name=user.last_name,
             )
-        if row is not None and row["pending"]:
+        if not allowed:
             raise Unauthorized("This account has been deleted", code="user_deleted")
         with self._lock:
             if len(self._synced) >= self._capacity:

@@ -1,25 +1,24 @@
-"""Chats and their messages in Postgres: the queries chats_crud and chat_stream share.
+"""Chats and their messages in Postgres: a chat's life (created, renamed, deleted) and the
+writes of a turn (question, answer, regenerate, edit), for chats_crud and chat_stream.
 
 Every query is scoped by the owner's id, so another user's chat is indistinguishable from
-one that does not exist (the contract's 404, never 403). Lists are keyset-paged so a page
-costs the same whether the user has ten chats or ten thousand.
+one that does not exist (the contract's 404, never 403). Reading them is elsewhere: lists
+and search in ``shared.chat_list``, a chat's messages in ``shared.history``.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import re
 import uuid
-from collections.abc import Callable
 from typing import Any
 
+from shared import deletions
 from shared.db import Database, Row, Transaction
-from shared.errors import BadRequest, Conflict, NotFound, UnprocessableEntity
-from shared.schemas import DEFAULT_TITLE, MAX_POSITION
+from shared.errors import Conflict, NotFound, UnprocessableEntity
+from shared.schemas import DEFAULT_TITLE
 from shared.text import storable
 
-FOREIGN_KEY_VIOLATION = "23503"
+# chat_stream reads the name as chats.user_display_name; the SQL is the users module's.
+from shared.users import user_display_name as user_display_name
 
 # Times leave Postgres as integer microseconds since the epoch: exact for keyset cursors, and
 # pg8000 decodes an integer ~30x faster than a timestamptz (which it parses with strptime).
@@ -28,15 +27,6 @@ CHAT_COLUMNS = (
     "(EXTRACT(EPOCH FROM created_at) * 1000000)::bigint AS created_us, "
     "(EXTRACT(EPOCH FROM updated_at) * 1000000)::bigint AS updated_us"
 )
-# The inverse, for a bound parameter of integer microseconds.
-FROM_MICROS = "(TIMESTAMPTZ 'epoch' + CAST(:{name} AS bigint) * INTERVAL '1 microsecond')"
-
-# The latest time a cursor may name: 9999-12-31T23:59:59.999999Z (PostgreSQL's timestamptz
-# goes further, but a bigint of microseconds times an interval overflows well before).
-MAX_CURSOR_MICROS = 253_402_300_799_999_999
-
-# Signs a stored media part into a URL the browser can GET, or None where it cannot.
-MediaUrlSigner = Callable[[dict[str, Any]], str | None]
 
 
 def chat_not_found() -> NotFound:
@@ -51,7 +41,7 @@ def parse_chat_id(text: str | None) -> uuid.UUID:
         raise chat_not_found() from None
 
 
-# --- the wire shapes ---------------------------------------------------------------------
+# --- the wire shape ----------------------------------------------------------------------
 
 
 def chat_object(row: Row) -> dict[str, Any]:
@@ -64,250 +54,7 @@ def chat_object(row: Row) -> dict[str, Any]:
     }
 
 
-def message_object(row: Row, sign: MediaUrlSigner | None = None) -> dict[str, Any]:
-    parts = []
-    for part in row["parts"]:
-        if part.get("type") == "text":
-            parts.append({"type": "text", "text": part.get("text", "")})
-        else:
-            parts.append(
-                {
-                    "type": part.get("type"),
-                    "mime_type": part.get("mime_type"),
-                    "media_url": sign(part) if sign else None,
-                }
-            )
-    first_media = next((part for part in parts if part["type"] != "text"), None)
-    return {
-        "messageId": str(row["id"]),
-        "role": row["role"],
-        "content": row["content"],
-        "timestamp": row["created_us"] / 1_000_000,
-        "media_type": first_media["mime_type"] if first_media else None,
-        "media_url": first_media["media_url"] if first_media else None,
-        "parts": parts,
-        "status": row["status"],
-        "finish_reason": row.get("finish_reason"),
-    }
-
-
 # --- chats -------------------------------------------------------------------------------
-
-
-def _encode_chat_cursor(row: Row) -> str:
-    position = f"{row['updated_us']}:{row['id']}"
-    return base64.urlsafe_b64encode(position.encode()).decode().rstrip("=")
-
-
-def _decode_chat_cursor(cursor: str) -> tuple[int, uuid.UUID]:
-    try:
-        padded = cursor + "=" * (-len(cursor) % 4)
-        micros, chat_id = base64.urlsafe_b64decode(padded).decode().split(":", 1)
-        position = int(micros), uuid.UUID(chat_id)
-    except (ValueError, binascii.Error, UnicodeDecodeError):
-        position = None
-    if position is None or not 0 <= position[0] <= MAX_CURSOR_MICROS:
-        raise BadRequest("cursor is not one this API returned", code="invalid_cursor")
-    return position
-
-
-# The list is the hot path (the frontend's sidebar): Postgres builds the page's JSON, so the
-# function forwards one text value instead of decoding and re-encoding every row. For 50
-# chats that took one instance from ~590 to ~865 requests/s (bench/README.md). Same object
-# as chat_object() builds; tests/test_chats_crud.py checks the two agree.
-_CHAT_JSON = (
-    "json_build_object('chatId', id, 'userId', user_id, 'title', title, "
-    "'createdAt', EXTRACT(EPOCH FROM created_at)::float8, "
-    "'updatedAt', EXTRACT(EPOCH FROM updated_at)::float8)"
-)
-_LIST_PAGE = """
-    WITH page AS (
-        SELECT id, user_id, title, created_at, updated_at,
-               row_number() OVER (ORDER BY updated_at DESC, id DESC) AS n
-        FROM (SELECT id, user_id, title, created_at, updated_at FROM chats
-              WHERE user_id = :user_id {after}
-              ORDER BY updated_at DESC, id DESC LIMIT :limit + 1) newest
-    )
-    SELECT COALESCE(json_agg({chat_json} ORDER BY n) FILTER (WHERE n <= :limit), '[]')::text
-               AS body,
-           max(CASE WHEN n = :limit
-               THEN (EXTRACT(EPOCH FROM updated_at) * 1000000)::bigint END) AS last_updated_us,
-           max(CASE WHEN n = :limit THEN id::text END) AS last_id,
-           count(*) > :limit AS more
-    FROM page
-"""
-_AFTER_CURSOR = f"AND (updated_at, id) < ({FROM_MICROS.format(name='updated_us')}, :chat_id)"
-
-
-def list_chats_json(
-    db: Database, user_id: str, limit: int, cursor: str | None
-) -> tuple[str, str | None]:
-    """A page of the user's chats as a JSON array, most recently active first, and the next
-    page's cursor (None on the last page)."""
-    if cursor is None:
-        row = db.fetch_one(
-            _LIST_PAGE.format(after="", chat_json=_CHAT_JSON), user_id=user_id, limit=limit
-        )
-    else:
-        updated_us, chat_id = _decode_chat_cursor(cursor)
-        row = db.fetch_one(
-            _LIST_PAGE.format(after=_AFTER_CURSOR, chat_json=_CHAT_JSON),
-            user_id=user_id,
-            limit=limit,
-            updated_us=updated_us,
-            chat_id=chat_id,
-        )
-    assert row is not None  # an aggregate always returns one row
-    if not row["more"]:
-        return row["body"], None
-    return row["body"], _encode_chat_cursor(
-        {"updated_us": row["last_updated_us"], "id": row["last_id"]}
-    )
-
-
-# --- search ----------------------------------------------------------------------------------
-
-# Full-text search over the generated tsvector columns of migration 0002 (``simple``
-# configuration: no stemming, every language alike), in one of two modes:
-#
-# * ranked (the usual case): a chat's score is its best message's ts_rank; a title hit counts
-#   double, as a title names what the whole chat is about;
-# * recent: when a word is so common that more than SEARCH_RANKED_HITS of the user's messages
-#   contain it (like "the"), ranking them all would cost ~150 ms for a user with 20,000
-#   messages (bench/README.md) and say little. Matching chats then come most recently active
-#   first, each with its newest matching message, found through the (chat_id, position) index
-#   a few rows per chat.
-#
-# Paged by offset: a rank is not a stable keyset across writes, and search pages are read a
-# few at a time. Snippets are cut in Python from the page's messages (ts_headline re-parses
-# each text and cost half of a ranked page's time).
-SEARCH_RANKED_HITS = 1000
-
-_RANKED_PAGE = """
-    WITH query AS (SELECT websearch_to_tsquery('simple', :q) AS tsq),
-    message_hits AS MATERIALIZED (
-        SELECT m.chat_id, m.id AS message_id, ts_rank(m.content_search, query.tsq) AS score
-        FROM query, messages m JOIN chats c ON c.id = m.chat_id
-        WHERE c.user_id = :user_id AND m.content_search @@ query.tsq
-        LIMIT :cap
-    ),
-    capped AS (SELECT count(*) >= :cap AS capped FROM message_hits),
-    hits AS (
-        SELECT * FROM message_hits
-        UNION ALL
-        SELECT c.id, NULL, 2 * ts_rank(c.title_search, query.tsq)
-        FROM query, chats c
-        WHERE c.user_id = :user_id AND c.title_search @@ query.tsq
-    ),
-    best AS (
-        SELECT DISTINCT ON (chat_id) chat_id, message_id, score
-        FROM hits ORDER BY chat_id, score DESC, message_id IS NULL DESC
-    ),
-    page AS (
-        SELECT c.id, c.user_id, c.title, c.created_at, c.updated_at, best.message_id,
-               row_number() OVER (ORDER BY best.score DESC, c.updated_at DESC, c.id DESC) AS n
-        FROM best JOIN chats c ON c.id = best.chat_id
-        WHERE NOT (SELECT capped FROM capped)  -- too common to rank: skip the work
-        ORDER BY n LIMIT :limit + 1 OFFSET :offset
-    )
-    SELECT page.id::text AS id, page.user_id, page.title, page.message_id::text AS message_id,
-           (EXTRACT(EPOCH FROM page.created_at) * 1000000)::bigint AS created_us,
-           (EXTRACT(EPOCH FROM page.updated_at) * 1000000)::bigint AS updated_us,
-           m.content, false AS capped, page.n
-    FROM page LEFT JOIN messages m ON m.id = page.message_id
-    UNION ALL
-    SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, true, 0 FROM capped WHERE capped
-    ORDER BY n
-"""
-_RECENT_PAGE = """
-    WITH query AS (SELECT websearch_to_tsquery('simple', :q) AS tsq)
-    SELECT c.id::text AS id, c.user_id, c.title, newest.id::text AS message_id,
-           (EXTRACT(EPOCH FROM c.created_at) * 1000000)::bigint AS created_us,
-           (EXTRACT(EPOCH FROM c.updated_at) * 1000000)::bigint AS updated_us,
-           newest.content
-    FROM query CROSS JOIN chats c
-    LEFT JOIN LATERAL (
-        SELECT m.id, m.content FROM messages m
-        WHERE m.chat_id = c.id AND m.content_search @@ query.tsq
-        ORDER BY m.position DESC LIMIT 1
-    ) newest ON true
-    WHERE c.user_id = :user_id AND (newest.id IS NOT NULL OR c.title_search @@ query.tsq)
-    ORDER BY c.updated_at DESC, c.id DESC
-    LIMIT :limit + 1 OFFSET :offset
-"""
-_TERMS = "SELECT COALESCE(array_agg(lexeme), '{}') AS terms FROM unnest(to_tsvector('simple', :q))"
-_SEARCH_CURSOR_PREFIX = "search:"
-_WORD = re.compile(r"\w+")
-SNIPPET_WORDS_BEFORE = 8
-SNIPPET_WORDS = 24
-
-
-def _decode_search_cursor(cursor: str) -> int:
-    try:
-        padded = cursor + "=" * (-len(cursor) % 4)
-        text = base64.urlsafe_b64decode(padded).decode()
-        if text.startswith(_SEARCH_CURSOR_PREFIX):
-            offset = int(text.removeprefix(_SEARCH_CURSOR_PREFIX))
-            if offset >= 0:
-                return offset
-    except (ValueError, binascii.Error, UnicodeDecodeError):
-        pass
-    raise BadRequest("cursor is not one this API returned", code="invalid_cursor")
-
-
-def _encode_search_cursor(offset: int) -> str:
-    text = f"{_SEARCH_CURSOR_PREFIX}{offset}"
-    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
-
-
-def snippet(text: str, terms: set[str]) -> str:
-    """A plain-text excerpt of ``text`` around its first word in ``terms`` (lower-case)."""
-    words = list(_WORD.finditer(text))
-    hit = next((n for n, word in enumerate(words) if word.group().lower() in terms), 0)
-    first = max(0, hit - SNIPPET_WORDS_BEFORE)
-    last = min(len(words), first + SNIPPET_WORDS) - 1
-    if not words:
-        return " ".join(text.split())[:200]
-    excerpt = " ".join(text[words[first].start() : words[last].end()].split())
-    prefix = "…" if first > 0 else ""
-    suffix = "…" if last < len(words) - 1 else ""
-    return prefix + excerpt + suffix
-
-
-def search_chats(
-    db: Database, user_id: str, text: str, limit: int, cursor: str | None
-) -> tuple[list[dict[str, Any]], str | None]:
-    """The user's chats whose title or messages match ``text``, best first.
-
-    Each chat object also carries ``snippet`` (a short excerpt around the best hit) and
-    ``matchMessageId`` (the message it comes from, or None when the title matched best).
-
-    Returns:
-        The page, and the next page's cursor (None on the last page).
-    """
-    offset = _decode_search_cursor(cursor) if cursor is not None else 0
-    params = {"q": text, "user_id": user_id, "limit": limit, "offset": offset}
-    with db.transaction() as tx:
-        # Plan for this query's words: a prepared statement's generic plan cannot know how
-        # common they are, and picks the GIN index where a few index rows per chat are far
-        # cheaper (or the other way round): ~100 ms instead of ~3 ms.
-        tx.execute("SET LOCAL plan_cache_mode = force_custom_plan")
-        rows = tx.fetch_all(_RANKED_PAGE, cap=SEARCH_RANKED_HITS, **params)
-        if any(row["capped"] for row in rows):
-            rows = tx.fetch_all(_RECENT_PAGE, **params)
-        terms: set[str] = set()
-        if rows:
-            found = tx.fetch_one(_TERMS, q=text)
-            terms = set(found["terms"]) if found else set()
-    page = [
-        {
-            **chat_object(row),
-            "snippet": snippet(row["content"] if row["message_id"] else row["title"], terms),
-            "matchMessageId": row["message_id"],
-        }
-        for row in rows[:limit]
-    ]
-    return page, (_encode_search_cursor(offset + limit) if len(rows) > limit else None)
 
 
 def create_chat(tx: Transaction, user_id: str, title: str | None) -> Row:
@@ -346,7 +93,8 @@ def delete_chat(db: Database, user_id: str, chat_id: uuid.UUID) -> None:
 
     One transaction: the rows go at once (messages, summaries and media links by cascade),
     and each object only this chat referenced is queued in ``storage_deletions`` for the
-    bucket worker, so a crash between the two cannot leave an orphaned object unrecorded.
+    bucket worker (``shared.deletions``), so a crash between the two cannot leave an orphaned
+    object unrecorded.
     """
     with db.transaction() as tx:
         owned = tx.fetch_one(
@@ -356,66 +104,8 @@ def delete_chat(db: Database, user_id: str, chat_id: uuid.UUID) -> None:
         )
         if owned is None:
             raise chat_not_found()
-        tx.execute(
-            """
-            WITH doomed AS (
-                DELETE FROM uploads u
-                USING chat_uploads link
-                WHERE link.chat_id = :chat_id AND u.id = link.upload_id
-                  AND NOT EXISTS (
-                      SELECT 1 FROM chat_uploads other
-                      WHERE other.upload_id = link.upload_id AND other.chat_id <> :chat_id)
-                RETURNING u.bucket, coalesce(u.permanent_name, u.object_name) AS object_name
-            )
-            INSERT INTO storage_deletions (bucket, object_name)
-            SELECT bucket, object_name FROM doomed
-            """,
-            chat_id=chat_id,
-        )
+        deletions.queue_unshared_uploads(tx, chat_id, deletions.EVERY_LINK_OF_THE_CHAT)
         tx.execute("DELETE FROM chats WHERE id = :chat_id", chat_id=chat_id)
-
-
-# --- messages ----------------------------------------------------------------------------
-
-
-def list_messages(
-    db: Database, user_id: str, chat_id: uuid.UUID, limit: int, before: int | None
-) -> tuple[list[Row], int | None]:
-    """The newest ``limit`` messages before position ``before``, oldest first.
-
-    One round trip: the ownership check and the page come from one statement, so a chat
-    that is not the caller's is a 404 exactly like one that does not exist.
-
-    Returns:
-        The messages, and the ``before`` value of the next (older) page, if there is one.
-    """
-    rows = db.fetch_all(
-        """
-        SELECT c.id AS owned_chat, m.id::text AS id, m.position, m.role, m.content, m.parts,
-               m.status, m.finish_reason, m.token_count,
-               (EXTRACT(EPOCH FROM m.created_at) * 1000000)::bigint AS created_us
-        FROM chats c
-        LEFT JOIN LATERAL (
-            SELECT id, position, role, content, parts, status, finish_reason, token_count,
-                   created_at
-            FROM messages
-            WHERE chat_id = c.id AND position < :before
-            ORDER BY position DESC
-            LIMIT :limit
-        ) m ON true
-        WHERE c.id = :chat_id AND c.user_id = :user_id
-        """,
-        chat_id=chat_id,
-        user_id=user_id,
-        before=before if before is not None else MAX_POSITION,
-        limit=limit,
-    )
-    if not rows:
-        raise chat_not_found()
-    messages = sorted((row for row in rows if row["id"] is not None), key=lambda r: r["position"])
-    oldest = messages[0]["position"] if messages else 0
-    has_older = len(messages) == limit and oldest > 0
-    return messages, (oldest if has_older else None)
 
 
 # --- a chat turn -------------------------------------------------------------------------------
@@ -568,29 +258,17 @@ def release_unused_media(tx: Transaction, chat_id: uuid.UUID) -> int:
     Returns:
         How many objects were queued for deletion.
     """
-    queued = tx.fetch_all(
-        """
-        WITH released AS (
-            DELETE FROM chat_uploads link
-            WHERE link.chat_id = :chat_id AND NOT EXISTS (
-                SELECT 1 FROM messages m, jsonb_array_elements(m.parts) part
-                WHERE m.chat_id = :chat_id AND part ->> 'upload_id' = link.upload_id::text)
-            RETURNING link.upload_id
-        ), doomed AS (
-            DELETE FROM uploads u
-            USING released r
-            WHERE u.id = r.upload_id AND NOT EXISTS (
-                SELECT 1 FROM chat_uploads other
-                WHERE other.upload_id = r.upload_id AND other.chat_id <> :chat_id)
-            RETURNING u.bucket, coalesce(u.permanent_name, u.object_name) AS object_name
-        )
-        INSERT INTO storage_deletions (bucket, object_name)
-        SELECT bucket, object_name FROM doomed
-        RETURNING id
-        """,
-        chat_id=chat_id,
-    )
-    return len(queued)
+    return deletions.queue_unshared_uploads(tx, chat_id, _UNREFERENCED_LINKS)
+
+
+# The chat's media links no message of it refers to any more, unlinked.
+_UNREFERENCED_LINKS = """
+    DELETE FROM chat_uploads link
+    WHERE link.chat_id = :chat_id AND NOT EXISTS (
+        SELECT 1 FROM messages m, jsonb_array_elements(m.parts) part
+        WHERE m.chat_id = :chat_id AND part ->> 'upload_id' = link.upload_id::text)
+    RETURNING link.upload_id
+"""
 
 
 def start_regenerate(tx: Transaction, user_id: str, chat_id: uuid.UUID) -> dict[str, Any]:
@@ -728,11 +406,3 @@ def discard_answer(tx: Transaction, message_id: uuid.UUID) -> None:
         "DELETE FROM messages WHERE id = :id AND role = 'assistant' AND content = ''",
         id=message_id,
     )
-
-
-def user_display_name(tx: Transaction, user_id: str) -> str | None:
-    row = tx.fetch_one("SELECT first_name, last_name FROM users WHERE id = :id", id=user_id)
-    if row is None:
-        return None
-    name = " ".join(part for part in (row["first_name"], row["last_name"]) if part)
-    return name or None

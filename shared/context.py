@@ -25,6 +25,7 @@ from typing import Any
 
 from shared.db import Database
 from shared.settings import Settings
+from shared.summaries import NEWEST_SUMMARY, StoredSummary
 
 SUMMARY_HEADING = "Summary of the earlier conversation"
 
@@ -97,13 +98,6 @@ class StoredMessage:
     status: str
 
 
-@dataclass(frozen=True)
-class StoredSummary:
-    content: str
-    covers_through_position: int
-    token_count: int
-
-
 @dataclass
 class ModelContext:
     """What one turn sends the model, and how it was chosen (for logs, tests and triggers)."""
@@ -127,12 +121,8 @@ def load_recent(
     One round trip, bounded by ``window_size`` rows however long the chat is.
     """
     rows = db.fetch_all(
-        """
-        WITH summary AS (
-            SELECT content, covers_through_position, token_count
-            FROM summaries WHERE chat_id = :chat_id
-            ORDER BY version DESC LIMIT 1
-        )
+        f"""
+        WITH summary AS ({NEWEST_SUMMARY})
         SELECT 'summary' AS kind, covers_through_position AS position, NULL AS role,
                content, NULL::jsonb AS parts, token_count, NULL AS status
         FROM summary

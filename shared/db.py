@@ -27,6 +27,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import lru_cache
 from typing import Any, TypeVar
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -35,7 +36,7 @@ import pg8000.exceptions
 import pg8000.native
 
 from shared.errors import ServiceUnavailable, Unauthorized
-from shared.settings import Settings
+from shared.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
 
@@ -319,3 +320,15 @@ class Database:
             idle, self._idle = self._idle, []
         for connection in idle:
             connection.close()
+
+
+@lru_cache(maxsize=1)
+def database() -> Database:
+    """The instance's pool: created on first use, kept for the instance's life.
+
+    Cloud Run reuses an instance for many requests, so connections outlive a request
+    (https://cloud.google.com/run/docs/tips/general#use_global_variables). It lives here, not
+    in ``shared.runtime``, so that modules below the runtime (the deleted-user check, the
+    storage cleanup thread) reach the one pool without importing upward (tools/layers.py).
+    """
+    return Database.from_settings(get_settings())

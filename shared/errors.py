@@ -105,3 +105,12 @@ class ServiceUnavailable(ApiError):
 
     def __init__(self, detail: str, *, retry_after: int = 5, code: str | None = None) -> None:
         super().__init__(detail, code=code, headers={"Retry-After": str(retry_after)})
+
+
+class StorageUnavailable(ServiceUnavailable):
+    """Cloud Storage (or IAM signing) cannot be reached now; the client should retry."""
+
+    code = "storage_unavailable"
+
+    def __init__(self, detail: str = "File storage is unavailable, please retry shortly") -> None:
+        super().__init__(detail, retry_after=5)

@@ -1,21 +1,22 @@
-"""Uploaded media: object names, references to uploads, and the checks before a model sees one.
+"""Uploaded media: the caller's uploads behind media references, and the checks before a
+model sees one.
 
 The flow, for the functions involved:
 
 1. upload_url records an upload (table ``uploads``: owner, object, declared type and size,
    state ``pending``) and signs a PUT URL for ``incoming/<user>/<upload id>/<file name>``
-   (:func:`object_name`); the browser PUTs the file straight to the bucket. Objects left
-   under ``incoming/`` are deleted by a bucket lifecycle rule after a day.
+   (:func:`shared.object_names.object_name`); the browser PUTs the file straight to the
+   bucket. Objects left under ``incoming/`` are deleted by a bucket lifecycle rule after a day.
 2. chat_stream calls :func:`resolve_media` for each media part of a new message. Whatever form
    the reference takes (``gcs_url`` as returned, ``gs://bucket/object``, any storage URL of the
    uploads bucket, signed or not, of the incoming or the permanent name), it resolves to one
    of the caller's own upload records or is refused with a 4xx. On first use the object is
    checked (exists, declared type, size limit, magic numbers; see :mod:`shared.file_types`),
-   then promoted to ``uploads/<user>/<upload id>/<file name>`` (:func:`permanent_object_name`)
-   and the record set to ``uploaded``, or deleted and the record set to ``rejected``. Later
-   turns need no bucket call. chat_stream then stores :meth:`MediaRecord.part` (naming the
-   permanent object) in ``messages.parts`` and calls :func:`link_media_to_chat` in the
-   turn's transaction.
+   then promoted to ``uploads/<user>/<upload id>/<file name>``
+   (:func:`shared.object_names.permanent_object_name`) and the record set to ``uploaded``,
+   or deleted and the record set to ``rejected``. Later turns need no bucket call.
+   chat_stream then stores :meth:`MediaRecord.part` (naming the permanent object) in
+   ``messages.parts`` and calls :func:`link_media_to_chat` in the turn's transaction.
 3. chats_crud signs short-lived GET URLs for stored parts (:func:`media_url_signer`), and
    deleting a chat queues the objects only that chat used (``shared.chats.delete_chat``).
 
@@ -30,130 +31,55 @@ answers the same code.
 
 from __future__ import annotations
 
-import hashlib
-import re
-import unicodedata
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
-from urllib.parse import unquote, urlsplit
+from typing import Any, Protocol
 
 import pg8000.exceptions
 
 from shared import file_types
-from shared.chats import MediaUrlSigner
-from shared.db import Database, Row, Transaction, sqlstate
+from shared.db import FOREIGN_KEY_VIOLATION, Database, Row, Transaction, sqlstate
 from shared.errors import NotFound, UnprocessableEntity
-from shared.storage import MediaStorage, StoredObject
+from shared.history import MediaUrlSigner
+from shared.media_references import parse_reference
+from shared.object_names import permanent_object_name, user_prefixes
 from shared.telemetry import logs_media_check
-
-FOREIGN_KEY_VIOLATION = "23503"
-
-UPLOADS_ROOT = "uploads/"
-INCOMING_ROOT = "incoming/"
-# A Clerk user id (``user_2abc...``) is used as it is; anything else becomes a hash, so that
-# one user's folder can never be a prefix of another's (a "/" in a sub would allow that).
-PLAIN_USER_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
-# File names are cut to this many UTF-8 bytes: well under GCS's 1024-byte object names with
-# the folder in front, and under the 255 bytes a file system allows a name (the emulator, and
-# anyone who copies the bucket to disk, store objects as files).
-MAX_FILE_NAME_BYTES = 200
-MAX_EXTENSION_BYTES = 16
-FALLBACK_FILE_NAME = "file"
-# Punctuation that means something to shells, URLs or gsutil wildcards: replaced, not kept.
-UNSAFE_NAME_CHARACTERS = set('/\\#?[]*"<>|:')
-MAX_REFERENCE_CHARS = 4096
-
-GOOGLE_STORAGE_HOSTS = {"storage.googleapis.com", "storage.cloud.google.com", "www.googleapis.com"}
-VIRTUAL_HOST_SUFFIX = ".storage.googleapis.com"
-JSON_API_PATH = re.compile(r"/(?:download/)?storage/v1/b/(?P<bucket>[^/]+)/o/(?P<object>.+)")
 
 MEDIA_KINDS = {"image": "image", "video": "video", "audio": "audio"}
 
 
-# --- object names --------------------------------------------------------------------------
+# --- what media needs of the bucket (shared.storage.MediaStorage in production) -------------
 
 
-def _user_folder(user_id: str) -> str:
-    if PLAIN_USER_ID.fullmatch(user_id):
-        return f"{user_id}/"
-    digest = hashlib.sha256(user_id.encode()).hexdigest()
-    return f"~{digest}/"  # "~" never occurs in a plain id: no collisions
+class StoredObject(Protocol):
+    """What the bucket says about an object."""
+
+    @property
+    def content_type(self) -> str | None: ...
+    @property
+    def size(self) -> int: ...
+    @property
+    def generation(self) -> int | None: ...
 
 
-def user_prefix(user_id: str) -> str:
-    """The folder of a user's checked uploads, ``uploads/<user>/``."""
-    return UPLOADS_ROOT + _user_folder(user_id)
+class UploadsBucket(Protocol):
+    """The uploads bucket as media uses it; passed in by the entry point, so this module
+    never imports the Cloud Storage adapter (see tools/layers.py)."""
 
+    bucket_name: str
+    public_url: str
+    emulator_url: str | None
+    max_bytes: int
 
-def incoming_prefix(user_id: str) -> str:
-    """The folder a user's files are PUT to, ``incoming/<user>/``, until they are checked."""
-    return INCOMING_ROOT + _user_folder(user_id)
-
-
-def user_prefixes(user_id: str) -> tuple[str, str]:
-    """Both folders of a user's objects; deleting the user deletes both."""
-    return incoming_prefix(user_id), user_prefix(user_id)
-
-
-def _truncate_utf8(text: str, max_bytes: int) -> str:
-    encoded = text.encode()
-    if len(encoded) <= max_bytes:
-        return text
-    return encoded[:max_bytes].decode(errors="ignore")  # drops a character cut in half
-
-
-def safe_file_name(filename: str) -> str:
-    """A file name that is safe as the last segment of an object name, and still readable.
-
-    Only the last path segment is kept (``../../etc/passwd`` is ``passwd``,
-    ``C:\\fakepath\\a.png`` is ``a.png``); the text is NFC-normalised so one name has one
-    spelling; control, format (bidi overrides, zero-width) and unassigned characters go;
-    shell and URL punctuation becomes ``_``; letters of every script, marks, digits and
-    symbols stay. Leading and trailing dots and spaces are stripped (no ``.`` or ``..``),
-    and the result is at most :data:`MAX_FILE_NAME_BYTES` UTF-8 bytes, keeping a short
-    extension. A name with nothing left becomes ``file``.
-    """
-    name = unicodedata.normalize("NFC", filename)
-    name = re.split(r"[/\\]", name)[-1]
-    kept = []
-    for character in name:
-        category = unicodedata.category(character)
-        if category in {"Zl", "Zp"} or (category.startswith("Z") and character != " "):
-            kept.append(" ")  # every other kind of space or line break is a plain space
-        elif category in {"Cc", "Cf", "Cs", "Co", "Cn"}:
-            continue
-        elif character in UNSAFE_NAME_CHARACTERS:
-            kept.append("_")
-        else:
-            kept.append(character)
-    # Dropping a character may bring a base letter and a mark together: normalise again.
-    name = unicodedata.normalize("NFC", re.sub(r" {2,}", " ", "".join(kept))).strip(" .")
-    if len(name.encode()) > MAX_FILE_NAME_BYTES:
-        stem, dot, extension = name.rpartition(".")
-        if stem and 0 < len(extension.encode()) <= MAX_EXTENSION_BYTES:
-            budget = MAX_FILE_NAME_BYTES - len(extension.encode()) - 1
-            name = _truncate_utf8(stem, budget).rstrip(" .") + dot + extension
-        else:
-            name = _truncate_utf8(name, MAX_FILE_NAME_BYTES).rstrip(" .")
-    return name or FALLBACK_FILE_NAME
-
-
-def object_name(user_id: str, upload_id: uuid.UUID | str, filename: str) -> str:
-    """``incoming/<user>/<upload id>/<safe file name>``: where the browser PUTs one upload."""
-    return f"{incoming_prefix(user_id)}{upload_id}/{safe_file_name(filename)}"
-
-
-def permanent_object_name(incoming_name: str) -> str:
-    """Where an upload lives once checked: the same name under ``uploads/``.
-
-    A name already outside ``incoming/`` (an upload recorded before uploads were checked)
-    stays where it is.
-    """
-    if incoming_name.startswith(INCOMING_ROOT):
-        return UPLOADS_ROOT + incoming_name[len(INCOMING_ROOT) :]
-    return incoming_name
+    def stat(self, object_name: str) -> StoredObject | None: ...
+    def read(self, object_name: str, generation: int | None, start: int, end: int) -> bytes: ...
+    def stream(
+        self, object_name: str, generation: int | None, sink: Callable[[bytes], None]
+    ) -> None: ...
+    def promote(self, source: str, generation: int | None, destination: str) -> None: ...
+    def delete(self, object_name: str) -> None: ...
+    def download_urls(self, object_names: Iterable[str]) -> dict[str, str]: ...
 
 
 def content_type_essence(content_type: str) -> str:
@@ -230,80 +156,10 @@ def _record(row: Row, storage_bucket: str, size: int | None) -> MediaRecord:
 # --- references ----------------------------------------------------------------------------
 
 
-def invalid_reference(detail: str) -> UnprocessableEntity:
-    return UnprocessableEntity(
-        f"{detail}. A media part's text must be the gcs_url /api/upload-url returned "
-        "(or the object's gs:// URI or storage URL)",
-        code="invalid_media_reference",
-    )
-
-
 def media_not_found() -> NotFound:
     return NotFound(
         "No such upload: upload the file with /api/upload-url first", code="media_not_found"
     )
-
-
-def _origin(url: str) -> tuple[str, str]:
-    """(``host[:port]``, path prefix) of a configured base URL."""
-    parts = urlsplit(url)
-    return parts.netloc.lower(), parts.path.rstrip("/")
-
-
-def parse_reference(storage: MediaStorage, reference: str) -> tuple[str, str]:
-    """The (bucket, object name) a media reference names.
-
-    Accepted: ``gs://bucket/object`` (the object name as is), and http(s) URLs of Cloud
-    Storage (path style ``storage.googleapis.com/bucket/object``, virtual-hosted
-    ``bucket.storage.googleapis.com/object``, the JSON API's object and download paths) or
-    of the configured public URL or emulator (the local stack), percent-decoded, with any
-    query (a signature) or fragment ignored.
-
-    Raises:
-        UnprocessableEntity: ``invalid_media_reference``, for anything else.
-    """
-    text = reference.strip()
-    if not text:
-        raise invalid_reference("The media reference is empty")
-    if len(text) > MAX_REFERENCE_CHARS:
-        raise invalid_reference("The media reference is too long")
-    if any(unicodedata.category(character) == "Cc" for character in text):
-        raise invalid_reference("The media reference contains control characters")
-    if text.startswith("gs://"):
-        bucket, _, name = text[len("gs://") :].partition("/")
-        if not bucket or not name:
-            raise invalid_reference("The gs:// URI names no object")
-        return bucket, name
-
-    parts = urlsplit(text)
-    if parts.scheme not in {"http", "https"} or not parts.netloc:
-        raise invalid_reference("The media reference is neither a gs:// URI nor a storage URL")
-    host, path = parts.netloc.lower(), parts.path
-    known_bases = [_origin(storage.public_url)]
-    if storage.emulator_url:
-        known_bases.append(_origin(storage.emulator_url))
-    try:
-        if host.endswith(VIRTUAL_HOST_SUFFIX):
-            bucket, name = host[: -len(VIRTUAL_HOST_SUFFIX)], unquote(path[1:], errors="strict")
-        else:
-            prefixes = [prefix for base, prefix in known_bases if base == host]
-            if host in GOOGLE_STORAGE_HOSTS:
-                prefixes.append("")
-            prefix = next((p for p in prefixes if path.startswith(p + "/")), None)
-            if prefix is None:
-                raise invalid_reference("The media URL is not a Cloud Storage URL")
-            path = path[len(prefix) :]
-            match = JSON_API_PATH.fullmatch(path)
-            if match:
-                bucket, name = match["bucket"], unquote(match["object"], errors="strict")
-            else:
-                bucket, _, quoted = path[1:].partition("/")
-                name = unquote(quoted, errors="strict")
-    except UnicodeDecodeError:
-        raise invalid_reference("The media URL's path is not UTF-8") from None
-    if not bucket or not name:
-        raise invalid_reference("The media URL names no object")
-    return bucket, name
 
 
 UPLOAD_COLUMNS = (
@@ -318,7 +174,7 @@ class MediaRejected(UnprocessableEntity):
 
 @logs_media_check
 def resolve_media(
-    db: Database, storage: MediaStorage, user_id: str, reference: str, mime_type: str | None
+    db: Database, storage: UploadsBucket, user_id: str, reference: str, mime_type: str | None
 ) -> MediaRecord:
     """The caller's upload a media part refers to, checked and ready to send to the model.
 
@@ -376,7 +232,7 @@ def resolve_media(
     return _settled(db, storage, row) or _check_and_promote(db, storage, row)
 
 
-def _settled(db: Database, storage: MediaStorage, row: Row) -> MediaRecord | None:
+def _settled(db: Database, storage: UploadsBucket, row: Row) -> MediaRecord | None:
     """The record of an upload already checked; a refusal if it was rejected; else None."""
     if row["state"] == "uploaded":
         return _record(row, storage.bucket_name, row["size"])
@@ -389,7 +245,7 @@ def _settled(db: Database, storage: MediaStorage, row: Row) -> MediaRecord | Non
     return None
 
 
-def _check_and_promote(db: Database, storage: MediaStorage, row: Row) -> MediaRecord:
+def _check_and_promote(db: Database, storage: UploadsBucket, row: Row) -> MediaRecord:
     name = row["object_name"]
     stored = storage.stat(name)
     if stored is None:
@@ -436,7 +292,7 @@ def _check_and_promote(db: Database, storage: MediaStorage, row: Row) -> MediaRe
 
 
 def check_upload_content(
-    storage: MediaStorage, name: str, stored: StoredObject, expected: str
+    storage: UploadsBucket, name: str, stored: StoredObject, expected: str
 ) -> None:
     """Raise :class:`MediaRejected` unless the object is what its upload declared.
 
@@ -524,7 +380,7 @@ def _object_in_bucket(part: dict[str, Any], bucket: str) -> str | None:
     return None
 
 
-def media_url_signer(storage: MediaStorage, rows: Iterable[Row]) -> MediaUrlSigner | None:
+def media_url_signer(storage: UploadsBucket, rows: Iterable[Row]) -> MediaUrlSigner | None:
     """A signer for the media parts of a page of messages; None when the page has none.
 
     Every URL the page needs is signed up front (concurrently when each signature is an IAM

@@ -1,19 +1,18 @@
-"""Per-instance singletons: created once, on first use, and kept for the instance's life.
+"""What every function's ``main.py`` starts from: settings checked at import, logging, the
+instance's database (:func:`shared.db.database`) and the function's HTTP pipeline.
 
-Cloud Run reuses an instance for many requests, so connections, key caches and SDK clients
-live here rather than in a request (https://cloud.google.com/run/docs/tips/general#use_global_variables).
+The top of ``shared/``'s layers (tools/layers.py): nothing in ``shared/`` imports it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from functools import lru_cache
 from typing import TYPE_CHECKING
 
 from flask import Request
 
 from shared import serving
-from shared.db import Database
+from shared.db import database as database  # the entry points' one import of it
 from shared.log import configure_logging
 from shared.settings import Settings, function_target, get_settings
 from shared.web import Api, Route
@@ -36,11 +35,6 @@ def start_function(*required: str) -> Settings:
     settings = get_settings().require(*required)
     configure_logging(settings.project_id, settings.debug, function_target())
     return settings
-
-
-@lru_cache(maxsize=1)
-def database() -> Database:
-    return Database.from_settings(get_settings())
 
 
 def make_api(

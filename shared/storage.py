@@ -1,34 +1,12 @@
-"""Cloud Storage: the uploads bucket, signed URLs, and the worker that deletes objects.
+"""Cloud Storage: the uploads bucket (names, signed URLs, reads, promotion, deletion).
 
-**Signing.** Browsers reach the private uploads bucket only through V4 signed URLs. Two ways to
-sign, chosen by settings:
+Browsers reach the private uploads bucket only through V4 signed URLs, signed as
+:mod:`shared.signing` describes. Both signers give the same URL shape: ``STORAGE_PUBLIC_URL``
+(Google's endpoint unless set; locally the router, which proxies to the emulator)
+``/<bucket>/<object>?X-Goog-...``.
 
-* Deployed (the default code path): no key file exists. The function's own credentials come
-  from the metadata server (``google.auth.default()``), are refreshed when stale, and
-  ``generate_signed_url`` gets ``service_account_email`` (``SIGNER_SERVICE_ACCOUNT``, else the
-  credentials' own) and ``access_token``, so Google's IAM ``signBlob`` API signs with a key
-  Google holds. Each signature is one network call (~tens of milliseconds), and the account
-  needs ``roles/iam.serviceAccountTokenCreator`` on itself.
-* Locally and in tests (``SIGNER_KEY_FILE`` set): a service-account key JSON that ``make dev``
-  generates in ``.data/`` signs in-process, because ``iamcredentials.googleapis.com`` cannot be
-  reached and google-auth and google-cloud-storage hard-code its address (no stand-in can be
-  slotted in). The URL, its query and its canonical request are exactly the deployed ones;
-  only who computes the RSA signature differs. Settings refuse a key file in production.
-
-Both modes give the same URL shape: ``STORAGE_PUBLIC_URL`` (Google's endpoint unless set;
-locally the router, which proxies to the emulator) ``/<bucket>/<object>?X-Goog-...``.
-
-**Deleting.** Rows of ``storage_deletions`` (one object, or every object under a user's
-prefix) are queued in the transaction that removed their database rows. The worker
-(:func:`process_storage_deletions`) claims due rows with ``FOR UPDATE SKIP LOCKED`` and a lease
-(so two instances never work on one row, and a crashed worker's rows come due again when
-its lease ends), deletes from the bucket outside any transaction, then deletes the row, or
-on failure pushes ``not_before`` back with exponential backoff. Nothing is ever dropped.
-
-Who runs it: :func:`schedule_storage_cleanup`, after a request committed a deletion (a
-background thread, off the request path), and the ``storage_sweep`` function, which a
-periodic trigger (Cloud Scheduler) calls so that leftovers are retried even when no further
-deletion happens. Each run also takes every due leftover, not only its own request's rows.
+The storage deletion queue's worker (:mod:`shared.deletions`) deletes through
+:class:`CloudObjectStore`; :func:`schedule_storage_cleanup` starts it for this instance.
 
 google-cloud-storage is imported on first use only: it costs ~0.3 s of cold start, which
 chats_crud pays only when a page has media or a chat is deleted.
@@ -40,7 +18,6 @@ import contextlib
 import datetime
 import itertools
 import logging
-import re
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -48,11 +25,19 @@ from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qs, quote, urlsplit
+from urllib.parse import quote
 
-from shared.db import Database, Row
-from shared.errors import ServiceUnavailable
+from shared import deletions
+from shared.db import database
+from shared.errors import StorageUnavailable
 from shared.settings import Settings, get_settings
+from shared.signing import (
+    CLOUD_PLATFORM_SCOPE,
+    SignedUrl,
+    Signer,
+    signed_expiry,
+    signer_from_settings,
+)
 
 if TYPE_CHECKING:
     from google.cloud.storage import Client
@@ -61,7 +46,6 @@ logger = logging.getLogger(__name__)
 
 GOOGLE_STORAGE_URL = "https://storage.googleapis.com"
 CONTENT_LENGTH_RANGE = "x-goog-content-length-range"
-CLOUD_PLATFORM_SCOPE = "https://www.googleapis.com/auth/cloud-platform"
 
 # Bucket calls made while a request waits: fail within seconds rather than the SDK's 120 s.
 REQUEST_PATH_TIMEOUT_SECONDS = 10.0
@@ -76,33 +60,6 @@ DOWNLOAD_URLS_CACHED = 10_000
 SIGNING_THREADS = 8
 SIGNING_WAIT_SECONDS = 10.0
 
-# --- the deletion queue
-DELETION_LEASE_SECONDS = 600  # longer than any one row's bucket work takes
-DELETION_BACKOFF_BASE_SECONDS = 60
-DELETION_BACKOFF_MAX_SECONDS = 6 * 3600
-DELETION_ATTEMPTS_BEFORE_ERROR_LOG = 5
-PREFIX_OBJECTS_PER_PASS = 1000
-DELETION_BATCH = 50
-# Only a user's own folder (of checked uploads, or of uploads not yet checked) may ever be
-# deleted as a prefix: a bug that queued "" or "uploads/" must not be able to empty the bucket.
-DELETABLE_PREFIX = re.compile(r"(?:uploads|incoming)/[^/]+/")
-
-
-class StorageUnavailable(ServiceUnavailable):
-    """Cloud Storage (or IAM signing) cannot be reached now; the client should retry."""
-
-    code = "storage_unavailable"
-
-    def __init__(self, detail: str = "File storage is unavailable, please retry shortly") -> None:
-        super().__init__(detail, retry_after=5)
-
-
-@dataclass(frozen=True)
-class SignedUrl:
-    url: str
-    expires_at: float  # epoch seconds
-    headers: dict[str, str]
-
 
 @dataclass(frozen=True)
 class StoredObject:
@@ -111,68 +68,6 @@ class StoredObject:
     content_type: str | None
     size: int
     generation: int | None  # pins reads and the promotion's copy to the bytes checked
-
-
-# --- signers -----------------------------------------------------------------------------
-
-
-class KeyFileSigner:
-    """Signs in-process with a service-account key file (local stack and tests only)."""
-
-    network_bound = False
-
-    def __init__(self, key_file: str) -> None:
-        self._key_file = key_file
-        self._credentials: Any = None
-        self._lock = threading.Lock()
-
-    def signing_arguments(self) -> dict[str, Any]:
-        with self._lock:
-            if self._credentials is None:
-                from google.oauth2 import service_account
-
-                self._credentials = service_account.Credentials.from_service_account_file(
-                    self._key_file
-                )
-        return {"credentials": self._credentials}
-
-
-class IamSigner:
-    """Signs through IAM signBlob as the function's own service account (deployed)."""
-
-    network_bound = True
-
-    def __init__(self, service_account: str | None) -> None:
-        self._service_account = service_account
-        self._credentials: Any = None
-        self._lock = threading.Lock()
-
-    def signing_arguments(self) -> dict[str, Any]:
-        """A fresh access token and the signer's email, as ``generate_signed_url`` takes them."""
-        with self._lock:
-            if self._credentials is None:
-                import google.auth
-
-                self._credentials, _ = google.auth.default(scopes=[CLOUD_PLATFORM_SCOPE])
-            credentials = self._credentials
-            if not credentials.valid:  # expired, or about to: refresh before signing
-                from google.auth.transport.requests import Request
-
-                credentials.refresh(Request())
-            token = credentials.token
-            email = self._service_account or getattr(credentials, "service_account_email", None)
-        if not email or email == "default":
-            raise StorageUnavailable("Cannot sign URLs: the service account email is unknown")
-        return {"service_account_email": email, "access_token": token}
-
-
-Signer = KeyFileSigner | IamSigner
-
-
-def signer_from_settings(settings: Settings) -> Signer:
-    if settings.signer_key_file:
-        return KeyFileSigner(settings.signer_key_file)
-    return IamSigner(settings.signer_service_account)
 
 
 def make_client(settings: Settings) -> Client:
@@ -197,13 +92,6 @@ def _request_path_retry() -> Any:
     from google.cloud.storage.retry import DEFAULT_RETRY
 
     return DEFAULT_RETRY.with_timeout(REQUEST_PATH_RETRY_SECONDS)
-
-
-def _signed_expiry(url: str, ttl_seconds: int) -> float:
-    """The expiry a V4 URL carries: its own ``X-Goog-Date`` plus ``X-Goog-Expires``."""
-    signed_at = parse_qs(urlsplit(url).query)["X-Goog-Date"][0]
-    start = datetime.datetime.strptime(signed_at, "%Y%m%dT%H%M%SZ")
-    return start.replace(tzinfo=datetime.UTC).timestamp() + ttl_seconds
 
 
 # --- the uploads bucket ------------------------------------------------------------------
@@ -338,7 +226,7 @@ class MediaStorage:
                 logger.error("URL signing timed out")
                 raise StorageUnavailable("Cannot sign the URL right now, please retry")
             url = future.result()
-        return SignedUrl(url, _signed_expiry(url, self.upload_ttl_seconds), headers)
+        return SignedUrl(url, signed_expiry(url, self.upload_ttl_seconds), headers)
 
     def download_urls(self, object_names: Iterable[str]) -> dict[str, str]:
         """Signed GET URLs for objects of the bucket, valid for at least half their TTL.
@@ -388,7 +276,7 @@ class MediaStorage:
         for name, url in signed:
             if url is not None:
                 urls[name] = url
-                self._downloads[name] = (url, _signed_expiry(url, ttl))
+                self._downloads[name] = (url, signed_expiry(url, ttl))
         return urls
 
     # --- checks on objects -----------------------------------------------------------------
@@ -522,224 +410,35 @@ def media_storage() -> MediaStorage:
     return MediaStorage.from_settings(get_settings(), client_factory=storage_client)
 
 
-# --- the deletion worker -------------------------------------------------------------------
+# --- what the deletion queue's worker deletes through ----------------------------------------
 
 
-def backoff_seconds(attempts: int) -> int:
-    """Wait before the next attempt after ``attempts`` failed ones: 1 min, 2, 4 ... 6 h."""
-    return int(
-        min(DELETION_BACKOFF_BASE_SECONDS * 2 ** max(attempts - 1, 0), DELETION_BACKOFF_MAX_SECONDS)
-    )
+class CloudObjectStore:
+    """:class:`shared.deletions.ObjectStore` on a storage client: any bucket, SDK retries."""
 
+    def __init__(self, client: Client) -> None:
+        self._client = client
 
-def claim_storage_deletions(
-    db: Database, limit: int, lease_seconds: int = DELETION_LEASE_SECONDS
-) -> list[Row]:
-    """Take up to ``limit`` due rows for this worker alone, for ``lease_seconds``.
+    def delete(self, bucket: str, object_name: str) -> None:
+        from google.api_core.exceptions import NotFound
 
-    One statement: rows another worker holds locked are skipped, and the claimed rows' due
-    time moves to the end of the lease, so no other worker takes them meanwhile. A worker
-    that dies holding them leaves them to come due again when the lease ends.
-    """
-    with db.transaction() as tx:
-        return tx.fetch_all(
-            """
-            UPDATE storage_deletions
-            SET attempts = attempts + 1,
-                not_before = now() + CAST(:lease AS integer) * INTERVAL '1 second'
-            WHERE id IN (
-                SELECT id FROM storage_deletions
-                WHERE not_before <= now()
-                ORDER BY not_before, id
-                LIMIT :limit
-                FOR UPDATE SKIP LOCKED)
-            RETURNING id, bucket, object_name, prefix, attempts
-            """,
-            lease=lease_seconds,
-            limit=limit,
-        )
+        # Already gone is done: a retry after a crash, or an object that was never uploaded.
+        with contextlib.suppress(NotFound):
+            self._client.bucket(bucket).delete_blob(object_name)
 
-
-def _delete_object(client: Client, bucket: str, object_name: str) -> None:
-    from google.api_core.exceptions import NotFound
-
-    # Already gone is done: a retry after a crash, or an object that was never uploaded.
-    with contextlib.suppress(NotFound):
-        client.bucket(bucket).delete_blob(object_name)
-
-
-def _delete_row_objects(client: Client, row: Row) -> bool:
-    """Delete what one queue row names; True when nothing of it is left in the bucket."""
-    if row["object_name"] is not None:
-        if not row["object_name"]:
-            raise ValueError("empty object name")
-        _delete_object(client, row["bucket"], row["object_name"])
-        return True
-    prefix = row["prefix"]
-    if not isinstance(prefix, str) or not DELETABLE_PREFIX.fullmatch(prefix):
-        raise ValueError(f"refusing to delete prefix {prefix!r}: not a user's uploads folder")
-    listing = client.list_blobs(row["bucket"], prefix=prefix, max_results=PREFIX_OBJECTS_PER_PASS)
-    # islice too: a server that ignores maxResults (the emulator does) still gets passes.
-    names = [blob.name for blob in itertools.islice(listing, PREFIX_OBJECTS_PER_PASS)]
-    for name in names:
-        _delete_object(client, row["bucket"], name)
-    return len(names) < PREFIX_OBJECTS_PER_PASS
-
-
-def _deletion_pass(db: Database, client: Client, limit: int, lease_seconds: int) -> tuple[int, int]:
-    """One claim and its bucket work; returns (rows claimed, rows finished)."""
-    rows = claim_storage_deletions(db, limit, lease_seconds)
-    finished = 0
-    for row in rows:
-        try:
-            complete = _delete_row_objects(client, row)
-        except Exception as error:  # noqa: BLE001 - every failure is retried later
-            delay = backoff_seconds(row["attempts"])
-            level = (
-                logging.ERROR
-                if row["attempts"] >= DELETION_ATTEMPTS_BEFORE_ERROR_LOG
-                else logging.WARNING
-            )
-            logger.log(
-                level,
-                "storage deletion failed; retrying later",
-                extra={
-                    "error": f"{type(error).__name__}: {error}"[:300],
-                    "attempts": row["attempts"],
-                    "retry_in_seconds": delay,
-                },
-            )
-            with db.transaction() as tx:
-                tx.execute(
-                    "UPDATE storage_deletions SET not_before = now() + "
-                    "CAST(:delay AS integer) * INTERVAL '1 second' WHERE id = :id",
-                    delay=delay,
-                    id=row["id"],
-                )
-            continue
-        with db.transaction() as tx:
-            if complete:
-                tx.execute("DELETE FROM storage_deletions WHERE id = :id", id=row["id"])
-                finished += 1
-            else:
-                # A big prefix, deleted in passes: progress, not failure, so due again at once.
-                tx.execute(
-                    "UPDATE storage_deletions SET not_before = now(), attempts = 0 WHERE id = :id",
-                    id=row["id"],
-                )
-    return len(rows), finished
-
-
-def process_storage_deletions(
-    db: Database,
-    client: Client,
-    limit: int = DELETION_BATCH,
-    *,
-    lease_seconds: int = DELETION_LEASE_SECONDS,
-) -> int:
-    """Claim up to ``limit`` due queue rows and do their bucket work.
-
-    Safe to run on any number of instances at once. Rows whose deletion fails are retried
-    later with exponential backoff, never dropped; a prefix larger than one pass is left due
-    again for the next call.
-
-    Returns:
-        How many queue rows were finished (their objects are gone and the row deleted).
-    """
-    return _deletion_pass(db, client, limit, lease_seconds)[1]
-
-
-@dataclass(frozen=True)
-class SweepResult:
-    finished: int
-    due: int  # rows still due when the sweep stopped (0 unless it ran out of time)
-
-
-def due_storage_deletions(db: Database) -> int:
-    row = db.fetch_one("SELECT count(*) AS n FROM storage_deletions WHERE not_before <= now()")
-    return int(row["n"]) if row else 0
-
-
-def storage_deletions_backlog(db: Database) -> tuple[int, float | None]:
-    """Rows queued in ``storage_deletions`` and the oldest one's age in seconds (None if empty)."""
-    row = db.fetch_one(
-        "SELECT count(*) AS n, EXTRACT(EPOCH FROM now() - min(created_at)) AS oldest "
-        "FROM storage_deletions"
-    )
-    if row is None or not row["n"]:
-        return 0, None
-    return int(row["n"]), float(row["oldest"])
-
-
-def run_storage_sweep(
-    db: Database, client_factory: Callable[[], Client], budget_seconds: float
-) -> SweepResult:
-    """Work through due rows until none is left or ``budget_seconds`` have passed.
-
-    The storage client is only created when there is work (it is costly to import).
-    """
-    deadline = time.monotonic() + budget_seconds
-    finished = 0
-    if due_storage_deletions(db) == 0:
-        return SweepResult(0, 0)
-    client = client_factory()
-    while time.monotonic() < deadline:
-        claimed, done = _deletion_pass(db, client, DELETION_BATCH, DELETION_LEASE_SECONDS)
-        finished += done
-        if claimed == 0:
-            return SweepResult(finished, 0)
-    return SweepResult(finished, due_storage_deletions(db))
-
-
-class _BackgroundCleaner:
-    """One thread per instance that sweeps the queue whenever woken."""
-
-    def __init__(self, budget_seconds: float = 120.0) -> None:
-        self._budget = budget_seconds
-        self._lock = threading.Lock()
-        self._wanted = False
-        self._thread: threading.Thread | None = None
-
-    def wake(self) -> None:
-        with self._lock:
-            self._wanted = True
-            if self._thread is not None:
-                return  # the running sweep looks again before it stops
-            self._thread = threading.Thread(target=self._run, name="storage-cleanup", daemon=True)
-            self._thread.start()
-
-    def _run(self) -> None:
-        from shared.runtime import database
-
-        while True:
-            with self._lock:
-                if not self._wanted:
-                    self._thread = None
-                    return
-                self._wanted = False
-            try:
-                result = run_storage_sweep(database(), storage_client, self._budget)
-                if result.finished:
-                    logger.info(
-                        "storage cleanup", extra={"finished": result.finished, "due": result.due}
-                    )
-            except Exception:  # the queue keeps the work for the next sweep
-                logger.exception("storage cleanup failed; the queue keeps the work")
+    def names_under(self, bucket: str, prefix: str, limit: int) -> list[str]:
+        listing = self._client.list_blobs(bucket, prefix=prefix, max_results=limit)
+        # islice too: a server that ignores maxResults (the emulator does) still gets passes.
+        return [blob.name for blob in itertools.islice(listing, limit)]
 
 
 @lru_cache(maxsize=1)
-def _cleaner() -> _BackgroundCleaner:
-    return _BackgroundCleaner()
+def object_store() -> CloudObjectStore:
+    """The instance's :class:`CloudObjectStore`, sharing :func:`storage_client`."""
+    return CloudObjectStore(storage_client())
 
 
 def schedule_storage_cleanup() -> None:
-    """Delete queued objects in a background thread; call after committing a deletion.
-
-    Returns at once: the bucket work runs off the request path. On Cloud Run with the
-    default request-based CPU allocation the instance's CPU is throttled once no request is
-    active, so the thread may only progress during later requests, or be lost when the
-    instance stops. That costs time, never data: the rows stay queued (and a claimed row's
-    lease runs out) until a worker finishes them, and the ``storage_sweep`` function, called
-    periodically by Cloud Scheduler, guarantees that worker runs.
-    """
-    _cleaner().wake()
+    """Delete this instance's queued objects in a background thread; call after committing a
+    deletion (see :func:`shared.deletions.schedule_storage_cleanup`)."""
+    deletions.schedule_storage_cleanup(database(), object_store)

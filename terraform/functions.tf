@@ -149,15 +149,16 @@ locals {
   }
 
   # var.tuning's settings that shared/settings.py itself checks against each other at start (context
-  # and summary budgets, request and upload limits, URL lifetimes): every function reads them.
+  # and summary budgets, request limits): every function reads them.
   tuning_read_by_all = [
     "DB_ACQUIRE_TIMEOUT_SECONDS", "JWT_LEEWAY_SECONDS", "MAX_CONTEXT_TOKENS", "MAX_REQUEST_BYTES",
-    "MEDIA_URL_TTL_SECONDS", "SUMMARY_MAX_TOKENS", "SUMMARY_TARGET_TOKENS", "TARGET_WINDOW_TOKENS",
-    "UPLOAD_MAX_BYTES", "UPLOAD_URL_TTL_SECONDS",
+    "SUMMARY_MAX_TOKENS", "SUMMARY_TARGET_TOKENS", "TARGET_WINDOW_TOKENS",
     # shared/serving.py, which every function's HTTP pipeline installs, bounds request bodies.
     "REQUEST_BODY_TIMEOUT_SECONDS",
   ]
 
+  # MEDIA_URL_TTL_SECONDS, UPLOAD_MAX_BYTES, UPLOAD_URL_TTL_SECONDS: the uploads bucket's limits and
+  # URL lifetimes, read by every function that imports shared/storage.py (all but summarize).
   function_env_keys = {
     chat_stream = [
       "ALLOWED_ORIGINS", "CLERK_ISSUER", "CLERK_JWKS_URL", "GCS_BUCKET_NAME", "LOCATION",
@@ -169,15 +170,22 @@ locals {
       "RATE_LIMIT_TOKENS_PER_DAY", "SSE_HEARTBEAT_SECONDS", "SUMMARY_KEEP_RECENT",
       "SUMMARY_MIN_MESSAGES", "SUMMARY_TRIGGER_TOKENS", "SYSTEM_INSTRUCTION_TTL_SECONDS",
       "GEMINI_FALLBACK_MODEL", "GEMINI_RETRY_BUDGET_SECONDS", "PLAN_CLAIM", "DEFAULT_PLAN", "PLAN_LIMITS",
+      "MEDIA_URL_TTL_SECONDS", "UPLOAD_MAX_BYTES", "UPLOAD_URL_TTL_SECONDS",
     ]
     chats_crud = [
       "ALLOWED_ORIGINS", "CLERK_ISSUER", "CLERK_JWKS_URL", "GCS_BUCKET_NAME", "SIGNER_SERVICE_ACCOUNT",
       "PLAN_CLAIM", "DEFAULT_PLAN", "PLAN_LIMITS", "RATE_LIMIT_MESSAGES_PER_MINUTE", "RATE_LIMIT_TOKENS_PER_DAY",
+      "MEDIA_URL_TTL_SECONDS", "UPLOAD_MAX_BYTES", "UPLOAD_URL_TTL_SECONDS",
     ]
-    upload_url    = ["ALLOWED_ORIGINS", "CLERK_ISSUER", "CLERK_JWKS_URL", "GCS_BUCKET_NAME", "SIGNER_SERVICE_ACCOUNT", "UPLOAD_ALLOWED_TYPES"]
-    clerk_webhook = ["GCS_BUCKET_NAME"]
+    upload_url = [
+      "ALLOWED_ORIGINS", "CLERK_ISSUER", "CLERK_JWKS_URL", "GCS_BUCKET_NAME", "SIGNER_SERVICE_ACCOUNT", "UPLOAD_ALLOWED_TYPES",
+      "MEDIA_URL_TTL_SECONDS", "UPLOAD_MAX_BYTES", "UPLOAD_URL_TTL_SECONDS",
+    ]
+    clerk_webhook = ["GCS_BUCKET_NAME", "MEDIA_URL_TTL_SECONDS", "UPLOAD_MAX_BYTES", "UPLOAD_URL_TTL_SECONDS"]
     summarize     = ["LOCATION", "SUMMARY_MODEL", "THINKING_BUDGET", "MODEL_TIMEOUT_SECONDS", "GEMINI_RETRY_BUDGET_SECONDS"]
-    storage_sweep = [] # the queue rows name their buckets; only the database and PROJECT_ID (common_env)
+    # The queue rows name their buckets: besides the database and PROJECT_ID (common_env), only what
+    # shared/storage.py reads.
+    storage_sweep = ["MEDIA_URL_TTL_SECONDS", "UPLOAD_MAX_BYTES", "UPLOAD_URL_TTL_SECONDS"]
   }
 
   # var.tuning: chat_window_size = 30 -> CHAT_WINDOW_SIZE=30; lists are joined with commas.

@@ -1,6 +1,6 @@
 # The periodic storage sweep. Deleting a chat or a user queues its bucket objects in
 # storage_deletions and starts the bucket work in a background thread of the request that did it
-# (shared/storage.py). On Cloud Run that thread may be throttled once the request ends, or lost with
+# (shared/deletions.py). On Cloud Run that thread may be throttled once the request ends, or lost with
 # its instance, and a failed deletion waits for its backoff: this job calls storage_sweep (POST /)
 # every 10 minutes so the queue drains even when no further deletion happens.
 #

@@ -16,18 +16,18 @@ from dev.stack import LocalStack
 from shared.db import Database
 from shared.errors import ApiError, NotFound, UnprocessableEntity
 from shared.file_types import CHECKED_TYPES, TEXT_TYPE, ftyp_brands, matches
-from shared.media import (
+from shared.media import link_media_to_chat, resolve_media
+from shared.media_references import parse_reference
+from shared.object_names import (
     MAX_FILE_NAME_BYTES,
-    link_media_to_chat,
     object_name,
-    parse_reference,
     permanent_object_name,
-    resolve_media,
     safe_file_name,
     user_prefix,
 )
 from shared.settings import DEFAULT_UPLOAD_TYPES
-from shared.storage import KeyFileSigner, MediaStorage
+from shared.signing import KeyFileSigner
+from shared.storage import MediaStorage
 from tests.conftest import ApiClient, upload_file
 
 PNG = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + b"\x00" * 40

@@ -137,7 +137,7 @@ def test_search_needs_a_token(anonymous: ApiClient) -> None:
 def test_a_word_too_common_to_rank_lists_matching_chats_by_recent_activity(
     alice: ApiClient, db: Database
 ) -> None:
-    from shared.chats import SEARCH_RANKED_HITS
+    from shared.chat_list import SEARCH_RANKED_HITS
 
     word = "everywhere" + uuid.uuid4().hex[:6]
     busy = alice.create_chat("Busy")["chatId"]

@@ -14,14 +14,11 @@ import pytest
 import requests
 
 from dev.stack import LocalStack
-from shared import storage
+from shared import deletions
 from shared.db import Database, connect_kwargs_from_url
+from shared.deletions import claim_storage_deletions, process_storage_deletions
 from shared.media import resolve_media
-from shared.storage import (
-    MediaStorage,
-    claim_storage_deletions,
-    process_storage_deletions,
-)
+from shared.storage import CloudObjectStore, MediaStorage
 from tests.conftest import ApiClient, upload_file
 from tests.test_upload_url import PNG, add_media_message
 
@@ -51,9 +48,14 @@ def queue(
             )
 
 
+def sweep_once(db: Database, storage_client: Any, limit: int) -> int:
+    """One pass of the worker over the bucket; how many rows it finished."""
+    return process_storage_deletions(db, CloudObjectStore(storage_client), limit).finished
+
+
 def drain(db: Database, storage_client: Any) -> None:
     """Finish whatever earlier tests left due, so counts below are this test's own."""
-    while process_storage_deletions(db, storage_client, 100):
+    while sweep_once(db, storage_client, 100):
         pass
 
 
@@ -109,14 +111,14 @@ def test_a_prefix_row_deletes_every_object_of_that_user_only(
     mine = [f"uploads/{user}/{uuid.uuid4()}/{n}.png" for n in range(5)]
     neighbours = [f"uploads/{user}x/{uuid.uuid4()}/a.png", f"uploads/x{user}/1/b.png"]
     put_objects(storage_client, bucket, mine + neighbours)
-    monkeypatch.setattr(storage, "PREFIX_OBJECTS_PER_PASS", 2)  # several passes for 5 objects
+    monkeypatch.setattr(deletions, "PREFIX_OBJECTS_PER_PASS", 2)  # several passes for 5 objects
     queue(db, bucket, prefix=f"uploads/{user}/")
 
     passes = 0
     while db.fetch_one(
         "SELECT 1 AS x FROM storage_deletions WHERE prefix = :p", p=f"uploads/{user}/"
     ):
-        process_storage_deletions(db, storage_client, 10)
+        sweep_once(db, storage_client, 10)
         passes += 1
         assert passes < 10
     assert passes == 3  # 2 + 2 + 1 objects: a pass that finds fewer than 2 finishes the row
@@ -134,17 +136,17 @@ def test_a_row_left_by_a_crashed_worker_is_retried_when_its_lease_ends(
 
     claimed = claim_storage_deletions(db, 10, lease_seconds=2)  # ...and the worker dies here
     assert [row["object_name"] for row in claimed] == [name]
-    assert process_storage_deletions(db, storage_client, 10) == 0  # leased: nobody else takes it
+    assert sweep_once(db, storage_client, 10) == 0  # leased: nobody else takes it
     assert exists(storage_client, bucket, name)
     time.sleep(2.2)
-    assert process_storage_deletions(db, storage_client, 10) == 1
+    assert sweep_once(db, storage_client, 10) == 1
     assert not exists(storage_client, bucket, name)
     assert (
         db.fetch_one("SELECT 1 AS x FROM storage_deletions WHERE object_name = :o", o=name) is None
     )
     # Done twice is still done: the object is already gone when a retry comes.
     queue(db, bucket, objects=[name])
-    assert process_storage_deletions(db, storage_client, 10) == 1
+    assert sweep_once(db, storage_client, 10) == 1
 
 
 def test_failures_back_off_exponentially_and_are_never_dropped(
@@ -154,7 +156,7 @@ def test_failures_back_off_exponentially_and_are_never_dropped(
     queue(db, media_store.bucket_name, prefix="uploads/")
     try:
         for attempt, backoff in ((1, 60), (2, 120), (3, 240)):
-            assert process_storage_deletions(db, storage_client, 10) == 0
+            assert sweep_once(db, storage_client, 10) == 0
             row = db.fetch_one(
                 "SELECT attempts, EXTRACT(EPOCH FROM not_before - now())::int AS wait "
                 "FROM storage_deletions WHERE prefix = 'uploads/'"
@@ -167,7 +169,7 @@ def test_failures_back_off_exponentially_and_are_never_dropped(
             )  # time passes
     finally:
         db.fetch_all("DELETE FROM storage_deletions WHERE prefix = 'uploads/' RETURNING id")
-    assert storage.backoff_seconds(30) == 6 * 3600  # capped
+    assert deletions.backoff_seconds(30) == 6 * 3600  # capped
 
 
 def test_concurrent_workers_never_take_the_same_row(
@@ -214,7 +216,9 @@ def test_concurrent_workers_never_take_the_same_row(
 
         def work() -> None:
             total = 0
-            while done := process_storage_deletions(pool, storage_client, 4):
+            while done := process_storage_deletions(
+                pool, CloudObjectStore(storage_client), 4
+            ).finished:
                 total += done
             finished.append(total)
 
@@ -274,4 +278,4 @@ def test_a_claim_skips_rows_another_worker_is_claiming_without_waiting(
         "UPDATE storage_deletions SET not_before = now() "
         "WHERE object_name LIKE 'uploads/user_locks/%' RETURNING id"
     )
-    assert process_storage_deletions(db, storage_client, 100) == 6
+    assert sweep_once(db, storage_client, 100) == 6

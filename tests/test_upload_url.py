@@ -25,7 +25,8 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from dev.metadata_standin import LOCAL_ACCESS_TOKEN, LOCAL_SERVICE_ACCOUNT
 from dev.stack import LocalStack
 from shared.db import Database
-from shared.media import incoming_prefix, resolve_media
+from shared.media import resolve_media
+from shared.object_names import incoming_prefix
 from shared.storage import MediaStorage
 from tests.conftest import FRONTEND_ORIGIN, REPO_ROOT, ApiClient, assert_error, upload_file
 
@@ -374,7 +375,8 @@ IAM_SCRIPT = """
 import base64, json, sys
 import google.cloud.storage._signing as signing
 from google.oauth2 import service_account
-from shared.storage import IamSigner, media_storage
+from shared.signing import IamSigner
+from shared.storage import media_storage
 
 calls = []
 key = service_account.Credentials.from_service_account_file(sys.argv[1])

@@ -25,7 +25,7 @@ from urllib.parse import urlencode
 import functions_framework
 from flask import Request, Response
 
-from shared import chats, media, usage
+from shared import chat_list, chats, history, media, usage
 from shared.auth import AuthenticatedUser, request_authenticator
 from shared.runtime import database, make_api, start_function
 from shared.schemas import (
@@ -56,11 +56,11 @@ def _next_page_headers(request: Request, cursor_name: str, cursor: object | None
 def list_chats(request: Request, user: AuthenticatedUser) -> Response:
     query = validate(ChatListQuery, query_args(request, ChatListQuery), where="query.")
     if query.q:
-        hits, next_cursor = chats.search_chats(
+        hits, next_cursor = chat_list.search_chats(
             database(), user.id, query.q, query.limit or SEARCH_PAGE_SIZE, query.cursor
         )
         return json_response(hits, headers=_next_page_headers(request, "cursor", next_cursor))
-    page, next_cursor = chats.list_chats_json(
+    page, next_cursor = chat_list.list_chats_json(
         database(), user.id, query.limit or LIST_PAGE_SIZE, query.cursor
     )
     return Response(
@@ -80,11 +80,11 @@ def create_chat(request: Request, user: AuthenticatedUser) -> Response:
 
 def read_chat(request: Request, user: AuthenticatedUser, chat_id: str) -> Response:
     query = validate(MessageListQuery, query_args(request, MessageListQuery), where="query.")
-    rows, older = chats.list_messages(
+    rows, older = history.list_messages(
         database(), user.id, chats.parse_chat_id(chat_id), query.limit, query.before
     )
     sign = media.media_url_signer(media_storage(), rows)
-    messages = [chats.message_object(row, sign) for row in rows]
+    messages = [history.message_object(row, sign) for row in rows]
     return json_response(messages, headers=_next_page_headers(request, "before", older))
 
 

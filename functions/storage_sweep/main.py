@@ -5,7 +5,7 @@
 | POST /  | sweep   |
 
 Deleting a chat or a user queues its objects in ``storage_deletions`` and starts the bucket
-work in the background of the request that did it (``shared.storage``). On Cloud Run that
+work in the background of the request that did it (``shared.deletions``). On Cloud Run that
 background work may be throttled or lost with its instance, and a failed deletion waits for
 its backoff: this function is what guarantees the queue drains even when no further deletion
 happens. Cloud Scheduler calls it every few minutes with an OIDC token; like summarize it
@@ -21,8 +21,9 @@ import time
 import functions_framework
 from flask import Request, Response
 
+from shared.deletions import run_storage_sweep, storage_deletions_backlog
 from shared.runtime import database, make_api, start_function
-from shared.storage import run_storage_sweep, storage_client, storage_deletions_backlog
+from shared.storage import object_store
 from shared.telemetry import log_storage_sweep
 from shared.web import Route, json_response
 
@@ -35,7 +36,7 @@ SWEEP_BUDGET_SECONDS = 240.0
 
 def sweep(request: Request) -> Response:
     started = time.perf_counter()
-    result = run_storage_sweep(database(), storage_client, SWEEP_BUDGET_SECONDS)
+    result = run_storage_sweep(database(), object_store, SWEEP_BUDGET_SECONDS)
     pending, oldest = storage_deletions_backlog(database())
     log_storage_sweep(
         result.finished,

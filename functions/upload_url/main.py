@@ -25,9 +25,9 @@ import functions_framework
 import pg8000.exceptions
 from flask import Request, Response
 
-from shared import media
+from shared import media, object_names
 from shared.auth import AuthenticatedUser, request_authenticator
-from shared.db import sqlstate
+from shared.db import FOREIGN_KEY_VIOLATION, sqlstate
 from shared.errors import PayloadTooLarge, Unauthorized, UnprocessableEntity
 from shared.runtime import database, make_api, start_function
 from shared.schemas import UploadUrlRequest, UploadUrlResponse
@@ -36,8 +36,6 @@ from shared.storage import media_storage
 from shared.web import Route, json_response, parse_json
 
 start_function("GCS_BUCKET_NAME")
-
-FOREIGN_KEY_VIOLATION = "23503"
 
 
 def _megabytes(size: int) -> str:
@@ -73,7 +71,7 @@ def create_upload_url(request: Request, user: AuthenticatedUser) -> Response:
     content_type = check_upload(body.contentType, body.size)
     storage = media_storage()
     upload_id = uuid.uuid4()
-    name = media.object_name(user.id, upload_id, body.filename)
+    name = object_names.object_name(user.id, upload_id, body.filename)
     # The URL signs the Content-Type exactly as the client sent it, since the existing
     # frontend PUTs with that same string (``file.type``): signing a normalised spelling
     # (``image/PNG`` as ``image/png``) would make Cloud Storage refuse its upload. The record
