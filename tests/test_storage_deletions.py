@@ -23,7 +23,7 @@ from shared.storage import (
     process_storage_deletions,
 )
 from tests.conftest import ApiClient, upload_file
-from tests.test_upload_url import PNG, add_media_message
+from tests.helpers import PNG, add_media_message
 
 
 def exists(storage_client: Any, bucket: str, name: str) -> bool:
