@@ -947,7 +947,7 @@ def test_checkov_reports_no_failed_check() -> None:
     if not CHECKOV.exists():
         pytest.skip(
             "checkov is not installed: python3 -m venv .venv-checkov && "
-            ".venv-checkov/bin/pip install -r tools/requirements-checkov.txt"
+            ".venv-checkov/bin/pip install --require-hashes -r tools/requirements-checkov.txt"
         )
     result = subprocess.run(
         [
