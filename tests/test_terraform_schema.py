@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parent.parent
 TERRAFORM = REPO / "terraform"
 TF_FILES = sorted(TERRAFORM.glob("*.tf"))
 
-# Minimum provider versions the paths in NEWER_THAN_SCHEMA need: versions.tf must not allow older ones.
+# Minimum provider versions NEWER_THAN_SCHEMA needs: versions.tf must not allow older ones.
 MINIMUM_PROVIDER = {"google": (7, 21), "google-beta": (7, 21), "random": (3, 7)}
 
 # Terraform's own arguments and blocks, valid in every resource, data or ephemeral block.
