@@ -15,22 +15,23 @@ CHROMIUM      := /usr/bin/chromium
 FUZZ_VENV     := .venv-schemathesis
 FUZZ_STAMP    := $(FUZZ_VENV)/.installed
 
-.PHONY: install dev test lint terraform-fmt pytest bench archives migrate migrate-cloud checkov clean
+.PHONY: install dev test lint lock lock-check terraform-fmt pytest bench archives migrate migrate-cloud checkov clean
 
-$(STAMP): requirements-dev.txt functions/*/requirements.txt
+# Every virtualenv installs from a lock file (make lock): every package pinned, with hashes.
+$(STAMP): requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip
-	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check --require-hashes -r requirements-dev.txt
 	touch $(STAMP)
 
 $(TASKS_STAMP): tools/requirements-tasks-emulator.txt
 	$(PYTHON) -m venv $(TASKS_VENV)
-	$(TASKS_VENV)/bin/pip install --quiet --disable-pip-version-check -r tools/requirements-tasks-emulator.txt
+	$(TASKS_VENV)/bin/pip install --quiet --disable-pip-version-check --require-hashes -r tools/requirements-tasks-emulator.txt
 	touch $(TASKS_STAMP)
 
 $(CHECKOV_STAMP): tools/requirements-checkov.txt
 	$(PYTHON) -m venv $(CHECKOV_VENV)
-	$(CHECKOV_VENV)/bin/pip install --quiet --disable-pip-version-check -r tools/requirements-checkov.txt
+	$(CHECKOV_VENV)/bin/pip install --quiet --disable-pip-version-check --require-hashes -r tools/requirements-checkov.txt
 	touch $(CHECKOV_STAMP)
 
 # Installed only when missing; Playwright drives it (its own browser download cannot work here).
@@ -40,7 +41,7 @@ $(CHROMIUM):
 
 $(FUZZ_STAMP): tools/requirements-schemathesis.txt
 	$(PYTHON) -m venv $(FUZZ_VENV)
-	$(FUZZ_VENV)/bin/pip install --quiet --disable-pip-version-check -r tools/requirements-schemathesis.txt
+	$(FUZZ_VENV)/bin/pip install --quiet --disable-pip-version-check --require-hashes -r tools/requirements-schemathesis.txt
 	touch $(FUZZ_STAMP)
 
 install: $(STAMP) $(TASKS_STAMP)
@@ -49,12 +50,21 @@ install: $(STAMP) $(TASKS_STAMP)
 dev: install
 	$(PY) -m dev.stack
 
-## make test: lint, types, terraform fmt, then the whole test suite against real components
-test: lint terraform-fmt pytest
+## make test: lint, types, lock files, terraform fmt, then the whole test suite against real components
+test: lint lock-check terraform-fmt pytest
 
 lint: install
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+
+## make lock: compile every requirements .in file into its hashed lock (.txt) after editing one
+lock: install
+	$(PY) tools/locks.py
+
+## make lock-check: fail when a lock file is out of sync with its .in file (needs PyPI)
+lock-check: install
+	$(PY) tools/locks.py --check
 
 ## terraform fmt -check (the terraform binary only, no provider); skipped, saying so, without it
 terraform-fmt:

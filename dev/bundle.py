@@ -1,13 +1,14 @@
 """Build a function's deployment bundle exactly as it is deployed.
 
 A deployed function's source archive holds only the files of an allow-list: the function's
-``functions/<name>/*.py`` and ``requirements.txt`` at the archive's root, plus ``shared/**/*.py``
-and ``shared/system_instruction.md`` beside ``main.py`` (:data:`FUNCTION_PATTERNS`,
-:data:`SHARED_PATTERNS`). ``make archives`` (``tools/build_function_archives.py``) zips it with
-:func:`write_archive`, deterministically, and ``terraform/functions.tf`` computes the same
-:func:`source_hash` from the same patterns to name the uploaded object; ``tests/test_bundle.py``
-builds the bundle here and imports the entry point from it alone, and ``tests/test_terraform.py``
-checks that Terraform's patterns and hash agree with these.
+``functions/<name>/*.py`` and ``requirements.txt`` (its lock file: pinned, hashed) at the
+archive's root, plus ``shared/**/*.py`` and ``shared/system_instruction.md`` beside ``main.py``
+(:data:`FUNCTION_PATTERNS`, :data:`SHARED_PATTERNS`). ``make archives``
+(``tools/build_function_archives.py``) zips it with :func:`write_archive`, deterministically,
+and ``terraform/functions.tf`` computes the same :func:`source_hash` from the same patterns to
+name the uploaded object; ``tests/test_bundle.py`` builds the bundle here and imports the entry
+point from it alone, and ``tests/test_terraform.py`` checks that Terraform's patterns and hash
+agree with these.
 
 Run ``python -m dev.bundle chats_crud build/chats_crud`` to build one by hand.
 """

@@ -39,7 +39,6 @@ class MetadataStandin(ThreadingHTTPServer):
         super().__init__(("127.0.0.1", 0), _Handler)
         self.project_id = project_id
         self.service_account = service_account
-        self.token_requests = 0
 
     @property
     def host(self) -> str:
@@ -85,7 +84,6 @@ class _Handler(BaseHTTPRequestHandler):
             }
             self._send(200, "application/json", json.dumps(body))
         elif path == f"{account}/token":
-            self.server.token_requests += 1
             token = {"access_token": LOCAL_ACCESS_TOKEN, "expires_in": 3600, "token_type": "Bearer"}
             self._send(200, "application/json", json.dumps(token))
         elif path == f"{account}/identity":

@@ -65,7 +65,6 @@ _GENERIC_REFERENCES = (
     "sent you",
     "shared",
 )
-_WORD = re.compile(r"[a-z]+(?: you)?")
 
 
 def media_kind(mime_type: str) -> str:
@@ -107,7 +106,6 @@ class ModelContext:
     window_positions: list[int]
     window_tokens: int
     media_sent: list[dict[str, Any]] = field(default_factory=list)
-    media_left_out: int = 0
     # tokens and messages newer than the summary that the window query saw
     uncovered_tokens: int = 0
     uncovered_messages: int = 0
@@ -235,7 +233,6 @@ def build_context(
     if settings.media_allow_history_if_referenced and not settings.media_include_only_current:
         wanted_kinds = referenced_media_kinds(current.content)
     media_sent: list[dict[str, Any]] = []
-    left_out = 0
     # Decide newest first so the caps keep the most recent media; the current message's own
     # media was validated against the caps when it arrived, so it always fits.
     include: set[tuple[int, int]] = set()
@@ -248,8 +245,6 @@ def build_context(
                 part["mime_type"]
             ):
                 include.add((message.position, index))
-            else:
-                left_out += 1
 
     contents: list[dict[str, Any]] = []
     for message in window:
@@ -282,7 +277,6 @@ def build_context(
         window_positions=[message.position for message in window],
         window_tokens=tokens,
         media_sent=media_sent,
-        media_left_out=left_out,
         uncovered_tokens=sum(message.token_count for message in newest_first),
         uncovered_messages=len(newest_first),
     )

@@ -94,11 +94,6 @@ class RateLimited(ApiError):
         )
 
 
-class NotImplementedYet(ApiError):
-    status = 501
-    code = "not_implemented"
-
-
 class ServiceUnavailable(ApiError):
     status = 503
     code = "service_unavailable"

@@ -313,7 +313,7 @@ BACKOFF_CAP_SECONDS = 2.0
 
 def backoff_seconds(attempt: int) -> float:
     """The wait before retry number ``attempt`` (1, 2, ...)."""
-    ceiling = min(BACKOFF_CAP_SECONDS, BACKOFF_BASE_SECONDS * 2 ** (attempt - 1))
+    ceiling = min(BACKOFF_CAP_SECONDS, BACKOFF_BASE_SECONDS * 2.0 ** (attempt - 1))
     return ceiling / 2 + random.uniform(0, ceiling / 2)
 
 

@@ -299,7 +299,7 @@ def _use_bounded_body_worker() -> None:
     application = ff_gunicorn.GunicornApplication
     if getattr(application, "_raven_worker", False):
         return
-    original = application.load_config
+    original: Callable[[Any], None] = application.load_config
 
     def load_config(self: Any) -> None:
         if "worker_class" not in self.options:
@@ -307,7 +307,7 @@ def _use_bounded_body_worker() -> None:
         original(self)
 
     application.load_config = load_config  # type: ignore[method-assign]
-    application._raven_worker = True
+    application._raven_worker = True  # type: ignore[attr-defined]  # our mark on their class
 
 
 def install(api_handle: Callable[[Any], Any], max_body_bytes: int, timeout_seconds: float) -> None:

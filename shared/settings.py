@@ -97,7 +97,6 @@ class Settings(BaseModel):
         "production", alias="ENVIRONMENT"
     )
     debug: bool = Field(False, alias="DEBUG")
-    port: int = Field(8080, alias="PORT", gt=0, lt=65536)
     allowed_origins: CommaList = Field(default_factory=list, alias="ALLOWED_ORIGINS")
     max_request_bytes: PositiveInt = Field(1_048_576, alias="MAX_REQUEST_BYTES")
     request_body_timeout_seconds: PositiveInt = Field(10, alias="REQUEST_BODY_TIMEOUT_SECONDS")
@@ -269,11 +268,6 @@ class Settings(BaseModel):
         if self.environment == "production" and self.storage_emulator_host:
             raise ValueError("STORAGE_EMULATOR_HOST must be empty when ENVIRONMENT is production")
         return self
-
-    @property
-    def uses_vertex_ai(self) -> bool:
-        """Gemini through Vertex AI (the service account's identity) unless an API key is set."""
-        return self.gemini_api_key is None
 
     def require(self, *names: str) -> Settings:
         """Fail fast unless every named variable is set, for the function that needs them.

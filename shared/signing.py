@@ -52,7 +52,8 @@ class KeyFileSigner:
             if self._credentials is None:
                 from google.oauth2 import service_account
 
-                self._credentials = service_account.Credentials.from_service_account_file(
+                # google-auth leaves this classmethod unannotated
+                self._credentials = service_account.Credentials.from_service_account_file(  # type: ignore[no-untyped-call]
                     self._key_file
                 )
         return {"credentials": self._credentials}

@@ -96,7 +96,9 @@ resource "google_storage_bucket" "sources" {
 # --- configuration: the system instruction ---------------------------------------------------
 #
 # chat_stream reads it from SYSTEM_INSTRUCTION_URL and caches it for SYSTEM_INSTRUCTION_TTL_SECONDS:
-# editing system_instruction.md and applying changes Raven's instruction without redeploying anything.
+# editing shared/system_instruction.md and applying changes Raven's instruction without redeploying
+# anything. The same file is bundled with every function as the default used when the bucket cannot
+# be read, so there is one text, not two that drift apart.
 # Versioned, so an edit can be rolled back.
 resource "google_storage_bucket" "config" {
   name                        = "${var.project_id}-${var.name_prefix}-config"
@@ -128,6 +130,6 @@ resource "google_storage_bucket" "config" {
 resource "google_storage_bucket_object" "system_instruction" {
   bucket       = google_storage_bucket.config.name
   name         = "system_instruction.md"
-  source       = "${path.module}/system_instruction.md"
+  source       = "${path.module}/../shared/system_instruction.md"
   content_type = "text/markdown; charset=utf-8"
 }

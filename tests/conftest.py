@@ -25,6 +25,7 @@ from dev.stack import LocalStack, free_port, function_command
 from shared.db import Database, connect_kwargs_from_url
 from shared.settings import load_settings
 from shared.storage import MediaStorage
+from tests.helpers import Svix
 
 FRONTEND_ORIGIN = "http://localhost:3000"
 # The origin the browser tests (tests/test_browser.py) serve their frontend page from: a port
@@ -348,3 +349,9 @@ def function_process(stack: LocalStack, name: str, **env: str) -> Iterator[str]:
         process.terminate()
         process.wait(timeout=10)
         log.close()
+
+
+@pytest.fixture(scope="module")
+def svix(stack: LocalStack) -> Svix:
+    """Delivers signed Clerk events to the stack's /clerk-webhook."""
+    return Svix(f"{stack.base_url}/clerk-webhook", stack.env["CLERK_WEBHOOK_SECRET"])

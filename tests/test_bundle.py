@@ -2,8 +2,9 @@
 
 The bundle is built exactly as Terraform builds the archive (``dev/bundle.py``), then served
 by functions-framework from the bundle's folder with nothing of this repository on the path.
-Its ``requirements.txt`` must cover every third-party import reachable from ``main.py`` and
-list nothing it does not use.
+Its direct requirements (``requirements.in``) must cover every third-party import reachable from
+``main.py`` and list nothing it does not use; the ``requirements.txt`` it ships is their lock
+(tests/test_locks.py).
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ def test_every_function_folder_is_deployable() -> None:
         tree = ast.parse(source)
         entry = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == name]
         assert entry, f"functions/{name}/main.py has no entry point named {name}"
-        requirements = (REPO_ROOT / "functions" / name / "requirements.txt").read_text()
+        requirements = (REPO_ROOT / "functions" / name / "requirements.in").read_text()
         for line in requirements.splitlines():
             if line.strip() and not line.startswith("#"):
                 assert "==" in line, f"{name}: {line!r} is not pinned with =="
@@ -163,7 +164,7 @@ def distribution_of(module: str) -> str:
 def test_requirements_match_imports(function: str) -> None:
     requirements = {
         line.split("==")[0].strip().lower().replace("_", "-")
-        for line in (REPO_ROOT / "functions" / function / "requirements.txt")
+        for line in (REPO_ROOT / "functions" / function / "requirements.in")
         .read_text()
         .splitlines()
         if line.strip() and not line.startswith("#")

@@ -9,34 +9,7 @@ from typing import Any
 
 from shared.db import Database
 from tests.conftest import ApiClient, assert_error
-
-
-def add_messages(db: Database, chat_id: str, texts: list[str]) -> list[str]:
-    """Store messages the way chat_stream does (user and assistant alternating)."""
-    ids = []
-    with db.transaction() as tx:
-        start = tx.fetch_one(
-            "UPDATE chats SET message_count = message_count + :n, updated_at = now() "
-            "WHERE id = :id RETURNING message_count - :n AS first",
-            n=len(texts),
-            id=uuid.UUID(chat_id),
-        )
-        assert start is not None
-        for offset, text in enumerate(texts):
-            message_id = uuid.uuid4()
-            ids.append(str(message_id))
-            tx.execute(
-                "INSERT INTO messages (id, chat_id, position, role, content, parts) "
-                "VALUES (:id, :chat_id, :position, :role, :content, CAST(:parts AS jsonb))",
-                id=message_id,
-                chat_id=uuid.UUID(chat_id),
-                position=start["first"] + offset,
-                role="user" if offset % 2 == 0 else "assistant",
-                content=text,
-                parts=[{"type": "text", "text": text}],
-            )
-    return ids
-
+from tests.helpers import add_messages
 
 # --- create ------------------------------------------------------------------------------
 

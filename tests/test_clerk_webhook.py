@@ -26,7 +26,18 @@ from dev.bundle import REPO_ROOT
 from dev.stack import LocalStack, free_port, http_answers
 from shared.db import Database
 from tests.conftest import ApiClient, assert_error, read_logs, upload_file
-from tests.test_chats_crud import add_messages
+from tests.helpers import (
+    Svix,
+    add_messages,
+    assert_acknowledged,
+    clerk_event,
+    clerk_user,
+    deleted_event,
+    new_msg_id,
+    new_user_id,
+    now_ms,
+    user_row,
+)
 
 # Tables holding a user's rows, directly or through a chat.
 USER_TABLES = (
@@ -39,148 +50,8 @@ USER_TABLES = (
 CHAT_TABLES = ("messages WHERE chat_id", "summaries WHERE chat_id", "chat_uploads WHERE chat_id")
 
 
-def now_ms() -> int:
-    return int(time.time() * 1000)
-
-
-def new_user_id() -> str:
-    return "user_" + uuid.uuid4().hex[:27]
-
-
-def clerk_user(
-    user_id: str,
-    *,
-    updated_at: int,
-    email: str | None = "ada@example.com",
-    first_name: str | None = "Ada",
-    last_name: str | None = "Lovelace",
-    image_url: str = "https://img.clerk.com/ada.png",
-    other_emails: tuple[str, ...] = (),
-) -> dict[str, Any]:
-    """Clerk's User object as webhooks carry it; the primary email is listed last on purpose."""
-
-    def address(value: str) -> dict[str, Any]:
-        return {
-            "email_address": value,
-            "id": "idn_" + uuid.uuid4().hex[:27],
-            "linked_to": [],
-            "object": "email_address",
-            "reserved": False,
-            "verification": {
-                "attempts": None,
-                "expire_at": None,
-                "status": "verified",
-                "strategy": "email_code",
-            },
-        }
-
-    addresses = [address(value) for value in other_emails]
-    primary = address(email) if email else None
-    if primary:
-        addresses.append(primary)
-    return {
-        "backup_code_enabled": False,
-        "banned": False,
-        "birthday": "",
-        "created_at": updated_at - 1000,
-        "email_addresses": addresses,
-        "external_accounts": [],
-        "external_id": None,
-        "first_name": first_name,
-        "gender": "",
-        "has_image": True,
-        "id": user_id,
-        "image_url": image_url,
-        "last_name": last_name,
-        "last_sign_in_at": None,
-        "locked": False,
-        "object": "user",
-        "password_enabled": True,
-        "phone_numbers": [],
-        "primary_email_address_id": primary["id"] if primary else None,
-        "primary_phone_number_id": None,
-        "primary_web3_wallet_id": None,
-        "private_metadata": {},
-        "profile_image_url": image_url,
-        "public_metadata": {},
-        "two_factor_enabled": False,
-        "unsafe_metadata": {},
-        "updated_at": updated_at,
-        "username": None,
-        "web3_wallets": [],
-    }
-
-
-def clerk_event(event_type: str, data: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "data": data,
-        "event_attributes": {
-            "http_request": {"client_ip": "192.0.2.1", "user_agent": "Mozilla/5.0 (test)"}
-        },
-        "instance_id": "ins_2abcdefghijklmnopqrstuvwxyz",
-        "object": "event",
-        "timestamp": now_ms(),
-        "type": event_type,
-    }
-
-
-def deleted_event(user_id: str) -> dict[str, Any]:
-    return clerk_event("user.deleted", {"deleted": True, "id": user_id, "object": "user"})
-
-
-class Svix:
-    """Delivers events to /clerk-webhook the way Svix does: signed svix-* headers, raw body."""
-
-    def __init__(self, url: str, secret: str) -> None:
-        self.url = url
-        self.webhook = Webhook(secret)
-        self.session = requests.Session()
-
-    def headers(
-        self, body: str, msg_id: str, at: datetime | None = None, webhook: Webhook | None = None
-    ) -> dict[str, str]:
-        at = at or datetime.now(tz=UTC)
-        return {
-            "Content-Type": "application/json",
-            "svix-id": msg_id,
-            "svix-timestamp": str(int(at.timestamp())),
-            "svix-signature": (webhook or self.webhook).sign(msg_id, at, body),
-        }
-
-    def post(self, body: str | bytes, headers: dict[str, str]) -> requests.Response:
-        data = body.encode() if isinstance(body, str) else body
-        return self.session.post(self.url, data=data, headers=headers, timeout=30)
-
-    def deliver(self, event: dict[str, Any], msg_id: str | None = None) -> requests.Response:
-        body = json.dumps(event)
-        return self.post(body, self.headers(body, msg_id or new_msg_id()))
-
-
-def new_msg_id() -> str:
-    return "msg_" + uuid.uuid4().hex[:27]
-
-
-@pytest.fixture(scope="module")
-def svix(stack: LocalStack) -> Svix:
-    return Svix(f"{stack.base_url}/clerk-webhook", stack.env["CLERK_WEBHOOK_SECRET"])
-
-
-def user_row(db: Database, user_id: str) -> dict[str, Any] | None:
-    return db.fetch_one(
-        "SELECT email, first_name, last_name, image_url, clerk_updated_at FROM users "
-        "WHERE id = :id",
-        id=user_id,
-    )
-
-
 def recorded(db: Database, msg_id: str) -> dict[str, Any] | None:
     return db.fetch_one("SELECT event_type FROM webhook_events WHERE svix_id = :id", id=msg_id)
-
-
-def assert_acknowledged(response: requests.Response, message: str) -> None:
-    assert response.status_code == 200, response.text
-    assert response.headers["Content-Type"].startswith("application/json")
-    assert response.json() == {"message": message}
 
 
 # --- user.created / user.updated ---------------------------------------------------------------

@@ -26,7 +26,7 @@ from shared.db import Database
 from shared.schemas import MAX_POSITION
 from shared.text import UNSTORABLE_TEXT
 from tests.conftest import ApiClient, assert_error, function_process
-from tests.test_clerk_webhook import (
+from tests.helpers import (
     Svix,
     assert_acknowledged,
     clerk_event,
@@ -34,7 +34,6 @@ from tests.test_clerk_webhook import (
     deleted_event,
     new_user_id,
     now_ms,
-    svix,  # noqa: F401 - the fixture, used by name
     user_row,
 )
 
@@ -65,7 +64,7 @@ def assert_detail(response: requests.Response, status: int, code: str, *needles:
 
 def test_deleted_user_then_post_chat_is_401_user_deleted(
     make_user: Any,
-    svix: Svix,  # noqa: F811 - the fixture
+    svix: Svix,
     db: Database,
 ) -> None:
     client: ApiClient = make_user(email="soon-gone@example.com")
@@ -254,7 +253,7 @@ def test_limit_out_of_range_is_422(alice: ApiClient, limit: str) -> None:
     ids=["nul", "lone_high_surrogate", "lone_low_surrogate"],
 )
 def test_clerk_names_postgres_cannot_store_are_normalised_and_applied(
-    svix: Svix,  # noqa: F811 - the fixture
+    svix: Svix,
     db: Database,
     sent: str,
     stored: str,
@@ -268,7 +267,7 @@ def test_clerk_names_postgres_cannot_store_are_normalised_and_applied(
 
 @pytest.mark.parametrize("updated_at", [2**63, 2**80, -1])
 def test_clerk_event_with_an_out_of_range_updated_at_is_400_invalid_event(
-    svix: Svix,  # noqa: F811 - the fixture
+    svix: Svix,
     db: Database,
     updated_at: int,
 ) -> None:
@@ -278,7 +277,7 @@ def test_clerk_event_with_an_out_of_range_updated_at_is_400_invalid_event(
     assert user_row(db, user_id) is None
 
 
-def test_deeply_nested_clerk_event_is_400_invalid_json(svix: Svix) -> None:  # noqa: F811
+def test_deeply_nested_clerk_event_is_400_invalid_json(svix: Svix) -> None:
     body = '{"type": "user.created", "data": ' + "[" * 5000 + "]" * 5000 + "}"
     response = svix.post(body, svix.headers(body, "msg_" + uuid.uuid4().hex[:27]))
     assert_detail(response, 400, "invalid_json", "nested too deeply")

@@ -6,29 +6,7 @@ import uuid
 
 from shared.db import Database
 from tests.conftest import ApiClient, assert_error
-
-
-def add_messages(db: Database, chat_id: str, texts: list[str]) -> list[str]:
-    """Store ``texts`` as alternating user/assistant messages; returns their ids."""
-    ids = [str(uuid.uuid4()) for _ in texts]
-    with db.transaction() as tx:
-        for position, (message_id, text) in enumerate(zip(ids, texts, strict=True)):
-            tx.execute(
-                "INSERT INTO messages (id, chat_id, position, role, content, parts) "
-                "VALUES (:id, :chat, :pos, :role, :text, CAST(:parts AS jsonb))",
-                id=uuid.UUID(message_id),
-                chat=uuid.UUID(chat_id),
-                pos=position,
-                role="user" if position % 2 == 0 else "assistant",
-                text=text,
-                parts=[{"type": "text", "text": text}],
-            )
-        tx.execute(
-            "UPDATE chats SET message_count = :n WHERE id = :id",
-            n=len(texts),
-            id=uuid.UUID(chat_id),
-        )
-    return ids
+from tests.helpers import add_messages
 
 
 def search(client: ApiClient, q: str, **params: object) -> list[dict]:

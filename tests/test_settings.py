@@ -25,7 +25,6 @@ def test_env_example_loads_with_its_documented_defaults() -> None:
     assert settings.clerk_webhook_secret is not None
     assert settings.clerk_webhook_secret.startswith("whsec_")
     assert settings.media_include_only_current is False
-    assert settings.uses_vertex_ai
 
 
 def test_env_example_documents_every_setting_and_nothing_else() -> None:
@@ -43,7 +42,6 @@ def test_env_example_documents_every_setting_and_nothing_else() -> None:
         ("CHAT_WINDOW_SIZE", "abc"),
         ("CHAT_WINDOW_SIZE", "0"),
         ("DEBUG", "maybe"),
-        ("PORT", "70000"),
         ("ENVIRONMENT", "staging"),
         ("CLERK_WEBHOOK_SECRET", "not-a-svix-secret"),
         ("DATABASE_URL", "mysql://root@localhost/raven"),

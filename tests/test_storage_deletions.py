@@ -20,7 +20,7 @@ from shared.deletions import claim_storage_deletions, process_storage_deletions
 from shared.media import resolve_media
 from shared.storage import CloudObjectStore, MediaStorage
 from tests.conftest import ApiClient, upload_file
-from tests.test_upload_url import PNG, add_media_message
+from tests.helpers import PNG, add_media_message
 
 
 def exists(storage_client: Any, bucket: str, name: str) -> bool:

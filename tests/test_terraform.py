@@ -35,7 +35,7 @@ if str(REPO) not in sys.path:
 
 from dev import bundle  # noqa: E402
 from shared.settings import Settings  # noqa: E402
-from tests.test_terraform_schema import SCHEMA  # noqa: E402
+from tests.terraform_schema import SCHEMA  # noqa: E402
 
 TF_FILES = sorted(TERRAFORM.glob("*.tf"))
 
@@ -45,7 +45,6 @@ RUNTIME_ONLY_ENV = {"THREADS"}
 # Settings that exist for local development and tests only, never set in a deployment, and why.
 DEV_ONLY_SETTINGS = {
     "DEBUG": "settings refuse DEBUG with ENVIRONMENT=production",
-    "PORT": "Cloud Run sets it itself",
     "DATABASE_URL": "deployed, the Cloud SQL connector uses INSTANCE_CONNECTION_NAME, DB_IAM_USER",
     "TASKS_EMULATOR_HOST": "the local Cloud Tasks emulator",
     "GEMINI_BASE_URL": "the local Gemini stand-in",
@@ -277,7 +276,6 @@ def test_the_expected_files_exist() -> None:
     assert expected <= {path.name for path in TF_FILES}
     for other in (
         "terraform.tfvars.example",
-        "system_instruction.md",
         "README.md",
         "migrations/migrate.sh",
     ):
@@ -837,12 +835,22 @@ def test_buckets_are_private_and_uploads_have_cors_and_cleanup() -> None:
 
 
 def test_system_instruction_has_only_the_user_name_placeholder() -> None:
-    text = (TERRAFORM / "system_instruction.md").read_text(encoding="utf-8")
+    text = (REPO / "shared" / "system_instruction.md").read_text(encoding="utf-8")
     assert "Raven" in text and "{user_name}" in text
     assert set(re.findall(r"\{[^{}]*\}", text)) == {"{user_name}"}
     assert text.count("{") == text.count("{user_name}") == text.count("}")
+
+
+def test_one_system_instruction_file() -> None:
+    """The config bucket's object is the very file bundled as the functions' default: one text."""
     obj = resource("google_storage_bucket_object", "system_instruction")
-    assert unquote(obj["source"]) == "${path.module}/system_instruction.md"
+    assert unquote(obj["source"]) == "${path.module}/../shared/system_instruction.md"
+    copies = [
+        path.relative_to(REPO).as_posix()
+        for folder in ("shared", "functions", "terraform", "dev", "docs", "tools", "migrations")
+        for path in (REPO / folder).rglob("system_instruction*.md")
+    ]
+    assert copies == ["shared/system_instruction.md"]
 
 
 # --- tasks, load balancer, outputs, example ------------------------------------------------------
@@ -939,7 +947,7 @@ def test_checkov_reports_no_failed_check() -> None:
     if not CHECKOV.exists():
         pytest.skip(
             "checkov is not installed: python3 -m venv .venv-checkov && "
-            ".venv-checkov/bin/pip install -r tools/requirements-checkov.txt"
+            ".venv-checkov/bin/pip install --require-hashes -r tools/requirements-checkov.txt"
         )
     result = subprocess.run(
         [

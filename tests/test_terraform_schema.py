@@ -4,9 +4,8 @@ with only arguments and nested blocks that the schema has.
 No provider can be downloaded here, so the schema comes from tests/terraform_provider_schema.json,
 which tools/provider_schema.py extracts from the cdktf npm packages (google 6.50.0, google-beta
 6.47.0, random 3.7.2, time 0.13.1), keeping only the types terraform/ uses. The few paths newer
-than those schemas are listed in NEWER_THAN_SCHEMA below, each with the provider release that
-added it;
-versions.tf requires at least those releases (tested).
+than those schemas are listed in NEWER_THAN_SCHEMA (tests/terraform_schema.py), each with the
+provider release that added it; versions.tf requires at least those releases (tested).
 """
 
 from __future__ import annotations
@@ -20,87 +19,25 @@ from typing import Any
 import hcl2
 import pytest
 
+from tests.terraform_schema import KIND_KEYS, NEWER_THAN_SCHEMA, SCHEMA, SCHEMA_FILE
+
 REPO = Path(__file__).resolve().parent.parent
 TERRAFORM = REPO / "terraform"
-SCHEMA_FILE = REPO / "tests" / "terraform_provider_schema.json"
 TF_FILES = sorted(TERRAFORM.glob("*.tf"))
 
-# Paths the extracted schemas are too old to have. Key: (provider, kind, type, dotted path of a
-# block or argument; "" for the whole type). Value: the release that added it and where that is
-# documented, and, for a block or type, its arguments.
-NEWER_THAN_SCHEMA: dict[tuple[str, str, str, str], dict[str, Any]] = {
-    # Direct VPC egress for Cloud Run functions. Google's page "Direct VPC egress" for Cloud Run
-    # functions (2nd gen), Terraform section: "You must use Terraform version 7.21.0 or later"
-    # (the google provider); it names the fields direct_vpc_network_interface.network,
-    # .subnetwork and direct_vpc_egress (network tags are the interface's third field).
-    ("google", "resource", "google_cloudfunctions2_function", "service_config.direct_vpc_egress"): {
-        "added_in": "google 7.21.0",
-    },
-    (
-        "google",
-        "resource",
-        "google_cloudfunctions2_function",
-        "service_config.direct_vpc_network_interface",
-    ): {
-        "added_in": "google 7.21.0",
-        "arguments": ["network", "subnetwork", "tags"],
-    },
-    # Ephemeral random_password: hashicorp/terraform-provider-random CHANGELOG.md, 3.7.0
-    # (February 25, 2025): "ephemeral/random_password: New ephemeral resource that generates a
-    # password string". cdktf packages carry no ephemeral resources at all. Its arguments are the
-    # managed random_password's, without keepers (an ephemeral value is never stored to keep).
-    ("random", "ephemeral", "random_password", ""): {
-        "added_in": "random 3.7.0",
-        "arguments": [
-            "length",
-            "lower",
-            "min_lower",
-            "min_numeric",
-            "min_special",
-            "min_upper",
-            "numeric",
-            "override_special",
-            "special",
-            "upper",
-        ],
-    },
-}
-
-# Minimum provider versions the paths above need: versions.tf must not allow older ones.
+# Minimum provider versions NEWER_THAN_SCHEMA needs: versions.tf must not allow older ones.
 MINIMUM_PROVIDER = {"google": (7, 21), "google-beta": (7, 21), "random": (3, 7)}
 
 # Terraform's own arguments and blocks, valid in every resource, data or ephemeral block.
 META_ARGUMENTS = {"count", "for_each", "provider", "depends_on"}
 META_BLOCKS = {"lifecycle", "provisioner", "connection"}
 BUILT_IN = {"terraform_data"}  # Terraform's own resource: no provider schema
-KIND_KEYS = {"resource": "resources", "data": "data_sources", "ephemeral": "ephemeral_resources"}
 
 
 def unquote(value: Any) -> Any:
     if isinstance(value, str) and len(value) >= 2 and value[0] == value[-1] == '"':
         return value[1:-1]
     return value
-
-
-def load_schema() -> dict[str, Any]:
-    """The extracted schemas with NEWER_THAN_SCHEMA merged in."""
-    schema = json.loads(SCHEMA_FILE.read_text())["providers"]
-    for (provider, kind, type_, path), extra in NEWER_THAN_SCHEMA.items():
-        types = schema.setdefault(provider, {}).setdefault(KIND_KEYS[kind], {})
-        node = types.setdefault(type_, {"arguments": []})
-        parts = path.split(".") if path else []
-        for part in parts[:-1]:
-            node = node["blocks"][part]
-        if not parts:
-            node["arguments"] = sorted(set(node["arguments"]) | set(extra["arguments"]))
-        elif "arguments" in extra:
-            node.setdefault("blocks", {})[parts[-1]] = {"arguments": extra["arguments"]}
-        else:
-            node["arguments"] = sorted({*node["arguments"], parts[-1]})
-    return schema
-
-
-SCHEMA = load_schema()
 
 
 @dataclass

@@ -29,9 +29,7 @@ from shared.media import resolve_media
 from shared.object_names import incoming_prefix
 from shared.storage import MediaStorage
 from tests.conftest import FRONTEND_ORIGIN, REPO_ROOT, ApiClient, assert_error, upload_file
-
-PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4
-
+from tests.helpers import PNG, add_media_message
 
 # --- checking a V4 signature ourselves -------------------------------------------------------
 
@@ -344,29 +342,6 @@ def test_upload_reference_and_history_with_a_working_media_url(
     assert [p.get("media_url") for p in again["parts"]] == [
         p.get("media_url") for p in message["parts"]
     ]
-
-
-def add_media_message(db: Database, chat_id: str, text: str, media: list[dict[str, Any]]) -> None:
-    """Store a user message whose parts reference uploads, the way chat_stream stores one."""
-    from shared.media import link_media_to_chat
-
-    with db.transaction() as tx:
-        row = tx.fetch_one(
-            "UPDATE chats SET message_count = message_count + 1 WHERE id = :id "
-            "RETURNING message_count - 1 AS position",
-            id=uuid.UUID(chat_id),
-        )
-        assert row is not None
-        tx.execute(
-            "INSERT INTO messages (id, chat_id, position, role, content, parts) "
-            "VALUES (:id, :chat_id, :position, 'user', :content, CAST(:parts AS jsonb))",
-            id=uuid.uuid4(),
-            chat_id=uuid.UUID(chat_id),
-            position=row["position"],
-            content=text,
-            parts=[*media, {"type": "text", "text": text}],
-        )
-        link_media_to_chat(tx, uuid.UUID(chat_id), [part["upload_id"] for part in media])
 
 
 # --- the deployed signing path -----------------------------------------------------------------

@@ -18,8 +18,7 @@ build_context() {
   local context="$1"
   mkdir -p "$context/app/terraform/migrations"
   cp terraform/migrations/Dockerfile terraform/migrations/cloudbuild.yaml "$context/"
-  { grep -hE '^(alembic|SQLAlchemy)==' requirements-dev.txt; cat functions/*/requirements.txt; } \
-    > "$context/requirements.txt"
+  cp terraform/migrations/requirements.txt "$context/requirements.txt"
   cp alembic.ini "$context/app/"
   cp terraform/migrations/run_migrations.py "$context/app/terraform/migrations/"
   local file
