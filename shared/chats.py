@@ -11,12 +11,11 @@ import base64
 import binascii
 import re
 import uuid
-from collections.abc import Callable
 from typing import Any
 
 from shared.db import Database, Row, Transaction
 from shared.errors import BadRequest, Conflict, NotFound, UnprocessableEntity
-from shared.schemas import DEFAULT_TITLE, MAX_POSITION
+from shared.schemas import DEFAULT_TITLE, MAX_POSITION, Chat, ChatSearchHit
 from shared.text import storable
 
 FOREIGN_KEY_VIOLATION = "23503"
@@ -35,9 +34,6 @@ FROM_MICROS = "(TIMESTAMPTZ 'epoch' + CAST(:{name} AS bigint) * INTERVAL '1 micr
 # goes further, but a bigint of microseconds times an interval overflows well before).
 MAX_CURSOR_MICROS = 253_402_300_799_999_999
 
-# Signs a stored media part into a URL the browser can GET, or None where it cannot.
-MediaUrlSigner = Callable[[dict[str, Any]], str | None]
-
 
 def chat_not_found() -> NotFound:
     return NotFound("Chat not found", code="chat_not_found")
@@ -49,46 +45,6 @@ def parse_chat_id(text: str | None) -> uuid.UUID:
         return uuid.UUID(str(text))
     except ValueError:
         raise chat_not_found() from None
-
-
-# --- the wire shapes ---------------------------------------------------------------------
-
-
-def chat_object(row: Row) -> dict[str, Any]:
-    return {
-        "chatId": str(row["id"]),
-        "userId": row["user_id"],
-        "title": row["title"],
-        "createdAt": row["created_us"] / 1_000_000,
-        "updatedAt": row["updated_us"] / 1_000_000,
-    }
-
-
-def message_object(row: Row, sign: MediaUrlSigner | None = None) -> dict[str, Any]:
-    parts = []
-    for part in row["parts"]:
-        if part.get("type") == "text":
-            parts.append({"type": "text", "text": part.get("text", "")})
-        else:
-            parts.append(
-                {
-                    "type": part.get("type"),
-                    "mime_type": part.get("mime_type"),
-                    "media_url": sign(part) if sign else None,
-                }
-            )
-    first_media = next((part for part in parts if part["type"] != "text"), None)
-    return {
-        "messageId": str(row["id"]),
-        "role": row["role"],
-        "content": row["content"],
-        "timestamp": row["created_us"] / 1_000_000,
-        "media_type": first_media["mime_type"] if first_media else None,
-        "media_url": first_media["media_url"] if first_media else None,
-        "parts": parts,
-        "status": row["status"],
-        "finish_reason": row.get("finish_reason"),
-    }
 
 
 # --- chats -------------------------------------------------------------------------------
@@ -113,12 +69,22 @@ def _decode_chat_cursor(cursor: str) -> tuple[int, uuid.UUID]:
 
 # The list is the hot path (the frontend's sidebar): Postgres builds the page's JSON, so the
 # function forwards one text value instead of decoding and re-encoding every row. For 50
-# chats that took one instance from ~590 to ~865 requests/s (bench/README.md). Same object
-# as chat_object() builds; tests/test_chats_crud.py checks the two agree.
+# chats that took one instance from ~590 to ~865 requests/s (bench/README.md). The object is
+# schemas.Chat, field for field: the model names the fields (checked here at import), this
+# says which column each comes from, and tests/test_wire.py checks the bytes sent.
+_CHAT_JSON_FIELDS = {
+    "chatId": "id",
+    "userId": "user_id",
+    "title": "title",
+    "createdAt": "EXTRACT(EPOCH FROM created_at)::float8",
+    "updatedAt": "EXTRACT(EPOCH FROM updated_at)::float8",
+}
+if list(_CHAT_JSON_FIELDS) != list(Chat.model_fields):
+    raise RuntimeError(f"chats' JSON list does not build schemas.Chat: {list(Chat.model_fields)}")
 _CHAT_JSON = (
-    "json_build_object('chatId', id, 'userId', user_id, 'title', title, "
-    "'createdAt', EXTRACT(EPOCH FROM created_at)::float8, "
-    "'updatedAt', EXTRACT(EPOCH FROM updated_at)::float8)"
+    "json_build_object("
+    + ", ".join(f"'{field}', {column}" for field, column in _CHAT_JSON_FIELDS.items())
+    + ")"
 )
 _LIST_PAGE = """
     WITH page AS (
@@ -276,7 +242,7 @@ def snippet(text: str, terms: set[str]) -> str:
 
 def search_chats(
     db: Database, user_id: str, text: str, limit: int, cursor: str | None
-) -> tuple[list[dict[str, Any]], str | None]:
+) -> tuple[list[ChatSearchHit], str | None]:
     """The user's chats whose title or messages match ``text``, best first.
 
     Each chat object also carries ``snippet`` (a short excerpt around the best hit) and
@@ -300,11 +266,9 @@ def search_chats(
             found = tx.fetch_one(_TERMS, q=text)
             terms = set(found["terms"]) if found else set()
     page = [
-        {
-            **chat_object(row),
-            "snippet": snippet(row["content"] if row["message_id"] else row["title"], terms),
-            "matchMessageId": row["message_id"],
-        }
+        ChatSearchHit.from_row(
+            row, snippet=snippet(row["content"] if row["message_id"] else row["title"], terms)
+        )
         for row in rows[:limit]
     ]
     return page, (_encode_search_cursor(offset + limit) if len(rows) > limit else None)

@@ -42,9 +42,9 @@ from urllib.parse import unquote, urlsplit
 import pg8000.exceptions
 
 from shared import file_types
-from shared.chats import MediaUrlSigner
 from shared.db import Database, Row, Transaction, sqlstate
 from shared.errors import NotFound, UnprocessableEntity
+from shared.schemas import MediaUrlSigner
 from shared.storage import MediaStorage, StoredObject
 from shared.telemetry import logs_media_check
 

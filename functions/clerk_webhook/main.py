@@ -58,6 +58,7 @@ from shared.db import Database, Transaction
 from shared.errors import BadRequest
 from shared.media import user_prefix, user_prefixes
 from shared.runtime import database, make_api, start_function
+from shared.schemas import WebhookAck
 from shared.settings import get_settings
 from shared.storage import schedule_storage_cleanup
 from shared.text import storable_json
@@ -405,7 +406,7 @@ def receive(request: Request) -> Response:
         # Not recorded either: an ignored event changes nothing however often it comes, and
         # the endpoint may be subscribed to event types we have no use for.
         logger.info(f"webhook {delivery.event_type}: ignored", extra=log_fields)
-        return json_response({"message": "ignored: event type not handled"})
+        return json_response(WebhookAck(message="ignored: event type not handled"))
     data = payload(model, delivery)
     db = database()
     with db.transaction() as tx:
@@ -417,7 +418,7 @@ def receive(request: Request) -> Response:
         schedule_storage_cleanup()  # a background thread: the bucket is never awaited here
     logger.info(f"webhook {delivery.event_type}: {outcome.message}", extra=log_fields)
     event_log_pruner().maybe_prune(db)
-    return json_response({"message": outcome.message})
+    return json_response(WebhookAck(message=outcome.message))
 
 
 # Built at start: a secret svix cannot use fails the instance now, not Clerk's first delivery.

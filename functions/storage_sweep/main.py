@@ -22,6 +22,7 @@ import functions_framework
 from flask import Request, Response
 
 from shared.runtime import database, make_api, start_function
+from shared.schemas import SweepReport
 from shared.storage import run_storage_sweep, storage_client, storage_deletions_backlog
 from shared.telemetry import log_storage_sweep
 from shared.web import Route, json_response
@@ -44,7 +45,7 @@ def sweep(request: Request) -> Response:
         oldest,
         round((time.perf_counter() - started) * 1e3, 2),
     )
-    return json_response({"finished": result.finished, "due": result.due})
+    return json_response(SweepReport(finished=result.finished, due=result.due))
 
 
 API = make_api([Route("POST", "/", sweep, auth=False)])

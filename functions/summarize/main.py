@@ -37,7 +37,7 @@ from shared.db import Transaction
 from shared.errors import RateLimited, ServiceUnavailable
 from shared.gemini import GeminiStreamer, ModelError
 from shared.runtime import database, make_api, start_function
-from shared.schemas import DEFAULT_TITLE
+from shared.schemas import DEFAULT_TITLE, TaskAck
 from shared.telemetry import logs_task
 from shared.web import Route, json_response
 
@@ -73,8 +73,8 @@ class SummaryTask(BaseModel):
     cut: int = Field(ge=0)
 
 
-def done(message: str, **fields: Any) -> Response:
-    return json_response({"message": message, **fields})
+def done(message: str, *, version: int | None = None, title: str | None = None) -> Response:
+    return json_response(TaskAck(message=message, version=version, title=title), exclude_none=True)
 
 
 def transcript(messages: list[dict[str, Any]]) -> str:

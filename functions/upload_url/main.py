@@ -109,7 +109,7 @@ def create_upload_url(request: Request, user: AuthenticatedUser) -> Response:
         upload_id=str(upload_id),
         max_bytes=storage.max_bytes,
     )
-    return json_response(answer.model_dump())
+    return json_response(answer)
 
 
 API = make_api(
