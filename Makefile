@@ -15,7 +15,7 @@ CHROMIUM      := /usr/bin/chromium
 FUZZ_VENV     := .venv-schemathesis
 FUZZ_STAMP    := $(FUZZ_VENV)/.installed
 
-.PHONY: install dev test lint terraform-fmt pytest bench archives migrate migrate-cloud checkov clean
+.PHONY: install dev test lint terraform-fmt pytest bench archives routes migrate migrate-cloud checkov clean
 
 $(STAMP): requirements-dev.txt functions/*/requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -74,6 +74,10 @@ bench: install
 ## make checkov: security checks of terraform/ (tests/test_terraform.py runs them too)
 checkov: $(CHECKOV_STAMP)
 	$(CHECKOV_VENV)/bin/checkov -d terraform --quiet --compact --skip-download
+
+## make routes: terraform/load_balancer_routes.json from the route table (shared/routes.py)
+routes: install
+	$(PY) -m shared.routes
 
 ## make archives: the functions' source archives in terraform/.build/ (before every terraform plan/apply)
 archives: install

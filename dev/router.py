@@ -38,19 +38,23 @@ from werkzeug.wrappers import Request, Response
 
 from dev.storage_front import SignatureFront
 from dev.tokens import LocalSigner
+from shared.routes import load_balancer_paths
 from shared.schemas import ErrorBody
 
 logger = logging.getLogger("raven.router")
 
-# Which function serves which path of the contract (the load balancer's URL map mirrors it).
-CONTRACT_ROUTES: dict[str, str] = {
-    "/chat": "chat_stream",
-    "/api/chats": "chats_crud",
-    "/api/chats/<path:rest>": "chats_crud",
-    "/api/upload-url": "upload_url",
-    "/api/usage": "chats_crud",
-    "/clerk-webhook": "clerk_webhook",
-}
+
+def contract_routes() -> dict[str, str]:
+    """Which function serves which path, as werkzeug rules: the load balancer's path rules
+    (:func:`shared.routes.load_balancer_paths`), so local routing is what deployed routing is."""
+    return {
+        (path[:-1] + "<path:rest>" if path.endswith("/*") else path): function
+        for function, paths in load_balancer_paths().items()
+        for path in paths
+    }
+
+
+CONTRACT_ROUTES: dict[str, str] = contract_routes()
 
 # RFC 9110 section 7.6.1: connection-specific headers are not forwarded by a proxy.
 HOP_BY_HOP = {

@@ -62,7 +62,7 @@ class ErrorBody(BaseModel):
     detail: str = Field(description="Human-readable; the frontend shows it.")
     code: str = Field(description="Machine-readable, e.g. chat_not_found.")
     retry_after: int | None = Field(
-        None, description="429 only: seconds to wait, as in the Retry-After header."
+        default=None, description="429 only: seconds to wait, as in the Retry-After header."
     )
 
 
@@ -449,8 +449,8 @@ class TaskAck(BaseModel):
     fields that are ``None``)."""
 
     message: str
-    version: int | None = Field(None, description="The summary version stored.")
-    title: str | None = Field(None, description="The title stored.")
+    version: int | None = Field(default=None, description="The summary version stored.")
+    title: str | None = Field(default=None, description="The title stored.")
 
 
 class SweepReport(BaseModel):

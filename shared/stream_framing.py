@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from werkzeug.datastructures import MIMEAccept
 from werkzeug.http import parse_accept_header
@@ -48,7 +48,9 @@ def _chunk_pieces(model: type[ChunkEvent]) -> list[str]:
     """The model's serialisation of a chunk, cut where the text goes (``content`` and, in
     NDJSON, ``response``): read off the model itself, so no field name is written here."""
     marker = "\x00text"
-    texts = {name: marker for name in ("content", "response") if name in model.model_fields}
+    texts: dict[str, Any] = {
+        name: marker for name in ("content", "response") if name in model.model_fields
+    }
     return model(**texts).model_dump_json().split(_json_string(marker))
 
 

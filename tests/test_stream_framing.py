@@ -272,7 +272,7 @@ TRICKY_TEXTS = [
     "\u2028\u2029 <script>alert(1)</script> </",
     "héllo wörld ✓ 日本語 עברית 🦜👩‍👩‍👧",
     "\x00 null inside",
-    "{\"type\":\"error\",\"error\":\"x\"}\n{\"response\":\"y\"}",
+    '{"type":"error","error":"x"}\n{"response":"y"}',
 ]
 
 

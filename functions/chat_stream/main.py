@@ -40,7 +40,7 @@ from shared.stream_framing import Framing, choose_framing
 from shared.system_instruction import SystemInstruction, personalise
 from shared.telemetry import TurnRecord, received_at
 from shared.token_estimate import estimate_message_tokens, estimate_text_tokens
-from shared.web import Route, parse_json
+from shared.web import parse_json
 
 logger = logging.getLogger("raven.chat_stream")
 
@@ -420,7 +420,8 @@ def request_title(chat_id: uuid.UUID) -> None:
 
 
 API = make_api(
-    [Route("POST", "/chat", send_message)],
+    "chat_stream",
+    {"sendMessage": send_message},
     authenticate=request_authenticator(),
     max_body_bytes=settings.chat_max_request_bytes,
 )

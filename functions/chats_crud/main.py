@@ -44,7 +44,7 @@ from shared.schemas import (
 )
 from shared.settings import get_settings
 from shared.storage import media_storage, schedule_storage_cleanup
-from shared.web import Route, json_response, parse_json, query_args, validate
+from shared.web import json_response, parse_json, query_args, validate
 
 start_function("GCS_BUCKET_NAME")
 
@@ -113,15 +113,16 @@ def read_usage(request: Request, user: AuthenticatedUser) -> Response:
 
 
 API = make_api(
+    "chats_crud",
+    {
+        "listChats": list_chats,
+        "createChat": create_chat,
+        "listMessages": read_chat,
+        "renameChat": rename_chat,
+        "deleteChat": delete_chat,
+        "readUsage": read_usage,
+    },
     authenticate=request_authenticator(),
-    routes=[
-        Route("GET", "/api/chats", list_chats),
-        Route("POST", "/api/chats/create", create_chat),
-        Route("GET", "/api/chats/<chat_id>", read_chat),
-        Route("PATCH", "/api/chats/<chat_id>", rename_chat),
-        Route("DELETE", "/api/chats/<chat_id>", delete_chat),
-        Route("GET", "/api/usage", read_usage),
-    ],
 )
 
 

@@ -62,7 +62,7 @@ from shared.schemas import WebhookAck
 from shared.settings import get_settings
 from shared.storage import schedule_storage_cleanup
 from shared.text import storable_json
-from shared.web import Route, describe_validation_error, json_response, load_json
+from shared.web import describe_validation_error, json_response, load_json
 
 start_function("CLERK_WEBHOOK_SECRET", "GCS_BUCKET_NAME")
 
@@ -424,7 +424,7 @@ def receive(request: Request) -> Response:
 # Built at start: a secret svix cannot use fails the instance now, not Clerk's first delivery.
 signature_verifier()
 
-API = make_api([Route("POST", "/clerk-webhook", receive, auth=False)])
+API = make_api("clerk_webhook", {"clerkWebhook": receive})
 
 
 @functions_framework.http

@@ -25,7 +25,7 @@ from shared.runtime import database, make_api, start_function
 from shared.schemas import SweepReport
 from shared.storage import run_storage_sweep, storage_client, storage_deletions_backlog
 from shared.telemetry import log_storage_sweep
-from shared.web import Route, json_response
+from shared.web import json_response
 
 start_function()
 
@@ -48,7 +48,7 @@ def sweep(request: Request) -> Response:
     return json_response(SweepReport(finished=result.finished, due=result.due))
 
 
-API = make_api([Route("POST", "/", sweep, auth=False)])
+API = make_api("storage_sweep", {"sweepStorage": sweep})
 
 
 @functions_framework.http

@@ -39,7 +39,7 @@ from shared.gemini import GeminiStreamer, ModelError
 from shared.runtime import database, make_api, start_function
 from shared.schemas import DEFAULT_TITLE, TaskAck
 from shared.telemetry import logs_task
-from shared.web import Route, json_response
+from shared.web import json_response
 
 logger = logging.getLogger("raven.summarize")
 
@@ -335,7 +335,7 @@ def model_failure(task: SummaryTask | TitleTask, error: ModelError) -> Response:
 
 
 # No bearer token: deployed, Cloud Run's IAM admits only the tasks invoker's OIDC token.
-API = make_api([Route("POST", "/", handle_task, auth=False)])
+API = make_api("summarize", {"runTask": handle_task})
 
 
 @functions_framework.http
