@@ -25,7 +25,6 @@ from typing import Any, TypeVar
 
 from flask import Request, Response
 from pydantic import BaseModel, ValidationError
-from pydantic_core import PydanticSerializationError
 from werkzeug.exceptions import HTTPException
 from werkzeug.exceptions import MethodNotAllowed as WerkzeugMethodNotAllowed
 from werkzeug.routing import Map, Rule
@@ -79,7 +78,7 @@ def json_response(
     """A wire model (:mod:`shared.schemas`) as a JSON response: compact, UTF-8."""
     try:
         encoded = body.model_dump_json(exclude_none=exclude_none).encode()
-    except PydanticSerializationError:
+    except ValueError:  # pydantic_core.PydanticSerializationError, not imported: not a pin
         # A lone surrogate (from a path or header echoed in a detail) has no UTF-8 form;
         # JSON's \u escapes carry it.
         plain = body.model_dump(mode="json", exclude_none=exclude_none)
