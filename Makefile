@@ -15,9 +15,11 @@ CHROMIUM      := /usr/bin/chromium
 FUZZ_VENV     := .venv-schemathesis
 FUZZ_STAMP    := $(FUZZ_VENV)/.installed
 
-.PHONY: install dev test lint lock lock-check terraform-fmt pytest bench archives migrate migrate-cloud checkov clean
+.PHONY: install dev test lint lock lock-check terraform-fmt pytest bench archives routes migrate migrate-cloud checkov clean
 
 # Every virtualenv installs from a lock file (make lock): every package pinned, with hashes.
+# pip is upgraded first: the pip Python 3.11's venv ships (23.x) rejects a locked package
+# with extras (googleapis-common-protos[grpc]) as unpinned in --require-hashes mode.
 $(STAMP): requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip
@@ -26,11 +28,13 @@ $(STAMP): requirements-dev.txt
 
 $(TASKS_STAMP): tools/requirements-tasks-emulator.txt
 	$(PYTHON) -m venv $(TASKS_VENV)
+	$(TASKS_VENV)/bin/pip install --quiet --disable-pip-version-check --upgrade pip
 	$(TASKS_VENV)/bin/pip install --quiet --disable-pip-version-check --require-hashes -r tools/requirements-tasks-emulator.txt
 	touch $(TASKS_STAMP)
 
 $(CHECKOV_STAMP): tools/requirements-checkov.txt
 	$(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/pip install --quiet --disable-pip-version-check --upgrade pip
 	$(CHECKOV_VENV)/bin/pip install --quiet --disable-pip-version-check --require-hashes -r tools/requirements-checkov.txt
 	touch $(CHECKOV_STAMP)
 
@@ -41,6 +45,7 @@ $(CHROMIUM):
 
 $(FUZZ_STAMP): tools/requirements-schemathesis.txt
 	$(PYTHON) -m venv $(FUZZ_VENV)
+	$(FUZZ_VENV)/bin/pip install --quiet --disable-pip-version-check --upgrade pip
 	$(FUZZ_VENV)/bin/pip install --quiet --disable-pip-version-check --require-hashes -r tools/requirements-schemathesis.txt
 	touch $(FUZZ_STAMP)
 
@@ -84,6 +89,10 @@ bench: install
 ## make checkov: security checks of terraform/ (tests/test_terraform.py runs them too)
 checkov: $(CHECKOV_STAMP)
 	$(CHECKOV_VENV)/bin/checkov -d terraform --quiet --compact --skip-download
+
+## make routes: terraform/load_balancer_routes.json from the route table (shared/routes.py)
+routes: install
+	$(PY) -m shared.routes
 
 ## make archives: the functions' source archives in terraform/.build/ (before every terraform plan/apply)
 archives: install

@@ -1,4 +1,5 @@
-"""The OpenAPI 3.1 description of the contract, generated from the pydantic models.
+"""The OpenAPI 3.1 description of the contract, generated from the pydantic models and the
+route table (:mod:`shared.routes`: paths, methods, operation ids, summaries, security).
 
 Served locally at ``/dev/openapi.json``; ``python -m dev.openapi`` prints it.
 ``tests/test_openapi.py`` checks that every route the functions serve is described here and
@@ -14,6 +15,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from shared import schemas
+from shared.routes import public_endpoints
 from shared.settings import Settings, load_settings
 from shared.text import UNSTORABLE_TEXT
 
@@ -150,222 +152,205 @@ def _chat_links(chat_id: str) -> dict[str, Any]:
     }
 
 
-def _paths() -> dict[str, Any]:
+def _operations() -> dict[str, dict[str, Any]]:
+    """What each public endpoint of :mod:`shared.routes` takes and answers, by operation id
+    (its path, method, summary and security come from the route table)."""
     return {
-        "/api/chats": {
-            "get": {
-                "operationId": "listChats",
-                "summary": (
-                    "The caller's chats, most recently active first; with `q`, the chats "
-                    "matching it, best first, each with a snippet."
-                ),
-                "security": BEARER,
-                "parameters": _query_parameters(schemas.ChatListQuery),
-                "responses": {
-                    "200": {
-                        "description": "A page of chats (search hits when `q` is given).",
-                        "headers": NEXT_CURSOR_HEADERS,
-                        "content": _json_content(
-                            {
-                                "type": "array",
-                                # anyOf: a search hit is a chat too (objects may carry more
-                                # fields), so it matches both and oneOf would refuse it.
-                                "items": {
-                                    "anyOf": [_ref(schemas.Chat), _ref(schemas.ChatSearchHit)]
-                                },
-                            }
-                        ),
-                    },
-                    **_errors("400", "401", "422", "503"),
+        "listChats": {
+            "parameters": _query_parameters(schemas.ChatListQuery),
+            "responses": {
+                "200": {
+                    "description": "A page of chats (search hits when `q` is given).",
+                    "headers": NEXT_CURSOR_HEADERS,
+                    "content": _json_content(
+                        {
+                            "type": "array",
+                            # anyOf: a search hit is a chat too (objects may carry more
+                            # fields), so it matches both and oneOf would refuse it.
+                            "items": {"anyOf": [_ref(schemas.Chat), _ref(schemas.ChatSearchHit)]},
+                        }
+                    ),
                 },
-            }
+                **_errors("400", "401", "422", "503"),
+            },
         },
-        "/api/chats/create": {
-            "post": {
-                "operationId": "createChat",
-                "summary": 'Create a chat (untitled ones are "New Chat").',
-                "security": BEARER,
-                "requestBody": {
+        "createChat": {
+            "requestBody": {
+                "required": False,
+                "content": _json_content(_ref(schemas.CreateChatRequest)),
+            },
+            "responses": {
+                "200": {
+                    "description": "The new chat.",
+                    "content": _json_content(_ref(schemas.CreatedChat)),
+                    "links": _chat_links("$response.body#/chat_id"),
+                },
+                **_errors("400", "401", "408", "413", "422", "503"),
+            },
+        },
+        "listMessages": {
+            "parameters": _query_parameters(schemas.MessageListQuery),
+            "responses": {
+                "200": {
+                    "description": "A page of messages.",
+                    "headers": NEXT_CURSOR_HEADERS,
+                    "content": _json_content({"type": "array", "items": _ref(schemas.Message)}),
+                },
+                **_errors("401", "404", "422", "503"),
+            },
+        },
+        "renameChat": {
+            "requestBody": {
+                "required": True,
+                "content": _json_content(_ref(schemas.RenameChatRequest)),
+            },
+            "responses": {
+                "200": {
+                    "description": "The updated chat.",
+                    "content": _json_content(_ref(schemas.Chat)),
+                    "links": _chat_links("$response.body#/chatId"),
+                },
+                **_errors("400", "401", "404", "408", "413", "422", "503"),
+            },
+        },
+        "deleteChat": {
+            "responses": {
+                "200": {
+                    "description": "Deleted.",
+                    "content": _json_content(_ref(schemas.DeletedChat)),
+                },
+                **_errors("401", "404", "503"),
+            },
+        },
+        "sendMessage": {
+            "description": (
+                "The answer streams as events: `start`, `chunk`..., then `done` or `error`. "
+                "Two framings of the same events: an `Accept` naming `text/event-stream` "
+                "gets Server-Sent Events, one naming `application/x-ndjson` gets NDJSON "
+                "(the higher quality wins if both are named); any other request gets the "
+                "deployment's `CHAT_STREAM_FORMAT` (`sse` unless set; the existing web "
+                "frontend, which sends no `Accept`, needs `ndjson`). The schemas below "
+                "describe one event (one SSE `data:` line, or one NDJSON line)."
+            ),
+            "parameters": [
+                {
+                    "name": "Accept",
+                    "in": "header",
                     "required": False,
-                    "content": _json_content(_ref(schemas.CreateChatRequest)),
-                },
-                "responses": {
-                    "200": {
-                        "description": "The new chat.",
-                        "content": _json_content(_ref(schemas.CreatedChat)),
-                        "links": _chat_links("$response.body#/chat_id"),
-                    },
-                    **_errors("400", "401", "408", "413", "422", "503"),
-                },
-            }
-        },
-        "/api/chats/{chat_id}": {
-            "parameters": [CHAT_ID],
-            "get": {
-                "operationId": "listMessages",
-                "summary": "The chat's messages, oldest first (the newest page by default).",
-                "security": BEARER,
-                "parameters": _query_parameters(schemas.MessageListQuery),
-                "responses": {
-                    "200": {
-                        "description": "A page of messages.",
-                        "headers": NEXT_CURSOR_HEADERS,
-                        "content": _json_content({"type": "array", "items": _ref(schemas.Message)}),
-                    },
-                    **_errors("401", "404", "422", "503"),
-                },
+                    "description": "text/event-stream or application/x-ndjson; "
+                    "anything else gets the deployment's default framing.",
+                    "schema": {"type": "string"},
+                }
+            ],
+            "requestBody": {
+                "required": True,
+                "content": _json_content(_ref(schemas.ChatRequest)),
             },
-            "patch": {
-                "operationId": "renameChat",
-                "summary": "Rename a chat; a user's title is never replaced by a generated one.",
-                "security": BEARER,
-                "requestBody": {
-                    "required": True,
-                    "content": _json_content(_ref(schemas.RenameChatRequest)),
-                },
-                "responses": {
-                    "200": {
-                        "description": "The updated chat.",
-                        "content": _json_content(_ref(schemas.Chat)),
-                        "links": _chat_links("$response.body#/chatId"),
+            "responses": {
+                "200": {
+                    "description": (
+                        "SSE: one event JSON per `data:` line, a blank line after each; "
+                        "comment lines (`: keep-alive`) are heartbeats. NDJSON: one event "
+                        "JSON per line; a chunk also carries `response` (= `content`), an "
+                        'error `error` (= `detail`), and `{"type": "heartbeat"}` lines '
+                        "are heartbeats."
+                    ),
+                    "headers": {
+                        "Vary": {
+                            "description": "Includes Accept: the framing depends on it.",
+                            "schema": {"type": "string"},
+                        }
                     },
-                    **_errors("400", "401", "404", "408", "413", "422", "503"),
-                },
-            },
-            "delete": {
-                "operationId": "deleteChat",
-                "summary": "Delete a chat, its messages, summaries and the media only it used.",
-                "security": BEARER,
-                "responses": {
-                    "200": {
-                        "description": "Deleted.",
-                        "content": _json_content(_ref(schemas.DeletedChat)),
-                    },
-                    **_errors("401", "404", "503"),
-                },
-            },
-        },
-        "/chat": {
-            "post": {
-                "operationId": "sendMessage",
-                "summary": "Send the last message of `messages` and stream the answer.",
-                "description": (
-                    "The answer streams as events: `start`, `chunk`..., then `done` or `error`. "
-                    "Two framings of the same events: an `Accept` naming `text/event-stream` "
-                    "gets Server-Sent Events, one naming `application/x-ndjson` gets NDJSON "
-                    "(the higher quality wins if both are named); any other request gets the "
-                    "deployment's `CHAT_STREAM_FORMAT` (`sse` unless set; the existing web "
-                    "frontend, which sends no `Accept`, needs `ndjson`). The schemas below "
-                    "describe one event (one SSE `data:` line, or one NDJSON line)."
-                ),
-                "security": BEARER,
-                "parameters": [
-                    {
-                        "name": "Accept",
-                        "in": "header",
-                        "required": False,
-                        "description": "text/event-stream or application/x-ndjson; "
-                        "anything else gets the deployment's default framing.",
-                        "schema": {"type": "string"},
-                    }
-                ],
-                "requestBody": {
-                    "required": True,
-                    "content": _json_content(_ref(schemas.ChatRequest)),
-                },
-                "responses": {
-                    "200": {
-                        "description": (
-                            "SSE: one event JSON per `data:` line, a blank line after each; "
-                            "comment lines (`: keep-alive`) are heartbeats. NDJSON: one event "
-                            "JSON per line; a chunk also carries `response` (= `content`), an "
-                            'error `error` (= `detail`), and `{"type": "heartbeat"}` lines '
-                            "are heartbeats."
-                        ),
-                        "headers": {
-                            "Vary": {
-                                "description": "Includes Accept: the framing depends on it.",
-                                "schema": {"type": "string"},
-                            }
+                    "content": {
+                        "text/event-stream": {
+                            "schema": _sse_event({"oneOf": [_ref(event) for event in SSE_EVENTS]}),
+                            "x-stream-item": "one event per `data:` line",
                         },
-                        "content": {
-                            "text/event-stream": {
-                                "schema": _sse_event(
-                                    {"oneOf": [_ref(event) for event in SSE_EVENTS]}
-                                ),
-                                "x-stream-item": "one event per `data:` line",
-                            },
-                            "application/x-ndjson": {
-                                "schema": {"oneOf": [_ref(event) for event in NDJSON_EVENTS]},
-                                "x-stream-item": "one event per line",
-                            },
+                        "application/x-ndjson": {
+                            "schema": {"oneOf": [_ref(event) for event in NDJSON_EVENTS]},
+                            "x-stream-item": "one event per line",
                         },
                     },
-                    **_errors("400", "401", "404", "408", "409", "413", "422", "429", "503"),
                 },
-            }
+                **_errors("400", "401", "404", "408", "409", "413", "422", "429", "503"),
+            },
         },
-        "/api/upload-url": {
-            "post": {
-                "operationId": "createUploadUrl",
-                "summary": "A signed URL the browser PUTs one file to.",
-                "description": (
-                    "PUT the file to `url` with exactly `headers`: by default only "
-                    "`Content-Type` (the URL signs host, object, expiry and content type); "
-                    "with `bindSize` also `x-goog-content-length-range`. The file lands under "
-                    "`incoming/` and is checked at its first use in a POST /chat message: "
-                    "real size within `max_bytes` (422 `media_too_large`), stored type (422 "
-                    "`media_type_mismatch`), bytes of the declared type (422 "
-                    "`media_content_mismatch`); a refused file is deleted, an accepted one "
-                    "moved to `uploads/`. Files never used are deleted after a day."
-                ),
-                "security": BEARER,
-                "requestBody": {
-                    "required": True,
-                    "content": _json_content(_ref(schemas.UploadUrlRequest)),
+        "createUploadUrl": {
+            "description": (
+                "PUT the file to `url` with exactly `headers`: by default only "
+                "`Content-Type` (the URL signs host, object, expiry and content type); "
+                "with `bindSize` also `x-goog-content-length-range`. The file lands under "
+                "`incoming/` and is checked at its first use in a POST /chat message: "
+                "real size within `max_bytes` (422 `media_too_large`), stored type (422 "
+                "`media_type_mismatch`), bytes of the declared type (422 "
+                "`media_content_mismatch`); a refused file is deleted, an accepted one "
+                "moved to `uploads/`. Files never used are deleted after a day."
+            ),
+            "requestBody": {
+                "required": True,
+                "content": _json_content(_ref(schemas.UploadUrlRequest)),
+            },
+            "responses": {
+                "200": {
+                    "description": "Where and how to upload.",
+                    "content": _json_content(_ref(schemas.UploadUrlResponse)),
                 },
-                "responses": {
-                    "200": {
-                        "description": "Where and how to upload.",
-                        "content": _json_content(_ref(schemas.UploadUrlResponse)),
-                    },
-                    **_errors("400", "401", "408", "413", "422", "429", "503"),
-                },
-            }
+                **_errors("400", "401", "408", "413", "422", "429", "503"),
+            },
         },
-        "/api/usage": {
-            "get": {
-                "operationId": "readUsage",
-                "summary": "Today's usage, the caller's plan limits, what remains, when it resets.",
-                "security": BEARER,
-                "responses": {
-                    "200": {
-                        "description": "The caller's usage.",
-                        "content": _json_content(_ref(schemas.UsageReport)),
-                    },
-                    **_errors("401", "503"),
+        "readUsage": {
+            "responses": {
+                "200": {
+                    "description": "The caller's usage.",
+                    "content": _json_content(_ref(schemas.UsageReport)),
                 },
-            }
+                **_errors("401", "503"),
+            },
         },
-        "/clerk-webhook": {
-            "post": {
-                "operationId": "clerkWebhook",
-                "summary": "Clerk user lifecycle events through Svix, signed in svix-* headers.",
-                "parameters": [
-                    {"name": header, "in": "header", "required": True, "schema": {"type": "string"}}
-                    for header in ("svix-id", "svix-timestamp", "svix-signature")
-                ],
-                "requestBody": {"required": True, "content": _json_content({"type": "object"})},
-                "responses": {
-                    "200": {
-                        "description": "Processed, or already processed.",
-                        "content": _json_content(_ref(schemas.WebhookAck)),
-                    },
-                    **_errors("400", "408", "413", "503"),
+        "clerkWebhook": {
+            "parameters": [
+                {"name": header, "in": "header", "required": True, "schema": {"type": "string"}}
+                for header in ("svix-id", "svix-timestamp", "svix-signature")
+            ],
+            "requestBody": {"required": True, "content": _json_content({"type": "object"})},
+            "responses": {
+                "200": {
+                    "description": "Processed, or already processed.",
+                    "content": _json_content(_ref(schemas.WebhookAck)),
                 },
-            }
+                **_errors("400", "408", "413", "503"),
+            },
         },
     }
+
+
+# Path parameters by name, for every path of the route table that has them.
+PATH_PARAMETERS = {"chat_id": CHAT_ID}
+
+
+def _paths() -> dict[str, Any]:
+    """The paths of the route table's public endpoints, each with its operation."""
+    operations = _operations()
+    endpoints = public_endpoints()
+    described = {endpoint.operation_id for endpoint in endpoints}
+    if set(operations) != described:
+        raise ValueError(
+            f"dev/openapi.py describes {sorted(operations)}; "
+            f"shared/routes.py has {sorted(described)}"
+        )
+    paths: dict[str, Any] = {}
+    for endpoint in endpoints:
+        item = paths.setdefault(endpoint.openapi_path, {})
+        if endpoint.path_parameters:
+            item["parameters"] = [PATH_PARAMETERS[name] for name in endpoint.path_parameters]
+        operation: dict[str, Any] = {
+            "operationId": endpoint.operation_id,
+            "summary": endpoint.summary,
+        }
+        if endpoint.auth:
+            operation["security"] = BEARER
+        item[endpoint.method.lower()] = {**operation, **operations[endpoint.operation_id]}
+    return paths
 
 
 # Every string a request may carry: no NUL, no unpaired surrogate (shared/text.py).

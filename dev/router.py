@@ -38,18 +38,23 @@ from werkzeug.wrappers import Request, Response
 
 from dev.storage_front import SignatureFront
 from dev.tokens import LocalSigner
+from shared.routes import load_balancer_paths
+from shared.schemas import ErrorBody
 
 logger = logging.getLogger("raven.router")
 
-# Which function serves which path of the contract (the load balancer's URL map mirrors it).
-CONTRACT_ROUTES: dict[str, str] = {
-    "/chat": "chat_stream",
-    "/api/chats": "chats_crud",
-    "/api/chats/<path:rest>": "chats_crud",
-    "/api/upload-url": "upload_url",
-    "/api/usage": "chats_crud",
-    "/clerk-webhook": "clerk_webhook",
-}
+
+def contract_routes() -> dict[str, str]:
+    """Which function serves which path, as werkzeug rules: the load balancer's path rules
+    (:func:`shared.routes.load_balancer_paths`), so local routing is what deployed routing is."""
+    return {
+        (path[:-1] + "<path:rest>" if path.endswith("/*") else path): function
+        for function, paths in load_balancer_paths().items()
+        for path in paths
+    }
+
+
+CONTRACT_ROUTES: dict[str, str] = contract_routes()
 
 # RFC 9110 section 7.6.1: connection-specific headers are not forwarded by a proxy.
 HOP_BY_HOP = {
@@ -121,12 +126,14 @@ class JsonErrorRequestHandler(WSGIRequestHandler):
 
     def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
         reason, default_explain = self.responses.get(code, ("Error", ""))
-        body = json.dumps(
-            {
-                "detail": message or explain or default_explain or reason,
-                "code": ROUTER_ERROR_CODES.get(code, f"http_{code}"),
-            }
-        ).encode()
+        body = (
+            ErrorBody(
+                detail=message or explain or default_explain or reason,
+                code=ROUTER_ERROR_CODES.get(code, f"http_{code}"),
+            )
+            .model_dump_json(exclude_none=True)
+            .encode()
+        )
         self.close_connection = True
         self.send_response(code, message)
         self.send_header("Connection", "close")
@@ -139,6 +146,12 @@ class JsonErrorRequestHandler(WSGIRequestHandler):
 
 def _json(body: Any, status: int = 200) -> Response:
     return Response(json.dumps(body), status=status, mimetype="application/json")
+
+
+def _error(detail: str, code: str, status: int) -> Response:
+    """The contract's error body (:class:`shared.schemas.ErrorBody`) for what the router refuses."""
+    body = ErrorBody(detail=detail, code=code).model_dump_json(exclude_none=True)
+    return Response(body, status=status, mimetype="application/json")
 
 
 class Router:
@@ -179,7 +192,7 @@ class Router:
             response = self.dispatch(request)
         except Exception:  # the router answers JSON whatever goes wrong
             logger.exception("router error", extra={"path": request.path})
-            response = _json({"detail": "The local router failed", "code": "router_error"}, 502)
+            response = _error("The local router failed", "router_error", 502)
         return response(environ, start_response)
 
     def dispatch(self, request: Request) -> Response:
@@ -187,7 +200,7 @@ class Router:
         try:
             endpoint, _ = adapter.match()
         except Exception:  # noqa: BLE001 - werkzeug raises NotFound/MethodNotAllowed
-            return _json({"detail": f"No such path: {request.path}", "code": "not_found"}, 404)
+            return _error(f"No such path: {request.path}", "not_found", 404)
         if endpoint == "dev_token":
             return self._token(request)
         if endpoint == "dev_healthz":
@@ -206,10 +219,10 @@ class Router:
         try:
             body = json.loads(request.get_data() or b"{}")
         except ValueError:
-            return _json({"detail": "Body must be JSON", "code": "invalid_json"}, 400)
+            return _error("Body must be JSON", "invalid_json", 400)
         sub = body.get("sub") if isinstance(body, dict) else None
         if not isinstance(sub, str) or not sub.strip():
-            return _json({"detail": "sub is required (a string)", "code": "validation_error"}, 422)
+            return _error("sub is required (a string)", "validation_error", 422)
         claims = {
             key: body[key]
             for key in ("email", "first_name", "last_name")
@@ -230,7 +243,7 @@ class Router:
         allowed = self._storage.allows(origin)
         if request.method == "OPTIONS":
             if not allowed:
-                return _json({"detail": "Origin not allowed", "code": "origin_not_allowed"}, 403)
+                return _error("Origin not allowed", "origin_not_allowed", 403)
             response = Response(
                 status=200,
                 headers={
@@ -288,14 +301,12 @@ class Router:
             upstream = connection.getresponse()
         except OSError:
             connection.close()
-            return _json({"detail": "The function is not running", "code": "upstream_down"}, 502)
+            return _error("The function is not running", "upstream_down", 502)
         except (http.client.HTTPException, ValueError) as error:
             # http.client refuses what it cannot put on the wire (a header value with a
             # newline, ...): the client's request was malformed, not the function.
             connection.close()
-            return _json(
-                {"detail": f"Request cannot be forwarded: {error}", "code": "bad_request"}, 400
-            )
+            return _error(f"Request cannot be forwarded: {error}", "bad_request", 400)
 
         def relay() -> Iterator[bytes]:
             try:

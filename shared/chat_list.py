@@ -11,11 +11,10 @@ import base64
 import binascii
 import re
 import uuid
-from typing import Any
 
-from shared.chats import chat_object
 from shared.db import Database, Row
 from shared.errors import BadRequest
+from shared.schemas import Chat, ChatSearchHit
 
 # A bound parameter of integer microseconds as a timestamptz: the inverse of how times leave
 # Postgres (shared.chats.CHAT_COLUMNS).
@@ -48,12 +47,22 @@ def _decode_chat_cursor(cursor: str) -> tuple[int, uuid.UUID]:
 
 # The list is the hot path (the frontend's sidebar): Postgres builds the page's JSON, so the
 # function forwards one text value instead of decoding and re-encoding every row. For 50
-# chats that took one instance from ~590 to ~865 requests/s (bench/README.md). Same object
-# as chat_object() builds; tests/test_chats_crud.py checks the two agree.
+# chats that took one instance from ~590 to ~865 requests/s (bench/README.md). The object is
+# schemas.Chat, field for field: the model names the fields (checked here at import), this
+# says which column each comes from, and tests/test_wire.py checks the bytes sent.
+_CHAT_JSON_FIELDS = {
+    "chatId": "id",
+    "userId": "user_id",
+    "title": "title",
+    "createdAt": "EXTRACT(EPOCH FROM created_at)::float8",
+    "updatedAt": "EXTRACT(EPOCH FROM updated_at)::float8",
+}
+if list(_CHAT_JSON_FIELDS) != list(Chat.model_fields):
+    raise RuntimeError(f"chats' JSON list does not build schemas.Chat: {list(Chat.model_fields)}")
 _CHAT_JSON = (
-    "json_build_object('chatId', id, 'userId', user_id, 'title', title, "
-    "'createdAt', EXTRACT(EPOCH FROM created_at)::float8, "
-    "'updatedAt', EXTRACT(EPOCH FROM updated_at)::float8)"
+    "json_build_object("
+    + ", ".join(f"'{field}', {column}" for field, column in _CHAT_JSON_FIELDS.items())
+    + ")"
 )
 _LIST_PAGE = """
     WITH page AS (
@@ -211,7 +220,7 @@ def snippet(text: str, terms: set[str]) -> str:
 
 def search_chats(
     db: Database, user_id: str, text: str, limit: int, cursor: str | None
-) -> tuple[list[dict[str, Any]], str | None]:
+) -> tuple[list[ChatSearchHit], str | None]:
     """The user's chats whose title or messages match ``text``, best first.
 
     Each chat object also carries ``snippet`` (a short excerpt around the best hit) and
@@ -235,11 +244,9 @@ def search_chats(
             found = tx.fetch_one(_TERMS, q=text)
             terms = set(found["terms"]) if found else set()
     page = [
-        {
-            **chat_object(row),
-            "snippet": snippet(row["content"] if row["message_id"] else row["title"], terms),
-            "matchMessageId": row["message_id"],
-        }
+        ChatSearchHit.from_row(
+            row, snippet=snippet(row["content"] if row["message_id"] else row["title"], terms)
+        )
         for row in rows[:limit]
     ]
     return page, (_encode_search_cursor(offset + limit) if len(rows) > limit else None)

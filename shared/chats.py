@@ -41,19 +41,6 @@ def parse_chat_id(text: str | None) -> uuid.UUID:
         raise chat_not_found() from None
 
 
-# --- the wire shape ----------------------------------------------------------------------
-
-
-def chat_object(row: Row) -> dict[str, Any]:
-    return {
-        "chatId": str(row["id"]),
-        "userId": row["user_id"],
-        "title": row["title"],
-        "createdAt": row["created_us"] / 1_000_000,
-        "updatedAt": row["updated_us"] / 1_000_000,
-    }
-
-
 # --- chats -------------------------------------------------------------------------------
 
 

@@ -1,14 +1,13 @@
 """The errors an endpoint raises; :mod:`shared.web` turns each into the contract's JSON error.
 
-Every error body is ``{"detail": "<for people>", "code": "<for programs>"}`` with the status
+Every error body is ``{"detail": "<for people>", "code": "<for programs>"}``
+(:class:`shared.schemas.ErrorBody`) with the status
 ``docs/api.md`` gives: 400/422 bad input, 401 bad token, 404 unknown *or someone
 else's* resource, 413 too large, 429 rate limited and 503 dependency down (both with
 ``Retry-After``).
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 
 class ApiError(Exception):
@@ -23,17 +22,14 @@ class ApiError(Exception):
         *,
         code: str | None = None,
         headers: dict[str, str] | None = None,
-        extra: dict[str, Any] | None = None,
+        retry_after: int | None = None,
     ) -> None:
         super().__init__(detail)
         self.detail = detail
         if code is not None:
             self.code = code
         self.headers = dict(headers or {})
-        self.extra = dict(extra or {})
-
-    def body(self) -> dict[str, Any]:
-        return {"detail": self.detail, "code": self.code, **self.extra}
+        self.retry_after = retry_after  # also in the body, for clients that cannot read headers
 
 
 class BadRequest(ApiError):
@@ -49,6 +45,11 @@ class Unauthorized(ApiError):
         # RFC 6750 section 3: a 401 for a bearer-protected resource names the scheme.
         error = "invalid_request" if code == "missing_token" else "invalid_token"
         super().__init__(detail, code=code, headers={"WWW-Authenticate": f'Bearer error="{error}"'})
+
+
+class Forbidden(ApiError):
+    status = 403
+    code = "forbidden"
 
 
 class NotFound(ApiError):
@@ -90,8 +91,15 @@ class RateLimited(ApiError):
             detail,
             code=code,
             headers={"Retry-After": str(max(1, retry_after))},
-            extra={"retry_after": max(1, retry_after)},
+            retry_after=max(1, retry_after),
         )
+
+
+class InternalError(ApiError):
+    """Never raised for bad input: what anything unexpected is answered with."""
+
+    status = 500
+    code = "internal_error"
 
 
 class ServiceUnavailable(ApiError):

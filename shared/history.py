@@ -5,42 +5,10 @@ URLs for their media.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
-from typing import Any
 
 from shared.chats import chat_not_found
 from shared.db import Database, Row
 from shared.schemas import MAX_POSITION
-
-# Signs a stored media part into a URL the browser can GET, or None where it cannot.
-MediaUrlSigner = Callable[[dict[str, Any]], str | None]
-
-
-def message_object(row: Row, sign: MediaUrlSigner | None = None) -> dict[str, Any]:
-    parts = []
-    for part in row["parts"]:
-        if part.get("type") == "text":
-            parts.append({"type": "text", "text": part.get("text", "")})
-        else:
-            parts.append(
-                {
-                    "type": part.get("type"),
-                    "mime_type": part.get("mime_type"),
-                    "media_url": sign(part) if sign else None,
-                }
-            )
-    first_media = next((part for part in parts if part["type"] != "text"), None)
-    return {
-        "messageId": str(row["id"]),
-        "role": row["role"],
-        "content": row["content"],
-        "timestamp": row["created_us"] / 1_000_000,
-        "media_type": first_media["mime_type"] if first_media else None,
-        "media_url": first_media["media_url"] if first_media else None,
-        "parts": parts,
-        "status": row["status"],
-        "finish_reason": row.get("finish_reason"),
-    }
 
 
 def list_messages(

@@ -41,9 +41,9 @@ import pg8000.exceptions
 from shared import file_types
 from shared.db import FOREIGN_KEY_VIOLATION, Database, Row, Transaction, sqlstate
 from shared.errors import NotFound, UnprocessableEntity
-from shared.history import MediaUrlSigner
 from shared.media_references import parse_reference
 from shared.object_names import permanent_object_name, user_prefixes
+from shared.schemas import MediaUrlSigner
 from shared.telemetry import logs_media_check
 
 MEDIA_KINDS = {"image": "image", "video": "video", "audio": "audio"}

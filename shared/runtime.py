@@ -6,7 +6,7 @@ The top of ``shared/``'s layers (tools/layers.py): nothing in ``shared/`` import
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
 from flask import Request
@@ -14,8 +14,9 @@ from flask import Request
 from shared import serving
 from shared.db import database as database  # the entry points' one import of it
 from shared.log import configure_logging
+from shared.routes import endpoints_of
 from shared.settings import Settings, function_target, get_settings
-from shared.web import Api, Route
+from shared.web import Api, Handler, Route
 
 if TYPE_CHECKING:
     from shared.auth import AuthenticatedUser
@@ -38,20 +39,36 @@ def start_function(*required: str) -> Settings:
 
 
 def make_api(
-    routes: list[Route],
+    function: str,
+    handlers: Mapping[str, Handler],
     *,
     authenticate: Callable[[Request], AuthenticatedUser] | None = None,
     max_body_bytes: int | None = None,
 ) -> Api:
-    """The function's HTTP pipeline.
+    """The function's HTTP pipeline, its routes those of ``function`` in :mod:`shared.routes`.
 
     Args:
-        routes: the function's endpoints.
+        function: the function's name (its folder) in the route table.
+        handlers: a handler for each of the function's endpoints, by operation id.
         authenticate: how routes with ``auth=True`` learn the caller, normally
             :func:`shared.auth.request_authenticator` (passed in, so functions without
             authenticated routes never import pyjwt).
         max_body_bytes: the request body limit, if not ``MAX_REQUEST_BYTES``.
+
+    Raises:
+        ValueError: a handler is missing for an endpoint of the table, or given for none.
     """
+    endpoints = endpoints_of(function)
+    expected = {endpoint.operation_id for endpoint in endpoints}
+    if set(handlers) != expected:
+        raise ValueError(
+            f"{function} serves {sorted(expected)} (shared/routes.py) but has handlers "
+            f"for {sorted(handlers)}"
+        )
+    routes = [
+        Route(endpoint.method, endpoint.path, handlers[endpoint.operation_id], auth=endpoint.auth)
+        for endpoint in endpoints
+    ]
     if authenticate is None and any(route.auth for route in routes):
         raise ValueError("routes with auth=True need an authenticate function")
     settings = get_settings()

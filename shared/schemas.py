@@ -2,11 +2,15 @@
 
 ``docs/api.md`` (the wire contract the frontend depends on) fixes the field names; these
 models are the single place the code spells them, and ``dev/openapi.py`` builds the OpenAPI
-description from them.
+description from them. Every body a function sends is one of these models serialised
+(:func:`shared.web.json_response`); domain modules hand over rows, and the ``from_row``
+constructors here turn them into wire objects. ``tests/test_wire.py`` checks what the
+running stack sends against the OpenAPI description.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -14,6 +18,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    RootModel,
     StringConstraints,
     model_validator,
 )
@@ -52,8 +57,13 @@ class RequestModel(BaseModel):
 
 
 class ErrorBody(BaseModel):
+    """Every error response's body (sent without the fields that are ``None``)."""
+
     detail: str = Field(description="Human-readable; the frontend shows it.")
     code: str = Field(description="Machine-readable, e.g. chat_not_found.")
+    retry_after: int | None = Field(
+        default=None, description="429 only: seconds to wait, as in the Retry-After header."
+    )
 
 
 # --- chats -------------------------------------------------------------------------------
@@ -116,9 +126,29 @@ class Chat(BaseModel):
     createdAt: float = Field(description="Unix epoch seconds.")
     updatedAt: float = Field(description="Last activity, Unix epoch seconds.")
 
+    @staticmethod
+    def fields_of(row: Mapping[str, Any]) -> dict[str, Any]:
+        """A chat row's wire fields (:data:`shared.chats.CHAT_COLUMNS`: times in microseconds)."""
+        return {
+            "chatId": str(row["id"]),
+            "userId": row["user_id"],
+            "title": row["title"],
+            "createdAt": row["created_us"] / 1_000_000,
+            "updatedAt": row["updated_us"] / 1_000_000,
+        }
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> Chat:
+        return cls(**cls.fields_of(row))
+
 
 class CreatedChat(Chat):
     chat_id: str
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> CreatedChat:
+        fields = Chat.fields_of(row)
+        return cls(chat_id=fields["chatId"], **fields)
 
 
 class ChatSearchHit(Chat):
@@ -127,12 +157,29 @@ class ChatSearchHit(Chat):
         description="The message the snippet comes from; null when the title matched best."
     )
 
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any], *, snippet: str = "") -> ChatSearchHit:
+        """A search page's row: a chat row plus ``message_id`` (None for a title match)."""
+        return cls(**Chat.fields_of(row), snippet=snippet, matchMessageId=row["message_id"])
 
-class MessagePart(BaseModel):
-    type: str = Field(description='"text", or a media kind such as "image", "video", "audio".')
-    text: str | None = None
-    mime_type: str | None = None
-    media_url: str | None = Field(None, description="Short-lived signed GET URL for media.")
+
+class TextPart(BaseModel):
+    type: Literal["text"]
+    text: str
+
+
+class MediaPart(BaseModel):
+    type: str = Field(description='The media kind, such as "image", "video", "audio".')
+    mime_type: str | None
+    media_url: str | None = Field(
+        description="Short-lived signed GET URL (null where none could be signed)."
+    )
+
+
+MessagePart = TextPart | MediaPart
+
+# Signs a stored media part into a URL the browser can GET, or None where it cannot.
+MediaUrlSigner = Callable[[dict[str, Any]], str | None]
 
 
 class Message(BaseModel):
@@ -150,6 +197,39 @@ class Message(BaseModel):
         description="Why an answer ended, as the model said (null for questions and for "
         "answers cut by a failure or a disconnect)."
     )
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any], sign: MediaUrlSigner | None = None) -> Message:
+        """A stored message (its ``parts`` as stored), media signed by ``sign``."""
+        parts: list[TextPart | MediaPart] = []
+        first_media: MediaPart | None = None
+        for part in row["parts"]:
+            if part.get("type") == "text":
+                parts.append(TextPart(type="text", text=part.get("text", "")))
+            else:
+                media = MediaPart(
+                    type=part.get("type"),
+                    mime_type=part.get("mime_type"),
+                    media_url=sign(part) if sign else None,
+                )
+                first_media = first_media or media
+                parts.append(media)
+        return cls(
+            messageId=str(row["id"]),
+            role=row["role"],
+            content=row["content"],
+            timestamp=row["created_us"] / 1_000_000,
+            media_type=first_media.mime_type if first_media else None,
+            media_url=first_media.media_url if first_media else None,
+            parts=parts,
+            status=row["status"],
+            finish_reason=row.get("finish_reason"),
+        )
+
+
+ChatPage = RootModel[list[Chat]]
+SearchPage = RootModel[list[ChatSearchHit]]
+MessagePage = RootModel[list[Message]]
 
 
 class DeletedChat(BaseModel):
@@ -357,8 +437,24 @@ class UploadUrlResponse(BaseModel):
     max_bytes: int = Field(description="Largest file the URL accepts, in bytes.")
 
 
-# --- Clerk webhook ---------------------------------------------------------------------------
+# --- Clerk webhook and the private functions' answers ------------------------------------------
 
 
 class WebhookAck(BaseModel):
     message: str
+
+
+class TaskAck(BaseModel):
+    """summarize's answer to Cloud Tasks, which reads only the status (sent without the
+    fields that are ``None``)."""
+
+    message: str
+    version: int | None = Field(default=None, description="The summary version stored.")
+    title: str | None = Field(default=None, description="The title stored.")
+
+
+class SweepReport(BaseModel):
+    """storage_sweep's answer to Cloud Scheduler (which reads only the status)."""
+
+    finished: int = Field(description="Queued objects deleted (or already gone).")
+    due: int = Field(description="Rows still due when the sweep stopped (out of time).")

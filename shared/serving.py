@@ -34,7 +34,6 @@ from __future__ import annotations
 import contextlib
 import heapq
 import io
-import json
 import logging
 import socket
 import threading
@@ -42,7 +41,8 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from shared.web import BODY_TIMED_OUT, json_response
+from shared.errors import InternalError
+from shared.web import BODY_TIMED_OUT, error_body, error_response
 
 logger = logging.getLogger("raven.serving")
 
@@ -255,9 +255,8 @@ def write_json_error(sock: socket.socket, status_int: int, reason: str, mesg: st
     detail = mesg or reason
     if status_int == 431:
         detail = "Request headers are too large: at most 8190 bytes per header line"
-    body = json.dumps(
-        {"detail": detail, "code": _GUNICORN_CODES.get(status_int, "bad_request")}
-    ).encode()
+    code = _GUNICORN_CODES.get(status_int, "bad_request")
+    body = error_body(detail, code).model_dump_json(exclude_none=True).encode()
     head = (
         f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\n"
         f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
@@ -332,7 +331,7 @@ def install(api_handle: Callable[[Any], Any], max_body_bytes: int, timeout_secon
 
     def crash(error: Exception) -> Any:
         logger.error("unhandled error outside the Api", exc_info=error)
-        return json_response({"detail": "Internal server error", "code": "internal_error"}, 500)
+        return error_response(InternalError("Internal server error"))
 
     app.register_error_handler(HTTPException, http_error)
     app.register_error_handler(500, crash)

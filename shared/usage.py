@@ -17,10 +17,10 @@ import random
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 from shared.db import Database, Transaction
 from shared.errors import RateLimited
+from shared.schemas import UsageLimits, UsageRemaining, UsageReport, UsageResets, UsageToday
 from shared.settings import Settings
 
 # Old minute windows are pruned on roughly one send in this many.
@@ -120,7 +120,7 @@ def record_usage(tx: Transaction, user_id: str, input_tokens: int, output_tokens
     )
 
 
-def usage_report(db: Database, user_id: str, plan: Plan) -> dict[str, Any]:
+def usage_report(db: Database, user_id: str, plan: Plan) -> UsageReport:
     """``GET /api/usage``: today's usage, the plan's limits, what remains and when it resets.
 
     One statement reads the current UTC day's totals and the current minute's count together
@@ -146,25 +146,25 @@ def usage_report(db: Database, user_id: str, plan: Plan) -> dict[str, Any]:
     now = row["now"]
     tokens = int(row["input_tokens"]) + int(row["output_tokens"])
     day_start = datetime.fromtimestamp(now, UTC).replace(hour=0, minute=0, second=0, microsecond=0)
-    return {
-        "plan": plan.name,
-        "day": row["day"],
-        "today": {
-            "messages": row["messages"],
-            "input_tokens": int(row["input_tokens"]),
-            "output_tokens": int(row["output_tokens"]),
-            "total_tokens": tokens,
-        },
-        "limits": {
-            "messages_per_minute": plan.messages_per_minute,
-            "tokens_per_day": plan.tokens_per_day,
-        },
-        "remaining": {
-            "messages_this_minute": max(0, plan.messages_per_minute - row["minute_messages"]),
-            "tokens_today": max(0, plan.tokens_per_day - tokens),
-        },
-        "resets_at": {
-            "minute": float(int(now) - int(now) % 60 + 60),
-            "day": (day_start + timedelta(days=1)).timestamp(),
-        },
-    }
+    return UsageReport(
+        plan=plan.name,
+        day=row["day"],
+        today=UsageToday(
+            messages=row["messages"],
+            input_tokens=int(row["input_tokens"]),
+            output_tokens=int(row["output_tokens"]),
+            total_tokens=tokens,
+        ),
+        limits=UsageLimits(
+            messages_per_minute=plan.messages_per_minute,
+            tokens_per_day=plan.tokens_per_day,
+        ),
+        remaining=UsageRemaining(
+            messages_this_minute=max(0, plan.messages_per_minute - row["minute_messages"]),
+            tokens_today=max(0, plan.tokens_per_day - tokens),
+        ),
+        resets_at=UsageResets(
+            minute=float(int(now) - int(now) % 60 + 60),
+            day=(day_start + timedelta(days=1)).timestamp(),
+        ),
+    )

@@ -32,6 +32,8 @@ from werkzeug.routing import Map, Rule
 from shared.errors import (
     ApiError,
     BadRequest,
+    Forbidden,
+    InternalError,
     MethodNotAllowed,
     NotFound,
     PayloadTooLarge,
@@ -39,6 +41,7 @@ from shared.errors import (
     UnprocessableEntity,
 )
 from shared.log import bind_trace, trace_from_headers
+from shared.schemas import ErrorBody
 from shared.text import UNSTORABLE_TEXT, unstorable_path
 
 logger = logging.getLogger("raven.http")
@@ -65,20 +68,35 @@ class Route:
     auth: bool = True
 
 
-def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    """A JSON response, compact, UTF-8."""
-    payload = json.dumps(body, separators=(",", ":"), ensure_ascii=False)
+def json_response(
+    body: BaseModel,
+    status: int = 200,
+    headers: dict[str, str] | None = None,
+    *,
+    exclude_none: bool = False,
+) -> Response:
+    """A wire model (:mod:`shared.schemas`) as a JSON response: compact, UTF-8."""
     try:
-        encoded = payload.encode()
-    except UnicodeEncodeError:
+        encoded = body.model_dump_json(exclude_none=exclude_none).encode()
+    except ValueError:  # pydantic_core.PydanticSerializationError, not imported: not a pin
         # A lone surrogate (from a path or header echoed in a detail) has no UTF-8 form;
         # JSON's \u escapes carry it.
-        encoded = json.dumps(body, separators=(",", ":")).encode()
+        plain = body.model_dump(mode="json", exclude_none=exclude_none)
+        encoded = json.dumps(plain, separators=(",", ":")).encode()
     return Response(encoded, status=status, headers=headers, mimetype="application/json")
 
 
+def error_body(detail: str, code: str, retry_after: int | None = None) -> ErrorBody:
+    return ErrorBody(detail=detail, code=code, retry_after=retry_after)
+
+
 def error_response(error: ApiError) -> Response:
-    return json_response(error.body(), error.status, error.headers)
+    return json_response(
+        error_body(error.detail, error.code, error.retry_after),
+        error.status,
+        error.headers,
+        exclude_none=True,
+    )
 
 
 def load_json(raw: bytes) -> Any:
@@ -240,9 +258,7 @@ class Api:
             response = error_response(error)
         except Exception:
             logger.exception("unhandled error", extra={"path": request.path})
-            response = json_response(
-                {"detail": "Internal server error", "code": "internal_error"}, 500
-            )
+            response = error_response(InternalError("Internal server error"))
         self._add_cors_headers(request, response)
         self._log(request, response, started, user_id)
         return response
@@ -308,9 +324,7 @@ class Api:
     def _preflight(self, request: Request) -> Response:
         origin = request.headers.get("Origin")
         if not self._origin_allowed(origin):
-            return json_response(
-                {"detail": "Origin not allowed", "code": "origin_not_allowed"}, 403
-            )
+            return error_response(Forbidden("Origin not allowed", code="origin_not_allowed"))
         return Response(
             status=204,
             headers={

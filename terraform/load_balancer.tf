@@ -6,13 +6,10 @@
 # The functions' own URLs keep working (ingress stays ALLOW_ALL): the frontend may use either.
 
 locals {
-  # Contract path -> function. summarize is private and never behind the load balancer.
-  load_balancer_routes = {
-    chat_stream   = ["/chat"]
-    chats_crud    = ["/api/chats", "/api/chats/*", "/api/usage"]
-    upload_url    = ["/api/upload-url"]
-    clerk_webhook = ["/clerk-webhook"]
-  }
+  # Function -> its path rules, generated from the route table (shared/routes.py) by
+  # `make routes`; tests/test_routes.py fails when the file is not current. summarize and
+  # storage_sweep are private and never behind the load balancer.
+  load_balancer_routes = jsondecode(file("${path.module}/load_balancer_routes.json"))
 
   load_balanced_functions = var.enable_load_balancer ? local.load_balancer_routes : {}
   load_balancer_count     = var.enable_load_balancer ? 1 : 0

@@ -226,7 +226,7 @@ def test_anything_else_is_an_invalid_reference(reference: str) -> None:
 def refusal(call: Any) -> tuple[int, dict[str, Any]]:
     with pytest.raises(ApiError) as error:
         call()
-    return error.value.status, error.value.body()
+    return error.value.status, {"detail": error.value.detail, "code": error.value.code}
 
 
 def test_first_use_checks_and_promotes_the_upload_then_needs_no_bucket_call(

@@ -100,3 +100,38 @@ def test_document_is_openapi_31_with_resolvable_refs(stack: LocalStack) -> None:
         "media_type",
         "media_url",
     } <= message_fields
+
+
+# The names the contract (docs/api.md) fixes, per schema: a model whose field is renamed
+# changes the OpenAPI and the wire alike (tests/test_wire.py cannot see that), so they are
+# pinned here, each required where the contract always sends or reads it.
+CONTRACT_FIELDS: dict[str, tuple[set[str], set[str]]] = {
+    # schema: (required, optional)
+    "ErrorBody": ({"detail", "code"}, set()),
+    "Chat": ({"chatId", "userId", "title", "createdAt"}, set()),
+    "CreatedChat": ({"chat_id", "chatId", "userId", "title", "createdAt"}, set()),
+    "Message": ({"messageId", "role", "content", "timestamp", "media_type", "media_url"}, set()),
+    "DeletedChat": ({"message"}, set()),
+    "WebhookAck": ({"message"}, set()),
+    "UploadUrlResponse": ({"url", "gcs_url"}, set()),
+    "StartEvent": ({"type", "chat_id", "message_id"}, set()),
+    "ChunkEvent": ({"type", "content"}, set()),
+    "NdjsonChunkEvent": ({"type", "content", "response"}, set()),
+    "DoneEvent": ({"type", "message_id"}, set()),
+    "ErrorEvent": ({"type", "detail"}, set()),
+    "NdjsonErrorEvent": ({"type", "detail", "error"}, set()),
+    "CreateChatRequest": (set(), {"title"}),
+    "RenameChatRequest": ({"title"}, set()),
+    "ChatRequest": (set(), {"chatId", "messages"}),
+    "ChatMessageIn": ({"role", "parts"}, set()),
+    "ChatPartIn": ({"text"}, {"type", "mimeType"}),
+    "UploadUrlRequest": ({"filename", "contentType"}, {"size"}),
+}
+
+
+@pytest.mark.parametrize("schema", sorted(CONTRACT_FIELDS))
+def test_the_contracts_field_names_are_described(schema: str) -> None:
+    described = build_openapi()["components"]["schemas"][schema]
+    required, optional = CONTRACT_FIELDS[schema]
+    assert required <= set(described.get("required", [])), schema
+    assert required | optional <= set(described["properties"]), schema

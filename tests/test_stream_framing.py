@@ -259,3 +259,47 @@ def test_the_router_passes_ndjson_through_unbuffered(
             # The first chunk is readable while the model is still producing the rest.
             assert not model.requests(match=question)[0].get("settled_at")
     assert seen == ["start", "chunk", "chunk", "chunk", "done"]
+
+
+# Texts a model may send that JSON must escape, or must not: quotes, backslashes, every
+# control character, line and paragraph separators, any script, emoji, a NUL.
+TRICKY_TEXTS = [
+    "",
+    "plain",
+    'say "hi" \\ and \\"',
+    "\n\r\t\b\f",
+    "".join(chr(code) for code in range(32)) + "\x7f",
+    "\u2028\u2029 <script>alert(1)</script> </",
+    "héllo wörld ✓ 日本語 עברית 🦜👩‍👩‍👧",
+    "\x00 null inside",
+    '{"type":"error","error":"x"}\n{"response":"y"}',
+]
+
+
+@pytest.mark.parametrize("text", TRICKY_TEXTS)
+def test_the_hand_written_chunk_is_the_models_serialisation(text: str) -> None:
+    """The chunk fast path writes exactly what the models would, byte for byte."""
+    from shared.schemas import ChunkEvent, NdjsonChunkEvent
+    from shared.stream_framing import NDJSON, SSE
+
+    sse_line = f"data: {ChunkEvent(content=text).model_dump_json()}\n\n"
+    ndjson_line = NdjsonChunkEvent(content=text, response=text).model_dump_json() + "\n"
+    assert SSE.chunk(text) == sse_line
+    assert NDJSON.chunk(text) == ndjson_line
+    # And the generic path, which builds the model, agrees.
+    assert SSE.encode(ChunkEvent(content=text)) == sse_line
+    assert NDJSON.encode(ChunkEvent(content=text)) == ndjson_line
+
+
+def test_a_lone_surrogate_cannot_go_on_the_wire_either_way() -> None:
+    """No UTF-8 form: the model refuses to serialise it and the hand-written line cannot be
+    encoded, so both paths fail alike (the stream breaks rather than sending invalid UTF-8)."""
+    from pydantic_core import PydanticSerializationError
+
+    from shared.schemas import NdjsonChunkEvent
+    from shared.stream_framing import NDJSON
+
+    with pytest.raises(PydanticSerializationError):
+        NdjsonChunkEvent(content="\ud800", response="\ud800").model_dump_json()
+    with pytest.raises(UnicodeEncodeError):
+        NDJSON.chunk("\ud800").encode()

@@ -869,8 +869,14 @@ def test_tasks_queue_retries_and_rate_limits() -> None:
 
 
 def test_load_balancer_serves_every_contract_path() -> None:
+    # The URL map's path rules are the route table's (shared/routes.py), through the JSON
+    # file `make routes` writes (tests/test_routes.py checks it is current).
+    assert all_locals()["load_balancer_routes"] == (
+        '${jsondecode(file("${path.module}/load_balancer_routes.json"))}'
+    )
     routes = {
-        name: set(strings(paths)) for name, paths in all_locals()["load_balancer_routes"].items()
+        name: set(paths)
+        for name, paths in json.loads((TERRAFORM / "load_balancer_routes.json").read_text()).items()
     }
     assert routes == {
         "chat_stream": {"/chat"},

@@ -26,7 +26,7 @@ from shared.schemas import ChatRequest
 from shared.stream_framing import Framing, choose_framing
 from shared.system_instruction import SystemInstruction, personalise
 from shared.telemetry import TurnRecord, received_at
-from shared.web import Route, parse_json
+from shared.web import parse_json
 
 logger = logging.getLogger("raven.chat_stream")
 
@@ -153,7 +153,8 @@ def request_tasks(begun: turn.BegunTurn, finished: Finished) -> None:
 
 
 API = make_api(
-    [Route("POST", "/chat", send_message)],
+    "chat_stream",
+    {"sendMessage": send_message},
     authenticate=request_authenticator(),
     max_body_bytes=settings.chat_max_request_bytes,
 )

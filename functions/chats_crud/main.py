@@ -31,14 +31,20 @@ from shared.runtime import database, make_api, start_function
 from shared.schemas import (
     LIST_PAGE_SIZE,
     SEARCH_PAGE_SIZE,
+    Chat,
     ChatListQuery,
     CreateChatRequest,
+    CreatedChat,
+    DeletedChat,
+    Message,
     MessageListQuery,
+    MessagePage,
     RenameChatRequest,
+    SearchPage,
 )
 from shared.settings import get_settings
 from shared.storage import media_storage, schedule_storage_cleanup
-from shared.web import Route, json_response, parse_json, query_args, validate
+from shared.web import json_response, parse_json, query_args, validate
 
 start_function("GCS_BUCKET_NAME")
 
@@ -59,7 +65,9 @@ def list_chats(request: Request, user: AuthenticatedUser) -> Response:
         hits, next_cursor = chat_list.search_chats(
             database(), user.id, query.q, query.limit or SEARCH_PAGE_SIZE, query.cursor
         )
-        return json_response(hits, headers=_next_page_headers(request, "cursor", next_cursor))
+        return json_response(
+            SearchPage(hits), headers=_next_page_headers(request, "cursor", next_cursor)
+        )
     page, next_cursor = chat_list.list_chats_json(
         database(), user.id, query.limit or LIST_PAGE_SIZE, query.cursor
     )
@@ -74,8 +82,7 @@ def create_chat(request: Request, user: AuthenticatedUser) -> Response:
     body = parse_json(request, CreateChatRequest)
     with database().transaction() as tx:
         row = chats.create_chat(tx, user.id, body.title)
-    chat = chats.chat_object(row)
-    return json_response({"chat_id": chat["chatId"], **chat})
+    return json_response(CreatedChat.from_row(row))
 
 
 def read_chat(request: Request, user: AuthenticatedUser, chat_id: str) -> Response:
@@ -84,20 +91,20 @@ def read_chat(request: Request, user: AuthenticatedUser, chat_id: str) -> Respon
         database(), user.id, chats.parse_chat_id(chat_id), query.limit, query.before
     )
     sign = media.media_url_signer(media_storage(), rows)
-    messages = [history.message_object(row, sign) for row in rows]
+    messages = MessagePage([Message.from_row(row, sign) for row in rows])
     return json_response(messages, headers=_next_page_headers(request, "before", older))
 
 
 def rename_chat(request: Request, user: AuthenticatedUser, chat_id: str) -> Response:
     body = parse_json(request, RenameChatRequest)
     row = chats.rename_chat(database(), user.id, chats.parse_chat_id(chat_id), body.title)
-    return json_response(chats.chat_object(row))
+    return json_response(Chat.from_row(row))
 
 
 def delete_chat(request: Request, user: AuthenticatedUser, chat_id: str) -> Response:
     chats.delete_chat(database(), user.id, chats.parse_chat_id(chat_id))
     schedule_storage_cleanup()  # off the request path; the queue row survives any failure
-    return json_response({"message": "Chat deleted"})
+    return json_response(DeletedChat(message="Chat deleted"))
 
 
 def read_usage(request: Request, user: AuthenticatedUser) -> Response:
@@ -106,15 +113,16 @@ def read_usage(request: Request, user: AuthenticatedUser) -> Response:
 
 
 API = make_api(
+    "chats_crud",
+    {
+        "listChats": list_chats,
+        "createChat": create_chat,
+        "listMessages": read_chat,
+        "renameChat": rename_chat,
+        "deleteChat": delete_chat,
+        "readUsage": read_usage,
+    },
     authenticate=request_authenticator(),
-    routes=[
-        Route("GET", "/api/chats", list_chats),
-        Route("POST", "/api/chats/create", create_chat),
-        Route("GET", "/api/chats/<chat_id>", read_chat),
-        Route("PATCH", "/api/chats/<chat_id>", rename_chat),
-        Route("DELETE", "/api/chats/<chat_id>", delete_chat),
-        Route("GET", "/api/usage", read_usage),
-    ],
 )
 
 

@@ -45,9 +45,10 @@ from shared import users
 from shared.clerk_events import HANDLED_EVENTS, Delivery, parse_delivery, payload
 from shared.errors import BadRequest
 from shared.runtime import database, make_api, start_function
+from shared.schemas import WebhookAck
 from shared.settings import get_settings
 from shared.storage import schedule_storage_cleanup
-from shared.web import Route, json_response
+from shared.web import json_response
 
 settings = start_function("CLERK_WEBHOOK_SECRET", "GCS_BUCKET_NAME")
 
@@ -105,7 +106,7 @@ def receive(request: Request) -> Response:
         # Not recorded either: an ignored event changes nothing however often it comes, and
         # the endpoint may be subscribed to event types we have no use for.
         logger.info(f"webhook {delivery.event_type}: ignored", extra=log_fields)
-        return json_response({"message": "ignored: event type not handled"})
+        return json_response(WebhookAck(message="ignored: event type not handled"))
     data = payload(model, delivery)
     db = database()
     assert settings.gcs_bucket_name is not None  # start_function required it
@@ -123,13 +124,13 @@ def receive(request: Request) -> Response:
         schedule_storage_cleanup()  # a background thread: the bucket is never awaited here
     logger.info(f"webhook {delivery.event_type}: {outcome.message}", extra=log_fields)
     users.event_log_pruner().maybe_prune(db)
-    return json_response({"message": outcome.message})
+    return json_response(WebhookAck(message=outcome.message))
 
 
 # Built at start: a secret svix cannot use fails the instance now, not Clerk's first delivery.
 signature_verifier()
 
-API = make_api([Route("POST", "/clerk-webhook", receive, auth=False)])
+API = make_api("clerk_webhook", {"clerkWebhook": receive})
 
 
 @functions_framework.http

@@ -23,9 +23,10 @@ from flask import Request, Response
 
 from shared.deletions import run_storage_sweep, storage_deletions_backlog
 from shared.runtime import database, make_api, start_function
+from shared.schemas import SweepReport
 from shared.storage import object_store
 from shared.telemetry import log_storage_sweep
-from shared.web import Route, json_response
+from shared.web import json_response
 
 start_function()
 
@@ -45,10 +46,10 @@ def sweep(request: Request) -> Response:
         oldest,
         round((time.perf_counter() - started) * 1e3, 2),
     )
-    return json_response({"finished": result.finished, "due": result.due})
+    return json_response(SweepReport(finished=result.finished, due=result.due))
 
 
-API = make_api([Route("POST", "/", sweep, auth=False)])
+API = make_api("storage_sweep", {"sweepStorage": sweep})
 
 
 @functions_framework.http

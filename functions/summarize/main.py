@@ -35,10 +35,11 @@ from shared.errors import RateLimited, ServiceUnavailable
 from shared.gemini import GeminiStreamer
 from shared.model_events import ModelError
 from shared.runtime import database, make_api, start_function
+from shared.schemas import TaskAck
 from shared.summaries import Dropped, NothingToDo
 from shared.tasks import SummaryTask, TitleTask, read_task, task_attempt, task_queue_delay
 from shared.telemetry import logs_task
-from shared.web import Route, json_response
+from shared.web import json_response
 
 logger = logging.getLogger("raven.summarize")
 
@@ -47,8 +48,8 @@ MODEL = GeminiStreamer(settings)
 MODEL.preload()
 
 
-def done(message: str, **fields: Any) -> Response:
-    return json_response({"message": message, **fields})
+def done(message: str, *, version: int | None = None, title: str | None = None) -> Response:
+    return json_response(TaskAck(message=message, version=version, title=title), exclude_none=True)
 
 
 def task_outcome(response: Response) -> str:
@@ -123,7 +124,7 @@ def model_failure(task: SummaryTask | TitleTask, error: ModelError) -> Response:
 
 
 # No bearer token: deployed, Cloud Run's IAM admits only the tasks invoker's OIDC token.
-API = make_api([Route("POST", "/", handle_task, auth=False)])
+API = make_api("summarize", {"runTask": handle_task})
 
 
 @functions_framework.http

@@ -33,7 +33,7 @@ from shared.runtime import database, make_api, start_function
 from shared.schemas import UploadUrlRequest, UploadUrlResponse
 from shared.settings import get_settings
 from shared.storage import media_storage
-from shared.web import Route, json_response, parse_json
+from shared.web import json_response, parse_json
 
 start_function("GCS_BUCKET_NAME")
 
@@ -107,11 +107,11 @@ def create_upload_url(request: Request, user: AuthenticatedUser) -> Response:
         upload_id=str(upload_id),
         max_bytes=storage.max_bytes,
     )
-    return json_response(answer.model_dump())
+    return json_response(answer)
 
 
 API = make_api(
-    [Route("POST", "/api/upload-url", create_upload_url)], authenticate=request_authenticator()
+    "upload_url", {"createUploadUrl": create_upload_url}, authenticate=request_authenticator()
 )
 
 
