@@ -236,16 +236,10 @@ def required_by(function: str) -> set[str] | None:
 
 
 def authenticates_users(function: str) -> bool:
-    """Whether main.py declares a Route with Clerk authentication (auth defaults to True)."""
-    module = _main_module(function)
-    if module is None:
-        return False
-    for node in ast.walk(module):
-        if isinstance(node, ast.Call) and _called_name(node) == "Route":
-            auth = next((keyword.value for keyword in node.keywords if keyword.arg == "auth"), None)
-            if not (isinstance(auth, ast.Constant) and auth.value is False):
-                return True
-    return False
+    """Whether the route table gives the function an endpoint with Clerk authentication."""
+    from shared.routes import endpoints_of
+
+    return any(endpoint.auth for endpoint in endpoints_of(function))
 
 
 # --- syntax and hygiene --------------------------------------------------------------------------
@@ -408,7 +402,7 @@ def test_every_required_setting_is_provided(function: str) -> None:
 def test_functions_that_authenticate_users_can_verify_clerk_tokens(function: str) -> None:
     env = env_given_to(function)
     if not authenticates_users(function):
-        # Every Route has auth=False: the function verifies no session token, so it gets no
+        # No endpoint of it has auth (shared/routes.py): it verifies no session token, so it gets no
         # Clerk key (clerk_webhook's own secret is checked in the secrets test).
         assert not {"CLERK_JWT_KEY", "CLERK_SECRET_KEY"} & secrets_given_to(function), function
         assert not {"CLERK_ISSUER", "CLERK_JWKS_URL"} & env, function
