@@ -18,6 +18,7 @@ from bench import (
     clerk_webhook,
     controls,
     hostile,
+    profile,
     stream_framing,
     stream_parse,
     summaries,
@@ -34,6 +35,7 @@ BENCHMARKS: dict[str, Callable[[], dict[str, Any]]] = {
     "hostile": hostile.run,
     "controls": controls.run,
     "telemetry": telemetry.run,
+    "profile": profile.run,
 }
 
 
