@@ -18,15 +18,19 @@ from bench import (
     clerk_webhook,
     controls,
     hostile,
+    list_baseline,
     profile,
+    request_path,
     stream_framing,
     stream_parse,
     summaries,
     telemetry,
+    workers,
 )
 
 BENCHMARKS: dict[str, Callable[[], dict[str, Any]]] = {
     "chats_crud": chats_crud.run,
+    "list_baseline": list_baseline.run,
     "chat_stream": chat_stream.run,
     "stream_framing": stream_framing.run,
     "stream_parse": stream_parse.run,
@@ -36,6 +40,8 @@ BENCHMARKS: dict[str, Callable[[], dict[str, Any]]] = {
     "controls": controls.run,
     "telemetry": telemetry.run,
     "profile": profile.run,
+    "request_path": request_path.run,
+    "workers": workers.run,
 }
 
 
