@@ -32,6 +32,7 @@ BENCHMARKS: dict[str, Callable[[], dict[str, Any]]] = {
     "chats_crud": chats_crud.run,
     "list_baseline": list_baseline.run,
     "chat_stream": chat_stream.run,
+    "chat_stream_turn": chat_stream.run_turn,
     "stream_framing": stream_framing.run,
     "stream_parse": stream_parse.run,
     "summaries": summaries.run,

@@ -7,7 +7,7 @@ list did, and nothing more:
 
 * verify the Clerk session token (RS256 against the JWKS fetched at start, issuer checked,
   with PyJWT, on every request, as the old backend did);
-* one query through an asyncpg pool: the user's newest 20 chats;
+* one query through an asyncpg pool: the user's newest chats, a page of 100 as chats_crud's;
 * answer them as JSON through FastAPI's own response path (its encoder, its pydantic-free
   ``list[dict]`` return).
 
@@ -33,6 +33,7 @@ LIST_SQL = """
     SELECT id, user_id, title, created_at, updated_at FROM chats
     WHERE user_id = $1 ORDER BY updated_at DESC, id DESC LIMIT $2
 """
+PAGE_SIZE = 100  # as chats_crud's default page (shared.schemas.LIST_PAGE_SIZE)
 state: dict[str, Any] = {}
 
 
@@ -81,7 +82,7 @@ def current_user(authorization: str | None) -> str:
 @app.get("/api/chats")
 async def list_chats(authorization: str | None = Header(default=None)) -> list[dict[str, Any]]:
     user_id = current_user(authorization)
-    rows = await state["pool"].fetch(LIST_SQL, user_id, 20)
+    rows = await state["pool"].fetch(LIST_SQL, user_id, PAGE_SIZE)
     return [
         {
             "chatId": str(row["id"]),

@@ -319,7 +319,13 @@ def backend_prepare_ms(log_path: Path, chats: set[str]) -> list[float]:
     return values
 
 
-def run() -> dict[str, Any]:
+def run_turn() -> dict[str, Any]:
+    """Only (a), the backend's own cost of a turn (``python -m bench chat_stream_turn``)."""
+    return run(stream_loads=[])
+
+
+def run(stream_loads: list[tuple[int, int]] | None = None) -> dict[str, Any]:
+    stream_loads = STREAM_LOADS if stream_loads is None else stream_loads
     with tempfile.TemporaryDirectory() as data_dir:
         stack = LocalStack(Path(data_dir), free_port(), log_to_files=True)
         stack.start()
@@ -330,6 +336,11 @@ def run() -> dict[str, Any]:
         log_path = Path(data_dir) / "chat_stream_bench.log"
         user = "user_bench_stream"
         token = stack.signer.token(user, lifetime_seconds=7200)
+        # One user per stream, as an instance's streams are in production.
+        stream_users = [
+            stack.signer.token(f"{user}_{n}", lifetime_seconds=7200)
+            for n in range(max((streams for streams, _ in stream_loads), default=0))
+        ]
         try:
             process, url = start_instance(stack.env, threads=16, log_path=log_path)
             try:
@@ -354,8 +365,8 @@ def run() -> dict[str, Any]:
                 "10000": backend_prepare_ms(log_path, {large}),
             }
             loads = [
-                stream_load(stack.env, token, control, streams, rate)
-                for streams, rate in STREAM_LOADS
+                stream_load(stack.env, stream_users[:streams], control, streams, rate)
+                for streams, rate in stream_loads
             ]
         finally:
             db.close()

@@ -10,6 +10,10 @@ Both serve the same user with 50 chats to the same load: 8 keep-alive clients in
 the machine's other load falls on both alike. Each is one process: chats_crud as Terraform
 deploys it (1 vCPU: WORKERS=1, THREADS=40), the baseline as ``uvicorn app`` runs.
 
+Also each server's CPU time per request (user + system, from /proc, over each round): the
+measure other load on the machine moves least, and what bounds a one-process server's
+throughput on a core of its own.
+
 Targets (issue 17): chats_crud >= 2x the baseline's throughput, <= 0.5x its p99.
 """
 
@@ -26,14 +30,15 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from bench.chat_stream import process_cpu_seconds
 from bench.chats_crud import start_instance
 from bench.load import LoadResult, run_load
 from dev.stack import LocalStack, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 BASELINE_PYTHON = ROOT / ".venv-baseline" / "bin" / "python"
-ROUNDS = 3
-SECONDS = 5.0
+ROUNDS = 5
+SECONDS = 4.0
 CHATS = 50
 
 
@@ -89,6 +94,7 @@ def start_baseline(env: dict[str, str], token: str) -> tuple[subprocess.Popen[by
 
 def run() -> dict[str, Any]:
     per_round: dict[str, list[LoadResult]] = {"raven": [], "baseline": []}
+    cpu_per_request: dict[str, list[float]] = {"raven": [], "baseline": []}
     with tempfile.TemporaryDirectory() as data_dir:
         stack = LocalStack(Path(data_dir), free_port(), log_to_files=True)
         stack.start()
@@ -107,13 +113,18 @@ def run() -> dict[str, Any]:
                 baseline, baseline_url = start_baseline(stack.env, token)
                 try:
                     urls = {"raven": our_url, "baseline": baseline_url}
+                    pids = {"raven": ours.pid, "baseline": baseline.pid}
                     for url in urls.values():  # warm-up: statements prepared, pools filled
                         run_load(url, "GET", "/api/chats", headers=auth, duration=1.0)
                     for _ in range(ROUNDS):
                         for name, url in urls.items():
-                            per_round[name].append(
-                                run_load(url, "GET", "/api/chats", headers=auth, duration=SECONDS)
+                            cpu_before = process_cpu_seconds(pids[name])
+                            load = run_load(
+                                url, "GET", "/api/chats", headers=auth, duration=SECONDS
                             )
+                            cpu = process_cpu_seconds(pids[name]) - cpu_before
+                            per_round[name].append(load)
+                            cpu_per_request[name].append(cpu * 1e6 / max(load.requests, 1))
                 finally:
                     baseline.terminate()
                     baseline.wait()
@@ -130,6 +141,8 @@ def run() -> dict[str, Any]:
             "p50_ms": statistics.median(load.p50_ms for load in loads),
             "p99_ms": statistics.median(load.p99_ms for load in loads),
             "errors": sum(load.errors for load in loads),
+            "cpu_us_per_request": statistics.median(cpu_per_request[name]),
+            "rounds_cpu_us_per_request": cpu_per_request[name],
             "rounds_per_second": [load.per_second for load in loads],
             "rounds_p99_ms": [load.p99_ms for load in loads],
         }
@@ -148,6 +161,7 @@ def run() -> dict[str, Any]:
         "baseline": baseline_row,
         "throughput_ratio": statistics.median(throughput_ratios),
         "p99_ratio": statistics.median(p99_ratios),
+        "cpu_ratio": raven_row["cpu_us_per_request"] / baseline_row["cpu_us_per_request"],
         "rounds_throughput_ratio": throughput_ratios,
         "rounds_p99_ratio": p99_ratios,
     }
@@ -156,11 +170,16 @@ def run() -> dict[str, Any]:
         rounds = ", ".join(f"{value:.0f}" for value in row["rounds_per_second"])
         print(
             f"  {name:>16}: {row['per_second']:.0f} req/s (rounds {rounds}), p50 "
-            f"{row['p50_ms']:.2f} ms, p99 {row['p99_ms']:.2f} ms, errors {row['errors']}"
+            f"{row['p50_ms']:.2f} ms, p99 {row['p99_ms']:.2f} ms, errors {row['errors']}; "
+            f"server CPU {row['cpu_us_per_request']:.0f} µs per request"
         )
     print(
         f"  ratio: throughput {results['throughput_ratio']:.2f}x (rounds "
         f"{', '.join(f'{r:.2f}' for r in throughput_ratios)}), p99 {results['p99_ratio']:.2f}x "
         f"(rounds {', '.join(f'{r:.2f}' for r in p99_ratios)}); targets >= 2x, <= 0.5x"
+    )
+    print(
+        f"  server CPU per request, chats_crud / baseline: {results['cpu_ratio']:.2f} (what "
+        "bounds throughput on a core of its own, and the measure least moved by other load)"
     )
     return results

@@ -1,8 +1,9 @@
 """What happens to a request before and around :class:`shared.web.Api`: the server's edges.
 
 functions-framework builds a Flask app around the entry point and serves it with gunicorn's
-threaded worker (``functions_framework/_http/gunicorn.py``: ``THREADS`` threads, one request
-per thread, no other gunicorn setting exposed). Left alone, three things escape our JSON
+threaded worker (``functions_framework/_http/gunicorn.py``: ``WORKERS`` processes forked from
+the master that imported the function, ``THREADS`` threads each, one request per thread, no
+other gunicorn setting exposed). Left alone, three things escape our JSON
 errors and one starves the instance:
 
 * Flask answers paths its catch-all rule cannot match (``/%0A``: werkzeug's path converter
@@ -26,7 +27,10 @@ the module, inside its app context) fixes all of these from inside the process:
    threaded worker with JSON for the errors gunicorn answers itself, and with threads to wait
    for slow bodies in beyond the ``THREADS`` that run the app: a request takes one of the
    ``THREADS`` app slots only once its body is in, so stalled bodies never delay a request
-   whose body has arrived (bench/hostile.py measures it).
+   whose body has arrived (bench/hostile.py measures it);
+4. unless the function's handlers need Flask's request context (chat_stream's
+   ``stream_with_context``), requests skip Flask's dispatch: :class:`DirectApp` hands them to
+   the Api, which routes, answers errors and logs by itself (bench/README.md, "The chat list").
 """
 
 from __future__ import annotations
