@@ -12,15 +12,15 @@ locals {
   # (one process has one GIL), 1 where one core is all there is.
   function_defaults = {
     # chat_stream: 80 streams per 2-vCPU instance (README.md: chat_stream's concurrency), served by two
-    # gunicorn worker processes (WORKERS = 2, one per vCPU: one GIL each, so both cores run Python).
-    # A stream mostly waits on Gemini; its CPU is the turn's own work (a few ms) plus ~0.2-0.3 ms per
-    # streamed chunk through the instance (bench/README.md). Gemini really sends a few to ~15
-    # chunks/s per stream: 80 x 15/s = 1,200 chunks/s, well under what two processes carry
-    # (bench/chat_stream.py: 200 x 15/s on one instance). Each worker runs THREADS = concurrency
-    # threads: gunicorn's workers race to accept connections, nothing balances them, so either one
-    # may be handed all of the instance's streams. db_pool_size is per worker process: an instance
-    # opens up to workers x db_pool_size = 6 connections. 1Gi: two processes with google-genai loaded
-    # and 200 streams stay under ~400 MB (bench/README.md).
+    # gunicorn worker processes (WORKERS = 2, one per vCPU: one GIL each, so the Python work can use
+    # both cores; with one process the second vCPU only took what releases the GIL). A stream mostly
+    # waits on Gemini; its CPU is the turn's own work plus ~0.2-0.4 ms per streamed chunk through the
+    # instance (bench/README.md). Gemini really sends a few to ~15 chunks/s per stream: 80 x 15/s =
+    # 1,200 chunks/s. Each worker runs THREADS = concurrency threads: gunicorn's workers race to
+    # accept connections and nothing balances them, so either one may be handed all of the
+    # instance's streams. db_pool_size is per worker process: an instance opens up to
+    # workers x db_pool_size = 6 connections. 1Gi: two processes with google-genai loaded and 200
+    # streams peaked at ~340 MB resident (bench/README.md, "Workers").
     chat_stream = {
       description     = "POST /chat: streams Raven's answer as server-sent events."
       public          = true
