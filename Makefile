@@ -12,6 +12,9 @@ CHECKOV_VENV  := .venv-checkov
 CHECKOV_STAMP := $(CHECKOV_VENV)/.installed
 # The browser tests' Chromium: Debian's package (CI is a fresh machine, as root).
 CHROMIUM      := /usr/bin/chromium
+# The original backend's stack (FastAPI + asyncpg), for bench/list_baseline.py only.
+BASELINE_VENV  := .venv-baseline
+BASELINE_STAMP := $(BASELINE_VENV)/.installed
 FUZZ_VENV     := .venv-schemathesis
 FUZZ_STAMP    := $(FUZZ_VENV)/.installed
 
@@ -42,6 +45,11 @@ $(CHECKOV_STAMP): tools/requirements-checkov.txt
 $(CHROMIUM):
 	apt-get update -q
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium
+
+$(BASELINE_STAMP): tools/requirements-baseline.txt
+	$(PYTHON) -m venv $(BASELINE_VENV)
+	$(BASELINE_VENV)/bin/pip install --quiet --disable-pip-version-check -r tools/requirements-baseline.txt
+	touch $(BASELINE_STAMP)
 
 $(FUZZ_STAMP): tools/requirements-schemathesis.txt
 	$(PYTHON) -m venv $(FUZZ_VENV)
@@ -83,7 +91,7 @@ pytest: install $(CHECKOV_STAMP) $(FUZZ_STAMP) $(CHROMIUM)
 	$(PY) -m pytest
 
 ## make bench: the benchmarks under bench/, numbers printed and saved to bench/results/
-bench: install
+bench: install $(BASELINE_STAMP)
 	$(PY) -m bench
 
 ## make checkov: security checks of terraform/ (tests/test_terraform.py runs them too)

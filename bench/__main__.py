@@ -18,15 +18,21 @@ from bench import (
     clerk_webhook,
     controls,
     hostile,
+    list_baseline,
+    profile,
+    request_path,
     stream_framing,
     stream_parse,
     summaries,
     telemetry,
+    workers,
 )
 
 BENCHMARKS: dict[str, Callable[[], dict[str, Any]]] = {
     "chats_crud": chats_crud.run,
+    "list_baseline": list_baseline.run,
     "chat_stream": chat_stream.run,
+    "chat_stream_turn": chat_stream.run_turn,
     "stream_framing": stream_framing.run,
     "stream_parse": stream_parse.run,
     "summaries": summaries.run,
@@ -34,6 +40,9 @@ BENCHMARKS: dict[str, Callable[[], dict[str, Any]]] = {
     "hostile": hostile.run,
     "controls": controls.run,
     "telemetry": telemetry.run,
+    "profile": profile.run,
+    "request_path": request_path.run,
+    "workers": workers.run,
 }
 
 

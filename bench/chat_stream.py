@@ -178,29 +178,43 @@ def one_turn(
 
 
 def _stream_worker(
-    args: tuple[str, str, list[str], float, str | None],
-) -> tuple[list[float], int]:
-    """Open streams (one thread each), return every chunk's added latency and the errors."""
-    url, token, markers, start_at, accept = args
+    args: tuple[str, list[tuple[str, str]], float, str | None],
+) -> tuple[list[float], int, list[float]]:
+    """Open streams (one thread each, a (marker, token) pair each); every chunk's added
+    latency, the errors, and each stream's time from sending the request to its first chunk
+    (ms)."""
+    url, streams, start_at, accept = args
     latencies: list[float] = []
+    first_chunks: list[float] = []
+    refusals: dict[str, int] = {}
     errors = 0
     lock = threading.Lock()
 
-    def stream(marker: str) -> None:
+    def stream(marker: str, token: str) -> None:
         nonlocal errors
         mine: list[float] = []
+        first: float | None = None
         ok = False
         try:
             connection = connect(url)
             time.sleep(max(0.0, start_at - time.time()))
+            requested = time.time()
             response = send_chat(connection, token, None, f"stream {marker}", accept)
             while line := response.readline():
                 event = read_event(line)
                 if event is None:
                     continue
+                if "type" not in event:  # an error answer instead of a stream
+                    with lock:
+                        refusals[str(event.get("code"))] = (
+                            refusals.get(str(event.get("code")), 0) + 1
+                        )
+                    break
                 if event["type"] == "chunk":
                     # A busy instance joins chunks that piled up: one stamp per model chunk.
                     arrived = time.time()
+                    if first is None:
+                        first = (arrived - requested) * 1000
                     mine += [(arrived - float(sent)) * 1000 for sent in event["content"].split()]
                 elif event["type"] == "done":
                     ok = True
@@ -210,13 +224,17 @@ def _stream_worker(
         with lock:
             latencies.extend(mine)
             errors += 0 if ok else 1
+            if first is not None:
+                first_chunks.append(first)
 
-    threads = [threading.Thread(target=stream, args=(marker,)) for marker in markers]
+    threads = [threading.Thread(target=stream, args=pair) for pair in streams]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    return latencies, errors
+    if refusals:
+        print(f"  refused streams: {refusals}")
+    return latencies, errors, first_chunks
 
 
 def process_cpu_seconds(pid: int) -> float:
@@ -234,42 +252,54 @@ def process_cpu_seconds(pid: int) -> float:
 
 def stream_load(
     env: dict[str, str],
-    token: str,
+    token: str | list[str],
     control: StandinControl,
     streams: int,
     rate: int,
     accept: str | None = None,
+    overrides: dict[str, str] | None = None,
+    seconds: float = STREAM_SECONDS,
 ) -> dict[str, Any]:
-    """``streams`` concurrent turns on one fresh instance, the model sending ``rate`` chunks/s."""
-    process, url = start_instance(env, threads=streams + 20)
+    """``streams`` concurrent turns on one fresh instance, the model sending ``rate`` chunks/s
+    for ``seconds``; ``overrides`` are the instance's extra environment (``WORKERS``...).
+
+    ``token`` is one user's for every stream, or one per stream (``streams`` users: what an
+    instance carries in production; one user's turns all update that user's rate-limit and
+    usage rows, so a burst of them queues on those row locks).
+    """
+    tokens = token if isinstance(token, list) else [token] * streams
+    assert len(tokens) >= streams
+    process, url = start_instance(env, threads=streams + 20, overrides=overrides)
     try:
         markers = [uuid.uuid4().hex for _ in range(streams)]
         for marker in markers:
             control.script(
                 match=marker,
-                chunks=["x"] * (rate * STREAM_SECONDS),
+                chunks=["x"] * int(rate * seconds),
                 delay_per_chunk=1 / rate,
                 stamp_chunks=True,
             )
-        one_turn(url, token, None, control)  # warm-up: model client and statements
+        one_turn(url, tokens[0], None, control)  # warm-up: model client and statements
         memory_before = resident_peak_mb(process.pid)
         start_at = time.time() + 1.0
-        halves = [markers[: streams // 2], markers[streams // 2 :]]
+        pairs = list(zip(markers, tokens, strict=False))
+        halves = [pairs[: streams // 2], pairs[streams // 2 :]]
         with multiprocessing.get_context("spawn").Pool(2) as pool:
             cpu_before = process_cpu_seconds(process.pid)
-            parts = pool.map(
-                _stream_worker, [(url, token, half, start_at, accept) for half in halves]
-            )
+            parts = pool.map(_stream_worker, [(url, half, start_at, accept) for half in halves])
             cpu_seconds = process_cpu_seconds(process.pid) - cpu_before
-        latencies = [latency for part, _ in parts for latency in part]
+        latencies = [latency for part, _, _ in parts for latency in part]
+        first_chunks = [value for _, _, part in parts for value in part]
         return {
             "cpu_us_per_chunk": cpu_seconds * 1e6 / max(len(latencies), 1),
             "streams": streams,
             "chunks_per_second_each": rate,
-            "errors": sum(errors for _, errors in parts),
+            "errors": sum(errors for _, errors, _ in parts),
             "chunks": len(latencies),
             "added_latency_p50_ms": statistics.median(latencies),
             "added_latency_p99_ms": percentile(latencies, 0.99),
+            "first_chunk_p50_ms": statistics.median(first_chunks) if first_chunks else None,
+            "first_chunk_p99_ms": percentile(first_chunks, 0.99) if first_chunks else None,
             "peak_rss_mb": resident_peak_mb(process.pid),
             "rss_before_mb": memory_before,
         }
@@ -289,7 +319,13 @@ def backend_prepare_ms(log_path: Path, chats: set[str]) -> list[float]:
     return values
 
 
-def run() -> dict[str, Any]:
+def run_turn() -> dict[str, Any]:
+    """Only (a), the backend's own cost of a turn (``python -m bench chat_stream_turn``)."""
+    return run(stream_loads=[])
+
+
+def run(stream_loads: list[tuple[int, int]] | None = None) -> dict[str, Any]:
+    stream_loads = STREAM_LOADS if stream_loads is None else stream_loads
     with tempfile.TemporaryDirectory() as data_dir:
         stack = LocalStack(Path(data_dir), free_port(), log_to_files=True)
         stack.start()
@@ -300,6 +336,11 @@ def run() -> dict[str, Any]:
         log_path = Path(data_dir) / "chat_stream_bench.log"
         user = "user_bench_stream"
         token = stack.signer.token(user, lifetime_seconds=7200)
+        # One user per stream, as an instance's streams are in production.
+        stream_users = [
+            stack.signer.token(f"{user}_{n}", lifetime_seconds=7200)
+            for n in range(max((streams for streams, _ in stream_loads), default=0))
+        ]
         try:
             process, url = start_instance(stack.env, threads=16, log_path=log_path)
             try:
@@ -324,8 +365,8 @@ def run() -> dict[str, Any]:
                 "10000": backend_prepare_ms(log_path, {large}),
             }
             loads = [
-                stream_load(stack.env, token, control, streams, rate)
-                for streams, rate in STREAM_LOADS
+                stream_load(stack.env, stream_users[:streams], control, streams, rate)
+                for streams, rate in stream_loads
             ]
         finally:
             db.close()

@@ -157,7 +157,8 @@ def load_recent(
 
 
 def _file_part(part: dict[str, Any]) -> dict[str, Any]:
-    return {"file_data": {"file_uri": part["gcs_uri"], "mime_type": part["mime_type"]}}
+    # The REST API's own JSON (camelCase): sent as it is, no SDK model per part.
+    return {"fileData": {"fileUri": part["gcs_uri"], "mimeType": part["mime_type"]}}
 
 
 class _MediaBudget:

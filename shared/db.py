@@ -1,4 +1,4 @@
-"""PostgreSQL through pg8000: a small per-instance pool, prepared statements, short transactions.
+"""PostgreSQL through pg8000: a small pool per process, prepared statements, short transactions.
 
 Two ways to connect, chosen by settings:
 
@@ -10,7 +10,8 @@ Two ways to connect, chosen by settings:
   (https://github.com/GoogleCloudPlatform/cloud-sql-python-connector#configuring-a-lazy-refresh-cloud-run-cloud-functions-etc).
   The connector is imported only on this path: it costs ~0.8 s of cold start.
 
-Connections live for the instance's lifetime (connecting costs ~40 ms). Each statement is
+Connections live for the process's lifetime (connecting costs ~40 ms); each gunicorn worker
+process (``WORKERS``) has its own pool of ``DB_POOL_SIZE``, opened after the fork. Each statement is
 prepared once per connection and then costs one round trip. A connection that broke while
 idle in the pool (Cloud SQL maintenance, an idle timeout) is replaced without the caller
 noticing: reads are retried once on a fresh connection, and a transaction's first round trip
@@ -23,7 +24,9 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import threading
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -103,9 +106,15 @@ def connect_kwargs_from_url(url: str) -> dict[str, Any]:
     socket_dir = query.get("host", [None])[0]
     if socket_dir and socket_dir.startswith("/"):
         kwargs["unix_sock"] = f"{socket_dir}/.s.PGSQL.{parts.port or 5432}"
+        # libpq never uses TLS over a unix socket. pg8000's default (None: "prefer") builds a
+        # fresh SSL context for every connection, ~10 ms of CPU loading the CA bundle, only to
+        # be told no by the server (bench/README.md, "Profiles").
+        kwargs["ssl_context"] = False
     else:
         kwargs["host"] = parts.hostname or "localhost"
         kwargs["port"] = parts.port or 5432
+        if query.get("sslmode", [""])[0] == "disable":
+            kwargs["ssl_context"] = False
     return kwargs
 
 
@@ -115,6 +124,8 @@ def connection_factory(settings: Settings) -> Callable[[], Any]:
         instance = settings.instance_connection_name
         state: dict[str, Any] = {}
         lock = threading.Lock()
+        # The connector runs its own thread and event loop, which a forked worker lacks.
+        os.register_at_fork(after_in_child=state.clear)
 
         def connect_cloud_sql() -> Any:
             with lock:
@@ -199,6 +210,19 @@ class Transaction:
         self._connection.run(sql, params)
 
 
+_pools: weakref.WeakSet[Database] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for database in list(_pools):
+        database._forget_connections()
+
+
+# gunicorn's master imports the function (functions-framework builds the app there) and forks
+# WORKERS processes: each must have its own pool.
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 class Database:
     """A thread-safe pool of at most ``pool_size`` connections, opened on first use."""
 
@@ -208,8 +232,10 @@ class Database:
         self._connect = connect
         self._idle: list[_Connection] = []
         self._lock = threading.Lock()
+        self._pool_size = pool_size
         self._slots = threading.BoundedSemaphore(pool_size)
         self._acquire_timeout = acquire_timeout
+        _pools.add(self)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Database:
@@ -313,6 +339,17 @@ class Database:
                 raise Unauthorized("This account has been deleted", code="user_deleted") from None
             raise
         self._release(connection)
+
+    def _forget_connections(self) -> None:
+        """In a forked child (a gunicorn worker): drop the parent's connections unclosed.
+
+        Their sockets belong to the parent's sessions: closing them here would send
+        PostgreSQL a Terminate for the parent, and using them would interleave two
+        processes' messages on one session. The child opens its own, on first use.
+        """
+        self._idle = []
+        self._lock = threading.Lock()
+        self._slots = threading.BoundedSemaphore(self._pool_size)
 
     def close(self) -> None:
         """Close every idle connection (tests and the local stack use this at exit)."""

@@ -185,6 +185,44 @@ async def raw_stream(
     raise RuntimeError(f"the model's stream asked to continue more than {MAX_HOPS} times")
 
 
+def wire_contents(contents: Any) -> list[dict[str, Any]] | None:
+    """``contents`` as the REST API's JSON (``{"role", "parts": [{"text"} | {"fileData"}]}``),
+    or None when they are anything else the SDK accepts (a string, its models, other parts),
+    which the SDK then converts.
+
+    shared.context builds them as REST JSON already: returned as they are, not copied. A file
+    part in the SDK's snake_case form (``file_data``: ``file_uri``, ``mime_type``) is renamed
+    in a copy.
+    """
+    if not isinstance(contents, list) or not contents:
+        return None
+    renamed = False
+    for content in contents:
+        parts = content.get("parts") if isinstance(content, dict) else None
+        if not isinstance(parts, list) or not set(content) <= {"role", "parts"}:
+            return None
+        for part in parts:
+            if not isinstance(part, dict) or len(part) != 1:
+                return None
+            if "file_data" in part:
+                renamed = True
+            elif not isinstance(part.get("text"), str) and "fileData" not in part:
+                return None
+    if not renamed:
+        return contents
+    return [
+        {**content, "parts": [_wire_part(part) for part in content["parts"]]}
+        for content in contents
+    ]
+
+
+def _wire_part(part: dict[str, Any]) -> dict[str, Any]:
+    data = part.get("file_data")
+    if data is None:
+        return part
+    return {"fileData": {"fileUri": data["file_uri"], "mimeType": data["mime_type"]}}
+
+
 def _resuming(config: Any, token: str) -> Any:
     """``config`` resuming from ``token``, the token decoded by the SDK's own model."""
     from google.genai import types
@@ -210,7 +248,15 @@ async def _one_hop(
     from google.genai import _common, errors, models, types
 
     api_client = client.aio.models._api_client
-    parameters = types._GenerateContentParameters(model=model, contents=contents, config=config)
+    # The SDK converts the model name and the config (once per request, a few fields). The
+    # contents are already the REST API's JSON (wire_contents), identical for Vertex AI and
+    # the Gemini API: validating them into pydantic models and converting them back cost
+    # ~0.25 ms of CPU per message of the window (bench/README.md, "Request building").
+    ready = wire_contents(contents)
+    if ready is None:  # not plain text and file parts: the SDK converts them
+        parameters = types._GenerateContentParameters(model=model, contents=contents, config=config)
+    else:
+        parameters = types._GenerateContentParameters(model=model, config=config)
     to_wire = (
         models._GenerateContentParameters_to_vertex
         if api_client.vertexai
@@ -225,6 +271,8 @@ async def _one_hop(
         path = f"{path}?{urlencode(query)}"
     request.pop("config", None)
     request = _common.encode_unserializable_types(_common.convert_to_dict(request))
+    if ready is not None:
+        request = {"contents": ready, **request}
     http_request = api_client._build_request("post", path, request, None)
     response = await api_client._async_request(
         http_request=http_request, http_options=None, stream=True

@@ -10,6 +10,7 @@ Never pass a token, a secret or a message's text to a logger: log ids and sizes 
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import sys
@@ -58,8 +59,7 @@ class CloudLoggingFormatter(logging.Formatter):
             "severity": record.levelname,
             "message": record.getMessage(),
             "logger": record.name,
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
+            "time": f"{_utc_second(int(record.created))}.{int(record.msecs):03d}Z",
         }
         if self._function:
             entry["function"] = self._function
@@ -68,12 +68,20 @@ class CloudLoggingFormatter(logging.Formatter):
             entry["logging.googleapis.com/trace"] = (
                 f"projects/{self._project_id}/traces/{trace_id}" if self._project_id else trace_id
             )
-        for key, value in vars(record).items():
-            if key not in _RECORD_ATTRIBUTES and not key.startswith("_"):
-                entry[key] = value
+        fields = vars(record)
+        # The extra= fields: a set difference in C rather than a test per record attribute.
+        for key in fields.keys() - _RECORD_ATTRIBUTES:
+            if not key.startswith("_"):
+                entry[key] = fields[key]
         if record.exc_info:
             entry["stack_trace"] = self.formatException(record.exc_info)
         return json.dumps(entry, default=str, ensure_ascii=False)
+
+
+@functools.lru_cache(maxsize=4)
+def _utc_second(epoch_second: int) -> str:
+    """``YYYY-MM-DDTHH:MM:SS`` of a second: formatted once per second, not once per line."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(epoch_second))
 
 
 def lean_records() -> None:

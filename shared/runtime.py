@@ -44,6 +44,7 @@ def make_api(
     *,
     authenticate: Callable[[Request], AuthenticatedUser] | None = None,
     max_body_bytes: int | None = None,
+    flask_context: bool = False,
 ) -> Api:
     """The function's HTTP pipeline, its routes those of ``function`` in :mod:`shared.routes`.
 
@@ -54,6 +55,9 @@ def make_api(
             :func:`shared.auth.request_authenticator` (passed in, so functions without
             authenticated routes never import pyjwt).
         max_body_bytes: the request body limit, if not ``MAX_REQUEST_BYTES``.
+        flask_context: the handlers need Flask's request context (``stream_with_context``):
+            requests go through Flask's dispatch. Otherwise the Api answers them directly,
+            which costs a fraction of Flask's per-request work (:class:`serving.DirectApp`).
 
     Raises:
         ValueError: a handler is missing for an endpoint of the table, or given for none.
@@ -79,5 +83,10 @@ def make_api(
         authenticate=authenticate,
     )
     # JSON for what Flask and gunicorn answer themselves; bodies read within a deadline.
-    serving.install(api.handle, api.max_body_bytes, settings.request_body_timeout_seconds)
+    serving.install(
+        api.handle,
+        api.max_body_bytes,
+        settings.request_body_timeout_seconds,
+        flask_context=flask_context,
+    )
     return api

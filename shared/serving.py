@@ -1,8 +1,9 @@
 """What happens to a request before and around :class:`shared.web.Api`: the server's edges.
 
 functions-framework builds a Flask app around the entry point and serves it with gunicorn's
-threaded worker (``functions_framework/_http/gunicorn.py``: ``THREADS`` threads, one request
-per thread, no other gunicorn setting exposed). Left alone, three things escape our JSON
+threaded worker (``functions_framework/_http/gunicorn.py``: ``WORKERS`` processes forked from
+the master that imported the function, ``THREADS`` threads each, one request per thread, no
+other gunicorn setting exposed). Left alone, three things escape our JSON
 errors and one starves the instance:
 
 * Flask answers paths its catch-all rule cannot match (``/%0A``: werkzeug's path converter
@@ -26,7 +27,10 @@ the module, inside its app context) fixes all of these from inside the process:
    threaded worker with JSON for the errors gunicorn answers itself, and with threads to wait
    for slow bodies in beyond the ``THREADS`` that run the app: a request takes one of the
    ``THREADS`` app slots only once its body is in, so stalled bodies never delay a request
-   whose body has arrived (bench/hostile.py measures it).
+   whose body has arrived (bench/hostile.py measures it);
+4. unless the function's handlers need Flask's request context (chat_stream's
+   ``stream_with_context``), requests skip Flask's dispatch: :class:`DirectApp` hands them to
+   the Api, which routes, answers errors and logs by itself (bench/README.md, "The chat list").
 """
 
 from __future__ import annotations
@@ -309,13 +313,49 @@ def _use_bounded_body_worker() -> None:
     application._raven_worker = True  # type: ignore[attr-defined]  # our mark on their class
 
 
-def install(api_handle: Callable[[Any], Any], max_body_bytes: int, timeout_seconds: float) -> None:
+class DirectApp:
+    """WSGI app: the Api answers every request itself, past Flask's and functions-framework's
+    dispatch.
+
+    functions-framework routes every path to the one function through Flask: a request
+    context pushed and popped, two URL adapters and a catch-all match, an execution id drawn
+    from ``random`` (12 calls), signals, ``after_request`` hooks. Measured in process, that is
+    about five times the cost of building werkzeug's request and writing the response
+    (bench/README.md, "The chat list"), all of it spent before and after our own pipeline,
+    which routes, answers errors and logs by itself. The one thing it lacks is Flask's
+    request context, which only ``flask.stream_with_context`` needs: a function that streams
+    with it keeps Flask's dispatch (``make_api(..., flask_context=True)``).
+    """
+
+    def __init__(self, api_handle: Callable[[Any], Any], request_class: type) -> None:
+        self._handle = api_handle
+        self._request_class = request_class
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        try:
+            response = self._handle(self._request_class(environ))
+        except Exception as error:  # the Api answers its own errors; this one is never HTML
+            logger.error("unhandled error outside the Api", exc_info=error)
+            response = error_response(InternalError("Internal server error"))
+        return response(environ, start_response)
+
+
+def install(
+    api_handle: Callable[[Any], Any],
+    max_body_bytes: int,
+    timeout_seconds: float,
+    *,
+    flask_context: bool = True,
+) -> None:
     """Harden the Flask app functions-framework is building, if one is being built.
 
     Args:
         api_handle: the Api's pipeline, which answers Flask's own HTTP errors too.
         max_body_bytes: the function's body limit (what :class:`BodyReader` reads at most).
         timeout_seconds: ``REQUEST_BODY_TIMEOUT_SECONDS``.
+        flask_context: serve requests through Flask's dispatch (needed by handlers that use
+            Flask's request context, e.g. ``stream_with_context``); otherwise the Api answers
+            them directly (:class:`DirectApp`).
     """
     import flask
     from werkzeug.exceptions import HTTPException
@@ -335,6 +375,7 @@ def install(api_handle: Callable[[Any], Any], max_body_bytes: int, timeout_secon
 
     app.register_error_handler(HTTPException, http_error)
     app.register_error_handler(500, crash)
-    app.wsgi_app = BodyReader(app.wsgi_app, max_body_bytes, timeout_seconds)
+    inner = app.wsgi_app if flask_context else DirectApp(api_handle, app.request_class)
+    app.wsgi_app = BodyReader(inner, max_body_bytes, timeout_seconds)
     app._raven_hardened = True
     _use_bounded_body_worker()

@@ -221,9 +221,18 @@ class Api:
         # A path some route spells out (/api/chats/create) is never a parameter's value
         # (/api/chats/<chat_id>): another method on it is a 405, not that route.
         self._fixed_paths: dict[str, set[str]] = {}
+        # (path, method) -> route for the routes without parameters: matched by one dict
+        # lookup, not werkzeug's state machine (bench/README.md, "The chat list").
+        self._fixed_routes: dict[tuple[str, str], Route] = {}
         for route in routes:
             if "<" not in route.path:
                 self._fixed_paths.setdefault(route.path.rstrip("/"), set()).add(route.method)
+                path = route.path.rstrip("/") or "/"
+                self._fixed_routes[(path, route.method)] = route
+                self._fixed_routes[(path.rstrip("/") + "/", route.method)] = route
+                if route.method == "GET":
+                    self._fixed_routes.setdefault((path, "HEAD"), route)
+                    self._fixed_routes.setdefault((path.rstrip("/") + "/", "HEAD"), route)
         self._origins = set(allowed_origins)
         self._any_origin = "*" in self._origins
         self._methods = ", ".join(sorted({route.method for route in routes}))
@@ -296,6 +305,9 @@ class Api:
         request.environ.pop("HTTP_TRANSFER_ENCODING", None)
 
     def _match(self, request: Request) -> tuple[Route, dict[str, Any]]:
+        route = self._fixed_routes.get((request.path, request.method))
+        if route is not None:
+            return route, {}
         fixed = self._fixed_paths.get(request.path.rstrip("/"))
         if fixed is not None:
             allowed = fixed | ({"HEAD"} if "GET" in fixed else set())

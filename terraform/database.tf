@@ -18,13 +18,13 @@ resource "random_id" "database_suffix" {
 }
 
 locals {
-  # What the functions' pools can open at most: every instance may hold db_pool_size connections, at
-  # most max_instances of them at once, plus headroom for the migrations job, operators and Cloud SQL
-  # itself. It must fit under var.database_max_connections (precondition below), which is what the
+  # What the functions' pools can open at most: every worker process (workers per instance) may
+  # hold db_pool_size connections, in at most max_instances instances at once, plus headroom for the
+  # migrations job, operators and Cloud SQL itself. It must fit under var.database_max_connections (precondition below), which is what the
   # instance is configured with: PostgreSQL applies max_connections only at a restart, so the flag
   # follows a ceiling the operator sets, not the sizing, and a resize never restarts the database.
   database_connections_needed = sum([
-    for name, function in local.functions : function.max_instances * function.db_pool_size
+    for name, function in local.functions : function.max_instances * function.workers * function.db_pool_size
   ]) + var.database_connection_headroom
 }
 
@@ -156,7 +156,7 @@ resource "google_sql_database_instance" "main" {
   lifecycle {
     precondition {
       condition     = local.database_connections_needed <= var.database_max_connections
-      error_message = "The functions' pools may open ${local.database_connections_needed} connections (sum of max_instances x db_pool_size, plus database_connection_headroom), more than database_max_connections (${var.database_max_connections}). Lower max_instances or db_pool_size, or raise database_max_connections (which restarts Cloud SQL once; README.md: Operations)."
+      error_message = "The functions' pools may open ${local.database_connections_needed} connections (sum of max_instances x workers x db_pool_size, plus database_connection_headroom), more than database_max_connections (${var.database_max_connections}). Lower max_instances, workers or db_pool_size, or raise database_max_connections (which restarts Cloud SQL once; README.md: Operations)."
     }
   }
 

@@ -6,19 +6,21 @@
 locals {
   # Per function: what it serves, whether anyone may call it, and its sizing. Override any sizing
   # field with var.function_settings. concurrency is both max_instance_request_concurrency and the
-  # gunicorn thread count (THREADS): functions-framework serves one request per thread, and an open
-  # chat stream holds its thread for the whole answer.
+  # gunicorn thread count (THREADS) of each worker process: functions-framework serves one request
+  # per thread, and an open chat stream holds its thread for the whole answer. workers is WORKERS,
+  # gunicorn's worker processes: one per vCPU where Python's work per request is the bottleneck
+  # (one process has one GIL), 1 where one core is all there is.
   function_defaults = {
-    # chat_stream: 80 streams per 2-vCPU instance (README.md: chat_stream's concurrency). A stream
-    # mostly waits on Gemini, but the google-genai SDK spends ~200 µs of CPU on each streamed chunk,
-    # all of it in the one gunicorn process (one GIL, so about one core of Python). bench/chat_stream.py
-    # on 2 vCPU: 50 streams x 50 chunks/s (2,500 chunks/s) add ~130 ms at p99; 200 x 50/s saturate a
-    # core. Gemini really sends a few to ~15 chunks/s per stream: 80 x 15/s = 1,200 chunks/s, about a
-    # quarter of a core and half the load measured at ~130 ms, leaving room for bursts and the rest of
-    # each turn. Even if all 80 ran at 50/s (4,000 chunks/s, ~0.8 core) the instance is slower, not
-    # saturated. Higher packs more fast streams behind one GIL; lower means more instances, cold starts
-    # and connections. The second vCPU takes the work that releases the GIL (TLS, socket I/O).
-    # 1Gi: 200 streams peaked at ~190 MB resident in the same benchmark.
+    # chat_stream: 80 streams per 2-vCPU instance (README.md: chat_stream's concurrency), served by two
+    # gunicorn worker processes (WORKERS = 2, one per vCPU: one GIL each, so the Python work can use
+    # both cores; with one process the second vCPU only took what releases the GIL). A stream mostly
+    # waits on Gemini; its CPU is the turn's own work plus ~0.2-0.4 ms per streamed chunk through the
+    # instance (bench/README.md). Gemini really sends a few to ~15 chunks/s per stream: 80 x 15/s =
+    # 1,200 chunks/s. Each worker runs THREADS = concurrency threads: gunicorn's workers race to
+    # accept connections and nothing balances them, so either one may be handed all of the
+    # instance's streams. db_pool_size is per worker process: an instance opens up to
+    # workers x db_pool_size = 6 connections. 1Gi: two processes with google-genai loaded and 200
+    # streams peaked at ~340 MB resident (bench/README.md, "Workers").
     chat_stream = {
       description     = "POST /chat: streams Raven's answer as server-sent events."
       public          = true
@@ -28,7 +30,8 @@ locals {
       cpu             = "2"
       memory          = "1Gi"
       timeout_seconds = 900 # a stream lasts as long as the answer: far above MODEL_TIMEOUT_SECONDS
-      db_pool_size    = 4
+      workers         = 2
+      db_pool_size    = 3
     }
     chats_crud = {
       description     = "/api/chats and /api/chats/*: list, read, rename and delete chats."
@@ -39,6 +42,7 @@ locals {
       cpu             = "1"
       memory          = "512Mi"
       timeout_seconds = 60
+      workers         = 1
       db_pool_size    = 4
     }
     upload_url = {
@@ -50,6 +54,7 @@ locals {
       cpu             = "1"
       memory          = "512Mi"
       timeout_seconds = 30
+      workers         = 1
       db_pool_size    = 2
     }
     clerk_webhook = {
@@ -61,6 +66,7 @@ locals {
       cpu             = "1"
       memory          = "512Mi"
       timeout_seconds = 300 # deleting a user removes all their media
+      workers         = 1
       db_pool_size    = 2
     }
     summarize = {
@@ -72,6 +78,7 @@ locals {
       cpu             = "1"
       memory          = "512Mi"
       timeout_seconds = 300
+      workers         = 1
       db_pool_size    = 2
     }
     # Called by Cloud Scheduler every 10 minutes (scheduler.tf). One sweep at a time per instance:
@@ -88,6 +95,7 @@ locals {
       cpu             = "1"
       memory          = "512Mi"
       timeout_seconds = 300
+      workers         = 1
       db_pool_size    = 1
     }
   }
@@ -104,7 +112,7 @@ locals {
 # --- environment -----------------------------------------------------------------------------
 #
 # Every name below is an environment variable shared/settings.py reads (a field alias there), except
-# THREADS, which functions-framework reads. Each function gets only what its own code reads:
+# THREADS and WORKERS, which functions-framework reads. Each function gets only what its own code reads:
 # tests/test_terraform.py checks both ways, that every variable a function's main.py require()s is
 # given to it here or as a secret (secrets.tf), and that every variable given to a function is read
 # by the code in its archive (main.py and the shared/ modules it imports).
@@ -275,9 +283,11 @@ resource "google_cloudfunctions2_function" "function" {
     ingress_settings                 = "ALLOW_ALL"
     all_traffic_on_latest_revision   = true
 
-    # THREADS: one gunicorn thread per request the instance may be sent at once.
+    # THREADS: one gunicorn thread per request the instance may be sent at once, in each of the
+    # WORKERS processes (nothing balances connections between them).
     environment_variables = merge(local.function_env[each.key], {
       THREADS = tostring(each.value.concurrency)
+      WORKERS = tostring(each.value.workers)
     })
 
     dynamic "secret_environment_variables" {
@@ -308,6 +318,10 @@ resource "google_cloudfunctions2_function" "function" {
     precondition {
       condition     = each.value.concurrency == 1 || tonumber(each.value.cpu) >= 1
       error_message = "A function serving more than one request at a time (concurrency > 1) needs at least 1 CPU."
+    }
+    precondition {
+      condition     = each.value.workers <= max(1, ceil(tonumber(each.value.cpu)))
+      error_message = "function_settings.${each.key}: workers (${each.value.workers}) beyond the instance's vCPUs (${each.value.cpu}) only add memory: one worker process per vCPU at most."
     }
   }
 

@@ -228,7 +228,7 @@ locals {
     ttft           = "Users wait more than ${var.alert_ttft_p95_ms} ms for the first token (p95). First: the dashboard's model TTFT (is it Gemini itself?), then chat_stream's instance count and CPU (saturated instances queue chunks), then Cloud SQL CPU."
     model_errors   = "More than ${var.alert_model_error_ratio * 100}% of the turns that reached Gemini failed. First: the model errors by kind: busy means quota (429: raise it or lower traffic), unavailable means Gemini 5xx/timeouts (check the Vertex AI status page), refused means the requests themselves (a bad model name or setting after a deploy)."
     queue_delay    = "Summary tasks waited more than ${var.alert_queue_delay_seconds} s in the queue. First: the summaries queue in Cloud Tasks (paused? max dispatches?), then summarize's task outcomes (retry = Gemini busy/unavailable or database down)."
-    db_connections = "Cloud SQL holds more than ${var.alert_database_connections_ratio * 100}% of max_connections (${var.database_max_connections}). First: which functions scaled out (instance count); max_instances x DB_POOL_SIZE must stay under max_connections (database.tf)."
+    db_connections = "Cloud SQL holds more than ${var.alert_database_connections_ratio * 100}% of max_connections (${var.database_max_connections}). First: which functions scaled out (instance count); max_instances x WORKERS x DB_POOL_SIZE must stay under max_connections (database.tf)."
     storage_oldest = "Bucket objects of deleted chats or users have waited more than ${var.alert_storage_pending_seconds} s to be deleted. First: storage_sweep's logs (\"storage cleanup failed\", its Cloud Scheduler job's last runs), and the storage_deletions rows' attempts (a row that keeps failing backs off exponentially)."
   }
 }

@@ -243,6 +243,7 @@ variable "function_settings" {
     cpu             = optional(string)
     memory          = optional(string)
     timeout_seconds = optional(number)
+    workers         = optional(number)
     db_pool_size    = optional(number)
   }))
   description = <<-EOT
@@ -250,8 +251,10 @@ variable "function_settings" {
     function folder name (chat_stream, chats_crud, upload_url, clerk_webhook, summarize, storage_sweep);
     any field left out keeps its default. concurrency is the requests one instance serves at once
     (max_instance_request_concurrency) and also its thread count (THREADS): one open chat stream holds one
-    thread. db_pool_size is DB_POOL_SIZE, the database connections one instance may open; Cloud SQL's
-    max_connections is sized from max_instances x db_pool_size of every function.
+    thread; each of the instance's worker processes has that many threads. workers is WORKERS, gunicorn's
+    worker processes per instance (one per vCPU where Python's CPU is the bottleneck). db_pool_size is
+    DB_POOL_SIZE, the database connections one worker process may open; Cloud SQL's max_connections
+    must fit max_instances x workers x db_pool_size of every function.
   EOT
   default     = {}
 
@@ -271,10 +274,11 @@ variable "function_settings" {
         settings.concurrency == null || try(settings.concurrency >= 1 && settings.concurrency <= 1000, false),
         settings.timeout_seconds == null || try(settings.timeout_seconds >= 1 && settings.timeout_seconds <= 3600, false),
         settings.db_pool_size == null || try(settings.db_pool_size >= 1, false),
+        settings.workers == null || try(settings.workers >= 1 && settings.workers <= 8 && floor(settings.workers) == settings.workers, false),
         settings.cpu == null || can(tonumber(settings.cpu)),
       ]
     ]))
-    error_message = "min_instances >= 0, max_instances >= 1, concurrency 1-1000, timeout_seconds 1-3600 (the HTTP maximum), db_pool_size >= 1, cpu a number of vCPUs such as \"1\" or \"2\"."
+    error_message = "min_instances >= 0, max_instances >= 1, concurrency 1-1000, timeout_seconds 1-3600 (the HTTP maximum), db_pool_size >= 1, workers a whole number 1-8, cpu a number of vCPUs such as \"1\" or \"2\"."
   }
 }
 
@@ -409,7 +413,7 @@ variable "database_log_retention_days" {
 
 variable "database_max_connections" {
   type        = number
-  description = "Cloud SQL's max_connections: a ceiling the functions' pools must fit under (sum of max_instances x db_pool_size over the functions, plus database_connection_headroom; a plan fails when they do not). PostgreSQL applies it only at a restart, so changing it restarts the instance once; resizing the functions within it never does. The default leaves room to grow from the default sizing (168) without a restart."
+  description = "Cloud SQL's max_connections: a ceiling the functions' pools must fit under (sum of max_instances x workers x db_pool_size over the functions, plus database_connection_headroom; a plan fails when they do not). PostgreSQL applies it only at a restart, so changing it restarts the instance once; resizing the functions within it never does. The default leaves room to grow from the default sizing (208) without a restart."
   default     = 250
 
   validation {

@@ -10,6 +10,8 @@ reason in every chunk, and fail with the same errors.
 from __future__ import annotations
 
 import asyncio
+import copy
+import re
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -21,7 +23,7 @@ from google.genai import types, version
 
 from dev.gemini_standin import StandinControl, StandinServer, start_standin
 from shared.gemini import _describe_failure, _text_of
-from shared.gemini_raw import SDK_VERSION, check_seam, raw_stream, read_chunk
+from shared.gemini_raw import SDK_VERSION, check_seam, raw_stream, read_chunk, wire_contents
 
 # google-genai's aiohttp session subclass warns on creation; not ours to fix.
 pytestmark = pytest.mark.filterwarnings(
@@ -227,19 +229,50 @@ def test_fast_path_reads_every_shape_as_the_sdk_does(
     assert [r["outcome"] for r in control.requests(match=key)] == ["ok", "ok"]
 
 
+def camel_keys(value: Any) -> Any:
+    """``value`` with every object key in lowerCamelCase (proto3 JSON's canonical name)."""
+    if isinstance(value, dict):
+        return {
+            re.sub(r"_([a-z])", lambda m: m.group(1).upper(), key): camel_keys(item)
+            for key, item in value.items()
+        }
+    if isinstance(value, list):
+        return [camel_keys(item) for item in value]
+    return value
+
+
+FILE_PARTS = {
+    "REST JSON (what shared.context builds)": {
+        "fileData": {"fileUri": "gs://bucket/media/a.png", "mimeType": "image/png"}
+    },
+    "the SDK's snake_case": {
+        "file_data": {"file_uri": "gs://bucket/media/a.png", "mime_type": "image/png"}
+    },
+}
+
+
+@pytest.mark.parametrize("form", sorted(FILE_PARTS))
 def test_the_fast_path_sends_the_sdks_request(
-    client: genai.Client, control: StandinControl
+    client: genai.Client, control: StandinControl, form: str
 ) -> None:
+    """The body is the SDK's to the byte (the SDK given its usual snake_case parts), though
+    the fast path sends REST JSON contents as they are instead of validating them into the
+    SDK's models and back."""
     key = f"request-{uuid.uuid4().hex[:10]}"
-    contents = [
-        {"role": "user", "parts": [{"text": "What bird is this?"}]},
-        {"role": "model", "parts": [{"text": "A crow."}]},
-        {"role": "user", "parts": [{"text": f"{key} sure?"}]},
-    ]
+
+    def contents_with(file_part: dict[str, Any]) -> list[dict[str, Any]]:
+        return [
+            {"role": "user", "parts": [file_part, {"text": "What bird is this?"}]},
+            {"role": "model", "parts": [{"text": "A crow."}]},
+            {"role": "user", "parts": [{"text": f"{key} sure?"}]},
+        ]
+
+    contents = contents_with(FILE_PARTS[form])
+    before = copy.deepcopy(contents)
 
     async def run() -> None:
         stream = await client.aio.models.generate_content_stream(
-            model=MODEL, contents=contents, config=config()
+            model=MODEL, contents=contents_with(FILE_PARTS["the SDK's snake_case"]), config=config()
         )
         async for _ in stream:
             pass
@@ -249,9 +282,40 @@ def test_the_fast_path_sends_the_sdks_request(
     asyncio.run(run())
 
     sdk, fast = control.requests(match=key)
-    for field in ("path", "query", "mode", "model", "api_version", "body", "headers"):
+    for field in ("path", "query", "mode", "model", "api_version"):
         assert fast[field] == sdk[field], field
+    length = {"Content-Length", "content-length"}
+    assert {k: v for k, v in fast["headers"].items() if k not in length} == {
+        k: v for k, v in sdk["headers"].items() if k not in length
+    }
+    # The same request to the API: proto3's JSON takes a field by either name, and the SDK
+    # sends fileData's inner fields in snake_case where REST JSON spells them in camelCase.
+    assert camel_keys(fast["body"]) == camel_keys(sdk["body"])
     assert fast["body"]["systemInstruction"]["parts"][0]["text"] == "You are Raven."
+    assert (
+        fast["body"]["contents"][0]["parts"][0]
+        == FILE_PARTS["REST JSON (what shared.context builds)"]
+    )
+    assert contents == before  # the caller's contents are not rewritten
+
+
+def test_anything_else_is_left_to_the_sdk() -> None:
+    text_and_file: list[dict[str, Any]] = [
+        {
+            "role": "user",
+            "parts": [{"text": "hi"}, FILE_PARTS["REST JSON (what shared.context builds)"]],
+        }
+    ]
+    assert wire_contents(text_and_file) is text_and_file  # as they are: no copy
+    for other in (
+        "just a string",
+        [],
+        [{"role": "user", "parts": [{"inline_data": {"data": "AA==", "mime_type": "image/png"}}]}],
+        [{"role": "user", "parts": [{"text": "hi", "thought": True}]}],
+        [{"role": "user", "parts": "hi"}],
+        [types.Content(role="user", parts=[types.Part(text="hi")])],
+    ):
+        assert wire_contents(other) is None, other
 
 
 ERRORS: dict[str, dict[str, Any]] = {

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ast
 import json
+import math
 import os
 import re
 import shutil
@@ -40,7 +41,7 @@ from tests.terraform_schema import SCHEMA  # noqa: E402
 TF_FILES = sorted(TERRAFORM.glob("*.tf"))
 
 # Environment variables Terraform sets that shared/settings.py does not read: functions-framework's.
-RUNTIME_ONLY_ENV = {"THREADS"}
+RUNTIME_ONLY_ENV = {"THREADS", "WORKERS"}
 
 # Settings that exist for local development and tests only, never set in a deployment, and why.
 DEV_ONLY_SETTINGS = {
@@ -374,6 +375,24 @@ def test_threads_equal_max_instance_request_concurrency() -> None:
     for name, defaults in function_defaults().items():
         assert defaults["concurrency"] >= 1, name
         assert float(unquote(defaults["cpu"])) >= 1 or defaults["concurrency"] == 1, name
+
+
+def test_workers_follow_the_vcpus() -> None:
+    """WORKERS is set next to THREADS; chat_stream runs one worker process per vCPU (one GIL
+    each), and no function runs more workers than it has vCPUs."""
+    service = resource("google_cloudfunctions2_function", "function")["service_config"][0]
+    match = re.search(r"\bWORKERS\s*=\s*tostring\(([^)]*)\)", service["environment_variables"])
+    assert match, "WORKERS must be set in the function's environment_variables"
+    assert match.group(1).strip() == "each.value.workers"
+    assert "WORKERS" not in all_locals()["function_env"]
+    defaults = function_defaults()
+    for name, sizing in defaults.items():
+        cpus = float(unquote(sizing["cpu"]))
+        assert 1 <= sizing["workers"] <= max(1, math.ceil(cpus)), name
+    assert defaults["chat_stream"]["workers"] == float(unquote(defaults["chat_stream"]["cpu"])) > 1
+    function = resource("google_cloudfunctions2_function", "function")
+    conditions = [unquote(p["condition"]) for p in function["lifecycle"][0]["precondition"]]
+    assert "each.value.workers <= max(1, ceil(tonumber(each.value.cpu)))" in conditions
 
 
 def test_chat_stream_allows_long_answers() -> None:
@@ -781,14 +800,19 @@ def test_database() -> None:
 
 def test_max_connections_cover_every_pool() -> None:
     local = all_locals()
-    assert "function.max_instances * function.db_pool_size" in local["database_connections_needed"]
+    assert (
+        "function.max_instances * function.workers * function.db_pool_size"
+        in local["database_connections_needed"]
+    )
     assert "local.functions" in local["database_connections_needed"]
     assert "var.database_connection_headroom" in local["database_connections_needed"]
     assert "DB_POOL_SIZE = tostring(config.db_pool_size)" in local["function_env"]
     instance = resource("google_sql_database_instance", "main")
     conditions = [unquote(p["condition"]) for p in instance["lifecycle"][0]["precondition"]]
     assert "local.database_connections_needed <= var.database_max_connections" in conditions
-    needed = sum(d["max_instances"] * d["db_pool_size"] for d in function_defaults().values())
+    needed = sum(
+        d["max_instances"] * d["workers"] * d["db_pool_size"] for d in function_defaults().values()
+    )
     needed += variables()["database_connection_headroom"]["default"]
     assert needed <= variables()["database_max_connections"]["default"], (
         "the default sizing must fit under the default ceiling"

@@ -157,6 +157,7 @@ API = make_api(
     {"sendMessage": send_message},
     authenticate=request_authenticator(),
     max_body_bytes=settings.chat_max_request_bytes,
+    flask_context=True,  # the stream is written with Flask's stream_with_context
 )
 
 

@@ -1,0 +1,185 @@
+"""``GET /api/chats``: chats_crud against the original backend's stack, same load, same run.
+
+The original backend (FastAPI + asyncpg) is not kept here; bench/baseline_app.py is a minimal
+list endpoint in its stack over the same PostgreSQL and schema (token verified, one query,
+FastAPI's JSON), run by uvicorn with uvloop and httptools from its own virtualenv
+(.venv-baseline, tools/requirements-baseline.txt; ``make bench`` installs it).
+
+Both serve the same user with 50 chats to the same load: 8 keep-alive clients in 2 processes
+(bench/load.py) for ``SECONDS`` each, rounds interleaved (ours, baseline, ours, ...) so that
+the machine's other load falls on both alike. Each is one process: chats_crud as Terraform
+deploys it (1 vCPU: WORKERS=1, THREADS=40), the baseline as ``uvicorn app`` runs.
+
+Also each server's CPU time per request (user + system, from /proc, over each round): the
+measure other load on the machine moves least, and what bounds a one-process server's
+throughput on a core of its own.
+
+Targets (issue 17): chats_crud >= 2x the baseline's throughput, <= 0.5x its p99.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from bench.chat_stream import process_cpu_seconds
+from bench.chats_crud import start_instance
+from bench.load import LoadResult, run_load
+from dev.stack import LocalStack, free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+BASELINE_PYTHON = ROOT / ".venv-baseline" / "bin" / "python"
+ROUNDS = 5
+SECONDS = 4.0
+CHATS = 50
+
+
+def start_baseline(env: dict[str, str], token: str) -> tuple[subprocess.Popen[bytes], str]:
+    if not BASELINE_PYTHON.exists():
+        sys.exit(
+            "the baseline's virtualenv is missing: make bench installs it "
+            "(python3 -m venv .venv-baseline && "
+            ".venv-baseline/bin/pip install -r tools/requirements-baseline.txt)"
+        )
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            str(BASELINE_PYTHON),
+            "-m",
+            "uvicorn",
+            "bench.baseline_app:app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+        ],
+        cwd=ROOT,
+        env={
+            "PATH": env.get("PATH", ""),
+            "DATABASE_URL": env["DATABASE_URL"],
+            "CLERK_JWKS_URL": env["CLERK_JWKS_URL"],
+            "CLERK_ISSUER": env["CLERK_ISSUER"],
+        },
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    request = urllib.request.Request(
+        url + "/api/chats", headers={"Authorization": f"Bearer {token}"}
+    )
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            with urllib.request.urlopen(request, timeout=5) as response:
+                listed = json.load(response)
+                assert len(listed) == CHATS, len(listed)
+                return process, url
+        except urllib.error.HTTPError as error:
+            raise RuntimeError(f"the baseline answered {error.code}") from error
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("the baseline did not start") from None
+            time.sleep(0.05)
+
+
+def run() -> dict[str, Any]:
+    per_round: dict[str, list[LoadResult]] = {"raven": [], "baseline": []}
+    cpu_per_request: dict[str, list[float]] = {"raven": [], "baseline": []}
+    with tempfile.TemporaryDirectory() as data_dir:
+        stack = LocalStack(Path(data_dir), free_port(), log_to_files=True)
+        stack.start()
+        try:
+            token = stack.signer.token("user_bench_baseline", lifetime_seconds=3600)
+            auth = {"Authorization": f"Bearer {token}"}
+            ours, our_url, _ = start_instance(stack.env, token)
+            try:
+                for n in range(CHATS):
+                    request = urllib.request.Request(
+                        our_url + "/api/chats/create",
+                        data=json.dumps({"title": f"Chat {n}"}).encode(),
+                        headers={**auth, "Content-Type": "application/json"},
+                    )
+                    urllib.request.urlopen(request).read()
+                baseline, baseline_url = start_baseline(stack.env, token)
+                try:
+                    urls = {"raven": our_url, "baseline": baseline_url}
+                    pids = {"raven": ours.pid, "baseline": baseline.pid}
+                    for url in urls.values():  # warm-up: statements prepared, pools filled
+                        run_load(url, "GET", "/api/chats", headers=auth, duration=1.0)
+                    for _ in range(ROUNDS):
+                        for name, url in urls.items():
+                            cpu_before = process_cpu_seconds(pids[name])
+                            load = run_load(
+                                url, "GET", "/api/chats", headers=auth, duration=SECONDS
+                            )
+                            cpu = process_cpu_seconds(pids[name]) - cpu_before
+                            per_round[name].append(load)
+                            cpu_per_request[name].append(cpu * 1e6 / max(load.requests, 1))
+                finally:
+                    baseline.terminate()
+                    baseline.wait()
+            finally:
+                ours.terminate()
+                ours.wait()
+        finally:
+            stack.stop()
+
+    def summary(name: str) -> dict[str, Any]:
+        loads = per_round[name]
+        return {
+            "per_second": statistics.median(load.per_second for load in loads),
+            "p50_ms": statistics.median(load.p50_ms for load in loads),
+            "p99_ms": statistics.median(load.p99_ms for load in loads),
+            "errors": sum(load.errors for load in loads),
+            "cpu_us_per_request": statistics.median(cpu_per_request[name]),
+            "rounds_cpu_us_per_request": cpu_per_request[name],
+            "rounds_per_second": [load.per_second for load in loads],
+            "rounds_p99_ms": [load.p99_ms for load in loads],
+        }
+
+    raven_row, baseline_row = summary("raven"), summary("baseline")
+    throughput_ratios = [
+        ours.per_second / theirs.per_second
+        for ours, theirs in zip(per_round["raven"], per_round["baseline"], strict=True)
+    ]
+    p99_ratios = [
+        ours.p99_ms / theirs.p99_ms
+        for ours, theirs in zip(per_round["raven"], per_round["baseline"], strict=True)
+    ]
+    results = {
+        "raven": raven_row,
+        "baseline": baseline_row,
+        "throughput_ratio": statistics.median(throughput_ratios),
+        "p99_ratio": statistics.median(p99_ratios),
+        "cpu_ratio": raven_row["cpu_us_per_request"] / baseline_row["cpu_us_per_request"],
+        "rounds_throughput_ratio": throughput_ratios,
+        "rounds_p99_ratio": p99_ratios,
+    }
+    print(f"GET /api/chats, {CHATS} chats, 8 keep-alive clients, {ROUNDS} interleaved rounds")
+    for name, row in (("chats_crud", raven_row), ("FastAPI+asyncpg", baseline_row)):
+        rounds = ", ".join(f"{value:.0f}" for value in row["rounds_per_second"])
+        print(
+            f"  {name:>16}: {row['per_second']:.0f} req/s (rounds {rounds}), p50 "
+            f"{row['p50_ms']:.2f} ms, p99 {row['p99_ms']:.2f} ms, errors {row['errors']}; "
+            f"server CPU {row['cpu_us_per_request']:.0f} µs per request"
+        )
+    print(
+        f"  ratio: throughput {results['throughput_ratio']:.2f}x (rounds "
+        f"{', '.join(f'{r:.2f}' for r in throughput_ratios)}), p99 {results['p99_ratio']:.2f}x "
+        f"(rounds {', '.join(f'{r:.2f}' for r in p99_ratios)}); targets >= 2x, <= 0.5x"
+    )
+    print(
+        f"  server CPU per request, chats_crud / baseline: {results['cpu_ratio']:.2f} (what "
+        "bounds throughput on a core of its own, and the measure least moved by other load)"
+    )
+    return results

@@ -1,0 +1,90 @@
+"""One chat_stream instance with WORKERS=1 vs WORKERS=2 (one gunicorn process per vCPU).
+
+Rounds interleaved (1, 2, 1, 2...), each on a fresh instance, the same loads:
+
+* 200 streams x 15 chunks/s (Gemini's real pace) and 200 x 50 chunks/s for 5 s: the latency
+  each chunk gains between the stand-in and the client, and the instance's CPU per chunk;
+* 50 turns started at once (the model sending 50 chunks/s, so its first chunk comes 20 ms
+  after the request): each turn's time from request to its first chunk.
+
+Targets (issue 17): 200 x 15/s p99 <= 50 ms, 200 x 50/s p99 <= 150 ms, burst first chunk
+p50 <= 100 ms. The load generator, the stand-in and PostgreSQL share the machine's two cores
+with the instance, so a second worker process competes with them for the second core.
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from bench.chat_stream import stream_load
+from dev.gemini_standin import StandinControl
+from dev.stack import LocalStack, free_port
+
+ROUNDS = 2
+LOADS = [("200x15", 200, 15, 5.0), ("200x50", 200, 50, 5.0), ("burst50", 50, 50, 1.0)]
+WORKER_COUNTS = ("1", "2")
+
+
+def run() -> dict[str, Any]:
+    rounds: dict[str, dict[str, list[dict[str, Any]]]] = {
+        workers: {name: [] for name, *_ in LOADS} for workers in WORKER_COUNTS
+    }
+    with tempfile.TemporaryDirectory() as data_dir:
+        stack = LocalStack(Path(data_dir), free_port(), log_to_files=True)
+        stack.start()
+        try:
+            assert stack.gemini_standin_url is not None
+            control = StandinControl(stack.gemini_standin_url)
+            # One user per stream, as an instance's streams are in production.
+            tokens = [
+                stack.signer.token(f"user_bench_workers_{n}", lifetime_seconds=7200)
+                for n in range(max(streams for _, streams, _, _ in LOADS))
+            ]
+            for _ in range(ROUNDS):
+                for name, streams, rate, seconds in LOADS:
+                    for workers in WORKER_COUNTS:
+                        load = stream_load(
+                            stack.env,
+                            tokens,
+                            control,
+                            streams,
+                            rate,
+                            overrides={"WORKERS": workers},
+                            seconds=seconds,
+                        )
+                        rounds[workers][name].append(load)
+        finally:
+            stack.stop()
+
+    def median(values: list[Any]) -> float:
+        return statistics.median(value for value in values if value is not None)
+
+    results: dict[str, Any] = {}
+    print("chat_stream, WORKERS=1 vs 2 (median of rounds; rounds interleaved)")
+    for name, *_ in LOADS:
+        for workers in WORKER_COUNTS:
+            loads = rounds[workers][name]
+            row = {
+                "added_latency_p50_ms": median([x["added_latency_p50_ms"] for x in loads]),
+                "added_latency_p99_ms": median([x["added_latency_p99_ms"] for x in loads]),
+                "rounds_p99_ms": [x["added_latency_p99_ms"] for x in loads],
+                "first_chunk_p50_ms": median([x["first_chunk_p50_ms"] for x in loads]),
+                "first_chunk_p99_ms": median([x["first_chunk_p99_ms"] for x in loads]),
+                "cpu_us_per_chunk": median([x["cpu_us_per_chunk"] for x in loads]),
+                "errors": sum(x["errors"] for x in loads),
+                "peak_rss_mb": max(x["peak_rss_mb"] for x in loads),
+            }
+            results[f"{name}_workers_{workers}"] = row
+            rounds_p99 = ", ".join(f"{value:.0f}" for value in row["rounds_p99_ms"])
+            print(
+                f"  {name:>8} WORKERS={workers}: added latency p50 "
+                f"{row['added_latency_p50_ms']:.1f} ms p99 {row['added_latency_p99_ms']:.1f} ms "
+                f"(rounds {rounds_p99}); first chunk p50 {row['first_chunk_p50_ms']:.0f} ms "
+                f"p99 {row['first_chunk_p99_ms']:.0f} ms; CPU {row['cpu_us_per_chunk']:.0f} "
+                f"µs/chunk; errors {row['errors']}; peak RSS {row['peak_rss_mb']:.0f} MB"
+            )
+    print("  targets: 200x15 p99 <= 50 ms; 200x50 p99 <= 150 ms; burst50 first chunk p50 <= 100 ms")
+    return results
