@@ -96,7 +96,7 @@ class RateLimited(ApiError):
 
 
 class InternalError(ApiError):
-    """Never raised for bad input: what anything unexpected is answered with."""
+    """What anything unexpected is answered with (its details go to the log only)."""
 
     status = 500
     code = "internal_error"

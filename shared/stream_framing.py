@@ -79,9 +79,10 @@ class Framing:
         """A chunk event carrying ``text``, written without building a model.
 
         The hot path (every streamed piece of every answer): this is exactly
-        ``ChunkEvent(content=text).model_dump_json()`` (``NdjsonChunkEvent`` in NDJSON), in
-        ~1 µs instead of ~5 µs; tests/test_stream_framing.py holds the two equal for every
-        kind of text, and the pieces around the text come from the models themselves.
+        ``ChunkEvent(content=text).model_dump_json()`` (``NdjsonChunkEvent`` in NDJSON) at a
+        quarter of its cost or less (bench/README.md); tests/test_stream_framing.py holds the
+        two equal for every kind of text, and the pieces around the text come from the
+        models themselves.
         """
         quoted = _json_string(text)
         if self.name == "sse":
