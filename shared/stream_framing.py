@@ -3,13 +3,18 @@
 A turn produces one sequence of events (:data:`shared.schemas.StreamEvent`); a framing only
 turns each into bytes on the wire:
 
-* **SSE** (``text/event-stream``): ``data: <event JSON>`` and a blank line per event; a
-  heartbeat is a comment line (``: keep-alive``), which EventSource and SSE parsers skip.
+* **SSE** (``text/event-stream``): ``id: <event_id>``, ``data: <event JSON>`` and a blank
+  line per event; a heartbeat is a comment line (``: keep-alive``), which EventSource and
+  SSE parsers skip.
 * **NDJSON** (``application/x-ndjson``): one event JSON object per line. The existing Raven
   frontend reads this framing: it splits the body on ``\\n``, ``JSON.parse``s each non-empty
   line, appends the line's ``response`` and stops at a line that has ``error``. So a chunk
   also carries ``response`` (its ``content``), an error also ``error`` (its ``detail``), and a
   heartbeat is ``{"type":"heartbeat"}``, which that reader ignores.
+
+Every event but a heartbeat carries ``event_id``, the answer's length (in code points) once
+the event is applied: a client that lost the stream resumes after the last one it read
+(``Last-Event-ID`` or ``?after=``, see :mod:`shared.answers`).
 
 Which one: an ``Accept`` header that names ``text/event-stream`` or ``application/x-ndjson``
 (the higher quality wins when it names both) chooses; anything else, including no header at
@@ -38,7 +43,7 @@ NDJSON_MEDIA_TYPE = "application/x-ndjson"
 FramingName = Literal["sse", "ndjson"]
 
 SSE_HEARTBEAT = ": keep-alive\n\n"
-NDJSON_HEARTBEAT = HeartbeatEvent().model_dump_json() + "\n"
+NDJSON_HEARTBEAT = HeartbeatEvent().model_dump_json(exclude_none=True) + "\n"
 
 
 @dataclass(frozen=True)
@@ -51,19 +56,29 @@ class Framing:
     def encode(self, event: StreamEvent) -> str:
         """One event as it goes on the wire (``None`` fields are left out)."""
         if isinstance(event, ChunkEvent):
-            return self.chunk(event.content)
+            return self.chunk(event.content, event.event_id)
         if self.name == "ndjson" and isinstance(event, ErrorEvent):
             event = NdjsonErrorEvent(**event.model_dump(), error=event.detail)
-        return self._frame(event.model_dump_json(exclude_none=True))
+        return self._frame(event.model_dump_json(exclude_none=True), event.event_id)
 
-    def chunk(self, text: str) -> str:
+    def chunk(self, text: str, event_id: int | None = None) -> str:
         """A chunk event carrying ``text``: the hot path, one model built per chunk."""
         if self.name == "sse":
-            return self._frame(ChunkEvent(content=text).model_dump_json())
-        return self._frame(NdjsonChunkEvent(content=text, response=text).model_dump_json())
+            event_json = ChunkEvent(content=text, event_id=event_id).model_dump_json(
+                exclude_none=True
+            )
+        else:
+            event_json = NdjsonChunkEvent(
+                content=text, response=text, event_id=event_id
+            ).model_dump_json(exclude_none=True)
+        return self._frame(event_json, event_id)
 
-    def _frame(self, event_json: str) -> str:
-        return f"data: {event_json}\n\n" if self.name == "sse" else event_json + "\n"
+    def _frame(self, event_json: str, event_id: int | None = None) -> str:
+        if self.name == "ndjson":
+            return event_json + "\n"
+        if event_id is None:
+            return f"data: {event_json}\n\n"
+        return f"id: {event_id}\ndata: {event_json}\n\n"
 
     def heartbeat(self) -> str:
         """What keeps the connection alive while the model is silent."""

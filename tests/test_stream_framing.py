@@ -184,10 +184,14 @@ def test_a_client_asking_for_sse_gets_the_same_events_as_sse(
     body = response.content.decode()
     assert '"response"' not in body  # the NDJSON-only field stays out of SSE
     blocks = [block for block in body.split("\n\n") if block]
-    assert all(block.startswith("data: ") and "\n" not in block for block in blocks)
-    events = [json.loads(block[len("data: ") :]) for block in blocks]
+    # Each event: its id (the answer's length once applied, for Last-Event-ID), its data.
+    ids, data = zip(*(block.split("\n") for block in blocks), strict=True)
+    assert all(line.startswith("data: ") for line in data)
+    events = [json.loads(line[len("data: ") :]) for line in data]
     assert [e["type"] for e in events] == ["start", "chunk", "chunk", "done"]
     assert "".join(e["content"] for e in events[1:3]) == "Hello there"
+    assert list(ids) == ["id: 0", "id: 5", "id: 11", "id: 11"]
+    assert [e["event_id"] for e in events] == [0, 5, 11, 11]
     stored = history(alice, events[0]["chat_id"])
     assert stored[1]["content"] == "Hello there"
 
