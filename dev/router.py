@@ -46,6 +46,8 @@ CONTRACT_ROUTES: dict[str, str] = {
     "/chat": "chat_stream",
     "/api/chats": "chats_crud",
     "/api/chats/<path:rest>": "chats_crud",
+    "/api/chats/<chat_id>/messages/<message_id>/stream": "chat_stream",
+    "/api/chats/<chat_id>/messages/<message_id>/stop": "chat_stream",
     "/api/upload-url": "upload_url",
     "/api/usage": "chats_crud",
     "/clerk-webhook": "clerk_webhook",
