@@ -18,6 +18,7 @@ from bench import (
     clerk_webhook,
     controls,
     hostile,
+    resume,
     stream_framing,
     stream_parse,
     summaries,
@@ -33,6 +34,7 @@ BENCHMARKS: dict[str, Callable[[], dict[str, Any]]] = {
     "clerk_webhook": clerk_webhook.run,
     "hostile": hostile.run,
     "controls": controls.run,
+    "resume": resume.run,
     "telemetry": telemetry.run,
 }
 
