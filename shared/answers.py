@@ -56,6 +56,9 @@ TICK_SECONDS = 0.25
 # The listener's connection is checked (and late notifications read) at least this often.
 LISTEN_CHECK_SECONDS = 1.0
 
+# The largest offset a client may name (PostgreSQL's substr takes an integer).
+MAX_OFFSET = 2**31 - 2
+
 StopReason = Literal["stopped", "server_restarting", "timeout"]
 
 # What a user reads when the model withheld (or stopped) an answer on its own checks.
@@ -513,12 +516,13 @@ def _follow(
 
 def parse_offset(last_event_id: str | None, after: int | None) -> int:
     """Where to resume: ``Last-Event-ID`` (what EventSource sends) wins over ``?after=``."""
-    if last_event_id is not None and last_event_id.strip():
-        text = last_event_id.strip()
-        if not text.isdigit() or len(text) > 12:
+    if last_event_id is not None:
+        if not (last_event_id.isascii() and last_event_id.isdigit()) or (
+            int(last_event_id) > MAX_OFFSET
+        ):
             raise UnprocessableEntity(
                 "Last-Event-ID: an event_id of this answer's stream is expected",
                 code="invalid_offset",
             )
-        return int(text)
+        return int(last_event_id)
     return after or 0

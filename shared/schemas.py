@@ -259,7 +259,7 @@ class StartEvent(Event):
     chat_id: str
     message_id: str = Field(description="Id of the stored user message.")
     answer_id: str | None = Field(
-        None,
+        default=None,
         description="Id of the assistant message being written: where the stream can be "
         "resumed (GET /api/chats/{chat_id}/messages/{answer_id}/stream) or stopped.",
     )
@@ -316,6 +316,7 @@ class ResumeQuery(RequestModel):
     after: int | None = Field(
         None,
         ge=0,
+        le=MAX_POSITION - 1,
         description="Resume after this event_id (the answer's length the client has); "
         "a Last-Event-ID header wins over it. Default 0: the whole answer.",
     )
