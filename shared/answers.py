@@ -8,9 +8,10 @@ This module owns what lets that answer outlive the request that started it (see 
   reason it must stop early, if any: ``stopped`` (``POST .../stop``, from any instance),
   ``server_restarting`` (SIGTERM: :func:`begin_shutdown`) or ``timeout`` (the turn's lease is
   about to lapse). The turn looks at it with each model event and tick.
-* **Progress** (:class:`Progress`): a resumable answer's text is stored as it grows, at most
-  every :data:`PROGRESS_INTERVAL_SECONDS` (sooner after :data:`PROGRESS_MAX_CHARS`), with one
-  single-row ``UPDATE`` that also ``NOTIFY``s followers and reads the row's stop flag.
+* **Progress** (:class:`ProgressWriter`): a resumable answer's text is stored as it grows,
+  at most every :data:`PROGRESS_INTERVAL_SECONDS`, off the turn's thread: one ``UPDATE`` per
+  process and interval (each answer's row once) that also ``NOTIFY``s followers and reads
+  the rows' stop flags.
 * **Following** (:func:`follow`): ``GET .../stream`` replays the stored text after an offset,
   then follows it live until it ends, from any instance. Each worker process has one
   ``LISTEN`` connection (:class:`Listener`) fanning notifications out to its followers and
@@ -33,7 +34,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from shared.db import Database, Row, Transaction
@@ -45,10 +46,8 @@ logger = logging.getLogger("raven.answers")
 
 CHANNEL = "raven_answers"
 # A resumable answer is stored at most this often while it grows (a follower on another
-# instance sees new text within about this long, plus a notification's round trip)...
+# instance sees new text within about this long, plus a notification's round trip).
 PROGRESS_INTERVAL_SECONDS = 0.2
-# ...or as soon as this much text is waiting, whichever comes first.
-PROGRESS_MAX_CHARS = 2000
 # How often a follower reads the row when no notification woke it.
 POLL_SECONDS = 1.0
 # How often a turn looks at its stop reason while the model is silent.
@@ -169,10 +168,11 @@ def begin_shutdown() -> None:
 
 
 def _forget_process_state() -> None:
-    global _live_lock, _listener
+    global _live_lock, _listener, _writer
     _live.clear()
     _live_lock = threading.Lock()
     _listener = None
+    _writer = None
     _draining.clear()
 
 
@@ -187,23 +187,33 @@ def _notice(kind: str, answer_id: uuid.UUID, length: int = 0) -> str:
     return f"{kind} {answer_id} {length}"
 
 
-def record_progress(db: Database, answer_id: uuid.UUID, text: str, length: int) -> bool:
-    """Store a resumable answer's text so far and tell followers; whether it must stop.
+def record_progress(db: Database, answers: list[dict[str, Any]]) -> dict[uuid.UUID, bool]:
+    """Store resumable answers' text so far and tell their followers, in one statement.
 
-    One statement, one row: the whole text is written (so a retry on a fresh connection is
-    harmless), followers are notified when it commits, and the row's stop flag comes back.
-    A row that is gone (the chat was deleted) stops the generation too.
+    ``answers``: ``{"id", "content", "length"}`` each. The whole text is written (a retry on
+    a fresh connection is harmless), only while the answer is still streaming (a late write
+    never undoes the final one), and followers are notified when it commits.
+
+    Returns:
+        Each updated answer's stop flag; an answer missing from it has ended or is gone.
     """
-    row = db.fetch_one(
-        "WITH updated AS (UPDATE messages SET content = :content WHERE id = :id "
-        "AND streaming_until IS NOT NULL RETURNING stop_requested) "
-        "SELECT stop_requested, pg_notify(:channel, :payload) AS notified FROM updated",
-        id=answer_id,
-        content=text,
+    rows = db.fetch_all(
+        """
+        WITH updated AS (
+            UPDATE messages m SET content = u.content
+            FROM jsonb_to_recordset(CAST(:answers AS jsonb)) AS u(id uuid, content text,
+                                                                  length integer)
+            WHERE m.id = u.id AND m.streaming_until IS NOT NULL
+            RETURNING m.id, m.stop_requested, u.length
+        )
+        SELECT id, stop_requested,
+               pg_notify(:channel, 'p ' || id::text || ' ' || length::text) AS notified
+        FROM updated
+        """,
+        answers=answers,
         channel=CHANNEL,
-        payload=_notice("p", answer_id, length),
     )
-    return row is None or bool(row["stop_requested"])
+    return {uuid.UUID(str(row["id"])): bool(row["stop_requested"]) for row in rows}
 
 
 def mark_ended(tx: Transaction, answer_id: uuid.UUID, error_code: str | None, length: int) -> None:
@@ -278,35 +288,73 @@ def request_stop(db: Database, user_id: str, chat_id: uuid.UUID, message_id: uui
 # --- progress of one resumable answer -------------------------------------------------------
 
 
-@dataclass(eq=False)
-class Progress:
-    """Stores a resumable answer as it grows (see :data:`PROGRESS_INTERVAL_SECONDS`)."""
+class ProgressWriter:
+    """Stores every resumable answer of this process as it grows, off the turns' threads.
 
-    db: Database
-    live: LiveAnswer
-    stored: int = 0
-    last_write: float = field(default=0.0)
+    A turn only notes its text (:meth:`note`: a dict entry, no I/O); one thread writes what
+    changed at most every :data:`PROGRESS_INTERVAL_SECONDS`, every answer in one statement,
+    so a slow database never delays a chunk and many streams cost one round trip. A turn
+    told by the row to stop (``POST .../stop`` from an instance that missed the NOTIFY) or
+    whose row is gone is stopped.
+    """
 
-    def update(self, answer: list[str], length: int, *, due_only: bool = True) -> None:
-        """Store ``answer`` (its pieces, ``length`` characters in all) if a write is due."""
-        if length == self.stored:
-            return
-        now = time.monotonic()
-        if (
-            due_only
-            and now - self.last_write < PROGRESS_INTERVAL_SECONDS
-            and length - self.stored < PROGRESS_MAX_CHARS
-        ):
-            return
-        self.last_write = now
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        self._lock = threading.Lock()
+        self._pending: dict[uuid.UUID, tuple[LiveAnswer, list[str], int, int]] = {}
+        self._changed = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def note(self, live: LiveAnswer, pieces: list[str], length: int) -> None:
+        """The answer is ``pieces`` (a list the turn appends to), ``length`` characters."""
+        with self._lock:
+            self._pending[live.answer_id] = (live, pieces, len(pieces), length)
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="answers-progress")
+                self._thread.daemon = True
+                self._thread.start()
+        self._changed.set()
+
+    def forget(self, live: LiveAnswer) -> None:
+        """The turn is storing its answer itself: nothing more to write for it."""
+        with self._lock:
+            self._pending.pop(live.answer_id, None)
+
+    def _run(self) -> None:
+        while True:
+            self._changed.wait()
+            self._changed.clear()
+            with self._lock:
+                batch, self._pending = self._pending, {}
+            if batch:
+                self._write(batch)
+            time.sleep(PROGRESS_INTERVAL_SECONDS)
+
+    def _write(self, batch: dict[uuid.UUID, tuple[LiveAnswer, list[str], int, int]]) -> None:
+        answers = [
+            {"id": str(answer_id), "content": "".join(pieces[:count]), "length": length}
+            for answer_id, (_, pieces, count, length) in batch.items()
+        ]
         try:
-            stop = record_progress(self.db, self.live.answer_id, "".join(answer), length)
-        except Exception:  # the final store retries; the stream goes on
+            flags = record_progress(self._db, answers)
+        except Exception:  # the next write, or the turn's own final one, stores it
             logger.warning("could not store progress", exc_info=True)
             return
-        self.stored = length
-        if stop:
-            self.live.stop("stopped")
+        for answer_id, (live, _, _, _) in batch.items():
+            if flags.get(answer_id, True):
+                live.stop("stopped")
+
+
+_writer: ProgressWriter | None = None
+
+
+def progress_writer(db: Database) -> ProgressWriter:
+    """This process's progress writer."""
+    global _writer
+    with _listener_lock:
+        if _writer is None:
+            _writer = ProgressWriter(db)
+        return _writer
 
 
 # --- the listener: one LISTEN connection per process ----------------------------------------

@@ -270,12 +270,12 @@ def stream_answer(
     (:mod:`shared.answers`) stops within a tick even while the model is silent; heartbeats
     are passed on every ``SSE_HEARTBEAT_SECONDS`` of silence. ``after_done`` runs once
     ``done`` has been written (summary and title requests: neither adds to the turn's
-    latency). A ``resumable`` turn stores its text as it grows (:class:`answers.Progress`).
+    latency). A ``resumable`` turn stores its text as it grows (:class:`answers.ProgressWriter`).
     """
     chat_id = str(turn.chat_id)
     answer_id = turn.assistant_message_id
     live = answers.register(answer_id, chats.TURN_LEASE_SECONDS - LEASE_MARGIN_SECONDS)
-    progress = answers.Progress(db, live) if resumable else None
+    progress = answers.progress_writer(db) if resumable else None
     answer: list[str] = []
     length = 0
     finished: Finished | None = None
@@ -303,15 +303,12 @@ def stream_answer(
                     answer.append(text)
                     length += len(text)
                     if progress is not None:
-                        progress.update(answer, length)
+                        progress.note(live, answer, length)
                     yield AnswerChunk(text, length)
                     last_sent = time.monotonic()
-            else:
-                if progress is not None:
-                    progress.update(answer, length)
-                if time.monotonic() - last_sent >= settings.sse_heartbeat_seconds:
-                    yield event
-                    last_sent = time.monotonic()
+            elif time.monotonic() - last_sent >= settings.sse_heartbeat_seconds:
+                yield event
+                last_sent = time.monotonic()
             stopped = live.check()
             if stopped is not None and finished is None:
                 model_events.close()  # stop reading from (and paying for) the model now
@@ -340,6 +337,8 @@ def stream_answer(
             ending = "client_disconnected"
         else:
             ending = None
+        if progress is not None:
+            progress.forget(live)
         try:
             saved = save_answer(db, settings, user_id, turn, answer, length, finished, ending)
         finally:
