@@ -16,9 +16,9 @@ A turn (see docs/api.md, "Sending a message"):
    (``POST .../stop``) or by the instance's shutdown ends early (:mod:`shared.answers`);
 5. store the answer: complete, or, if the model failed, the client left, the user stopped it
    or the instance is shutting down, what was produced marked incomplete; add the turn's
-   tokens to the user's usage. A resumable turn (``"resumable": true``) runs in its own
-   thread (:class:`Generation`), stores its text as it grows and is not stopped by the
-   client leaving: the request only relays it;
+   tokens to the user's usage. A resumable turn (``"resumable": true``) stores its text as
+   it grows and is not stopped by the client leaving: a thread takes it over
+   (:func:`outliving_its_client`);
 6. after ``done``: a rolling summary when enough is unsummarised (:func:`summary_due`), a
    title for a chat that still has the default one.
 
@@ -438,63 +438,33 @@ def save_answer(
         return False
 
 
-class Generation:
-    """A resumable turn, run in its own thread so it outlives the request that started it.
+def outliving_its_client(events: Iterator[TurnEvent], name: str) -> Iterator[TurnEvent]:
+    """A resumable turn's events: relayed by the request while its client reads them; when
+    the client leaves, a thread of its own takes the turn over and runs it to its end.
 
-    The request relays its events (:meth:`relay`); a client that leaves only stops the relay.
-    The thread is not a daemon: a process that exits waits for it to store the answer (on
-    SIGTERM every turn stops within a tick, see :func:`shared.answers.begin_shutdown`).
+    The request thread drives the turn as long as the client is there (no hand-off per
+    chunk: a resumable turn costs what any turn costs). The thread is not a daemon: a
+    process that exits waits for it to store the answer (on SIGTERM every turn stops within
+    a tick, see :func:`shared.answers.begin_shutdown`).
     """
-
-    def __init__(self, events: Iterator[TurnEvent], name: str) -> None:
-        self._events = events
-        self._produced: list[TurnEvent] = []
-        self._changed = threading.Condition()
-        self._ended = False
+    try:
+        # Not ``yield from``: it would close the turn (and the model call) with the relay.
+        for event in events:  # noqa: UP028
+            yield event
+    except GeneratorExit:
         context_copy = contextvars.copy_context()  # the request's trace id, for the logs
-        self._thread = threading.Thread(
-            target=context_copy.run, args=(self._run,), name=name, daemon=False
-        )
+        threading.Thread(
+            target=context_copy.run, args=(_run_to_the_end, events), name=name, daemon=False
+        ).start()
+        raise
 
-    @classmethod
-    def start(cls, events: Iterator[TurnEvent], name: str) -> Generation:
-        generation = cls(events, name)
-        generation._thread.start()
-        return generation
 
-    def _run(self) -> None:
-        try:
-            for event in self._events:
-                if isinstance(event, Heartbeat):
-                    continue  # the relay keeps its own connection alive
-                with self._changed:
-                    self._produced.append(event)
-                    self._changed.notify_all()
-        except Exception:
-            logger.exception("resumable turn failed")
-        finally:
-            with self._changed:
-                self._ended = True
-                self._changed.notify_all()
-
-    def relay(self, heartbeat_seconds: float) -> Iterator[TurnEvent]:
-        """The turn's events as it produces them, heartbeats while it is silent."""
-        sent = 0
-        while True:
-            with self._changed:
-                if sent == len(self._produced) and not self._ended:
-                    self._changed.wait(heartbeat_seconds)
-                batch = self._produced[sent:]
-                ended = self._ended
-            sent += len(batch)
-            if not batch and not ended:
-                yield Heartbeat()
-            yield from batch
-            if ended and sent == len(self._produced):
-                return
-
-    def join(self, timeout: float | None = None) -> None:
-        self._thread.join(timeout)
+def _run_to_the_end(events: Iterator[TurnEvent]) -> None:
+    try:
+        for _ in events:
+            pass  # the answer is stored as it grows, and followers read it from there
+    except Exception:
+        logger.exception("resumable turn failed after its client left")
 
 
 def summary_due(turn: BegunTurn, answer_tokens: int, settings: Settings) -> int | None:

@@ -128,8 +128,7 @@ def open_turn(request: Request, user: AuthenticatedUser, record: TurnRecord) -> 
         resumable=body.resumable,
     )
     if body.resumable:
-        generation = turn.Generation.start(events, name=f"answer-{begun.assistant_message_id}")
-        events = generation.relay(settings.sse_heartbeat_seconds)
+        events = turn.outliving_its_client(events, name=f"answer-{begun.assistant_message_id}")
     framing = choose_framing(request.headers.get("Accept"), settings.chat_stream_format)
     wire = framing_of(framing, record.observe(events, AnswerChunk))
     return Response(stream_with_context(wire), mimetype=framing.media_type, headers=STREAM_HEADERS)
