@@ -60,6 +60,7 @@ MODELS: list[type[BaseModel]] = [
     schemas.ChatRequest,
     *SSE_EVENTS,
     *NDJSON_EVENTS[1:],
+    schemas.AnswerStopped,
     schemas.UploadUrlRequest,
     schemas.UploadUrlResponse,
     schemas.UsageReport,
@@ -114,6 +115,21 @@ CHAT_ID = {
     "required": True,
     "schema": {"type": "string", "format": "uuid"},
 }
+MESSAGE_ID = {
+    "name": "message_id",
+    "in": "path",
+    "required": True,
+    "description": "The answer: `answer_id` of the `start` event (or `message_id` of `done`).",
+    "schema": {"type": "string", "format": "uuid"},
+}
+ACCEPT = {
+    "name": "Accept",
+    "in": "header",
+    "required": False,
+    "description": "text/event-stream or application/x-ndjson; "
+    "anything else gets the deployment's default framing.",
+    "schema": {"type": "string"},
+}
 NEXT_CURSOR_HEADERS = {
     "X-Next-Cursor": {
         "description": "Present when there is a next page.",
@@ -155,6 +171,16 @@ def _chat_links(chat_id: str) -> dict[str, Any]:
 def _operations() -> dict[str, dict[str, Any]]:
     """What each public endpoint of :mod:`shared.routes` takes and answers, by operation id
     (its path, method, summary and security come from the route table)."""
+    stream_content = {
+        "text/event-stream": {
+            "schema": _sse_event({"oneOf": [_ref(event) for event in SSE_EVENTS]}),
+            "x-stream-item": "one event per `data:` line (its `id:` is the event_id)",
+        },
+        "application/x-ndjson": {
+            "schema": {"oneOf": [_ref(event) for event in NDJSON_EVENTS]},
+            "x-stream-item": "one event per line",
+        },
+    }
     return {
         "listChats": {
             "parameters": _query_parameters(schemas.ChatListQuery),
@@ -232,16 +258,7 @@ def _operations() -> dict[str, dict[str, Any]]:
                 "frontend, which sends no `Accept`, needs `ndjson`). The schemas below "
                 "describe one event (one SSE `data:` line, or one NDJSON line)."
             ),
-            "parameters": [
-                {
-                    "name": "Accept",
-                    "in": "header",
-                    "required": False,
-                    "description": "text/event-stream or application/x-ndjson; "
-                    "anything else gets the deployment's default framing.",
-                    "schema": {"type": "string"},
-                }
-            ],
+            "parameters": [ACCEPT],
             "requestBody": {
                 "required": True,
                 "content": _json_content(_ref(schemas.ChatRequest)),
@@ -261,18 +278,50 @@ def _operations() -> dict[str, dict[str, Any]]:
                             "schema": {"type": "string"},
                         }
                     },
-                    "content": {
-                        "text/event-stream": {
-                            "schema": _sse_event({"oneOf": [_ref(event) for event in SSE_EVENTS]}),
-                            "x-stream-item": "one event per `data:` line",
-                        },
-                        "application/x-ndjson": {
-                            "schema": {"oneOf": [_ref(event) for event in NDJSON_EVENTS]},
-                            "x-stream-item": "one event per line",
-                        },
-                    },
+                    "content": stream_content,
                 },
                 **_errors("400", "401", "404", "408", "409", "413", "422", "429", "503"),
+            },
+        },
+        "resumeAnswer": {
+            "description": (
+                "Replays the stored text after `Last-Event-ID` (or `after`) as one `chunk`, "
+                "then follows the answer live (a `resumable` one grows while it is written) "
+                "until `done` or `error`; an answer that has ended gets its text and its "
+                "ending at once. Same events and framings as POST /chat, without `start`. "
+                "Another user's answer is a 404 like a missing one."
+            ),
+            "parameters": [
+                *_query_parameters(schemas.ResumeQuery),
+                {
+                    "name": "Last-Event-ID",
+                    "in": "header",
+                    "required": False,
+                    "description": "The last event_id the client read (wins over `after`).",
+                    "schema": {"type": "string", "pattern": "^[0-9]{1,10}$"},
+                },
+                ACCEPT,
+            ],
+            "responses": {
+                "200": {
+                    "description": "The answer's events after the offset, as POST /chat's.",
+                    "content": stream_content,
+                },
+                **_errors("401", "404", "422", "503"),
+            },
+        },
+        "stopAnswer": {
+            "description": (
+                "The answer is kept, incomplete, with finish_reason `stopped`; its stream "
+                "(and every follower's) ends with `done`. An answer that has already "
+                "ended is left as it is (`stopping`: false)."
+            ),
+            "responses": {
+                "200": {
+                    "description": "Whether the answer was still being written.",
+                    "content": _json_content(_ref(schemas.AnswerStopped)),
+                },
+                **_errors("401", "404", "503"),
             },
         },
         "createUploadUrl": {
@@ -325,7 +374,7 @@ def _operations() -> dict[str, dict[str, Any]]:
 
 
 # Path parameters by name, for every path of the route table that has them.
-PATH_PARAMETERS = {"chat_id": CHAT_ID}
+PATH_PARAMETERS = {"chat_id": CHAT_ID, "message_id": MESSAGE_ID}
 
 
 def _paths() -> dict[str, Any]:

@@ -38,20 +38,29 @@ from werkzeug.wrappers import Request, Response
 
 from dev.storage_front import SignatureFront
 from dev.tokens import LocalSigner
-from shared.routes import load_balancer_paths
+from shared.routes import is_prefix_rule, load_balancer_paths
 from shared.schemas import ErrorBody
 
 logger = logging.getLogger("raven.router")
 
 
 def contract_routes() -> dict[str, str]:
-    """Which function serves which path, as werkzeug rules: the load balancer's path rules
-    (:func:`shared.routes.load_balancer_paths`), so local routing is what deployed routing is."""
-    return {
-        (path[:-1] + "<path:rest>" if path.endswith("/*") else path): function
-        for function, paths in load_balancer_paths().items()
-        for path in paths
-    }
+    """Which function serves which path, as werkzeug rules: the load balancer's rules
+    (:func:`shared.routes.load_balancer_paths`), so local routing is what deployed routing is.
+    A prefix rule's ``/*`` is the rest of the path; a template's ``*`` is one segment."""
+    routes = {}
+    for function, paths in load_balancer_paths().items():
+        for path in paths:
+            if is_prefix_rule(path):
+                rule = path[:-1] + "<path:rest>"
+            else:
+                segments = path.split("*")
+                rule = "".join(
+                    segment + (f"<segment_{index}>" if index < len(segments) - 1 else "")
+                    for index, segment in enumerate(segments)
+                )
+            routes[rule] = function
+    return routes
 
 
 CONTRACT_ROUTES: dict[str, str] = contract_routes()

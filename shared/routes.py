@@ -104,6 +104,20 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "Send the last message of `messages` and stream the answer.",
     ),
     Endpoint(
+        "GET",
+        "/api/chats/<chat_id>/messages/<message_id>/stream",
+        "chat_stream",
+        "resumeAnswer",
+        "An answer's stream again, from where the client left it, from any instance.",
+    ),
+    Endpoint(
+        "POST",
+        "/api/chats/<chat_id>/messages/<message_id>/stop",
+        "chat_stream",
+        "stopAnswer",
+        "Stop an answer being written, on whichever instance writes it.",
+    ),
+    Endpoint(
         "POST",
         "/api/upload-url",
         "upload_url",
@@ -150,28 +164,40 @@ def public_endpoints() -> list[Endpoint]:
 
 
 def load_balancer_paths() -> dict[str, list[str]]:
-    """Public paths per function as URL map path rules (and the local router's rules).
+    """Public paths per function as URL map rules (and the local router's rules).
 
-    A path with a parameter becomes its prefix and ``/*`` (a URL map matches no parameter),
-    which covers the fixed paths below it (``/api/chats/create`` is in ``/api/chats/*``).
-    Methods are not routed: a function answers 405 for a method it does not serve.
+    A URL map matches no parameter: a path whose parameters all come last becomes its prefix
+    and ``/*``, which covers the fixed paths below it (``/api/chats/create`` is in
+    ``/api/chats/*``); a path with a fixed segment after a parameter becomes a path template,
+    one ``*`` per parameter (``/api/chats/*/messages/*/stream``), which the load balancer tries
+    before the prefixes. Methods are not routed: a function answers 405 for a method it does
+    not serve.
     """
     patterns: dict[str, list[str]] = {}
     for endpoint in public_endpoints():
         path = endpoint.path
         if endpoint.path_parameters:
-            path = path[: path.index("<")].rstrip("/") + "/*"
+            prefix, _, rest = path.partition("<")
+            if _PARAMETER.sub("", "<" + rest).strip("/"):  # a fixed segment after a parameter
+                path = _PARAMETER.sub("*", path)
+            else:
+                path = prefix.rstrip("/") + "/*"
         paths = patterns.setdefault(endpoint.function, [])
         if path not in paths:
             paths.append(path)
     for function, paths in patterns.items():
-        wildcards = [path[:-1] for path in paths if path.endswith("/*")]
+        wildcards = [path[:-1] for path in paths if is_prefix_rule(path)]
         patterns[function] = [
             path
             for path in paths
             if path.endswith("/*") or not any(path.startswith(w) for w in wildcards)
         ]
     return patterns
+
+
+def is_prefix_rule(path: str) -> bool:
+    """``/api/chats/*``: everything under a prefix (not a template's one-segment ``*``)."""
+    return path.endswith("/*") and "*" not in path[:-2]
 
 
 def load_balancer_routes_json() -> str:

@@ -27,8 +27,9 @@ MAX_TITLE_CHARS = 200
 DEFAULT_TITLE = "New Chat"
 MAX_POSITION = 2**31 - 1  # messages.position is a PostgreSQL integer
 
-# Why an answer ended (Gemini's many reasons folded into these by shared/gemini.py).
-FinishReason = Literal["stop", "max_tokens", "safety", "recitation", "other"]
+# Why an answer ended (Gemini's many reasons folded into these by shared/gemini.py), or
+# ``stopped``: the user stopped it (POST .../stop).
+FinishReason = Literal["stop", "max_tokens", "safety", "recitation", "other", "stopped"]
 
 
 def _strip(value: object) -> object:
@@ -301,6 +302,14 @@ class ChatRequest(RequestModel):
         description="A question of the chat (`chatId`) to replace with the last message of "
         "`messages`; everything after it is removed, then the new question is answered.",
     )
+    resumable: bool = Field(
+        False,
+        description="Keep generating when the client disconnects, storing the answer as it "
+        "grows: the stream can be picked up again, from any instance, with "
+        "GET /api/chats/{chat_id}/messages/{answer_id}/stream, and stopped with "
+        "POST .../stop. Without it, a client that leaves stops the model (the partial "
+        "answer is kept, incomplete).",
+    )
 
 
 def _type_is_required(schema: dict[str, Any]) -> None:
@@ -315,11 +324,25 @@ class Event(BaseModel):
 
     model_config = ConfigDict(json_schema_extra=_type_is_required)
 
+    type: str
+    event_id: int | None = Field(
+        default=None,
+        ge=0,
+        description="The answer's length, in characters (Unicode code points), once this "
+        "event is applied: what a client resumes after (SSE also sends it as `id:`, which "
+        "EventSource returns as Last-Event-ID).",
+    )
+
 
 class StartEvent(Event):
     type: Literal["start"] = "start"
     chat_id: str
     message_id: str = Field(description="Id of the stored user message.")
+    answer_id: str | None = Field(
+        default=None,
+        description="Id of the assistant message being written: where the stream can be "
+        "resumed (GET /api/chats/{chat_id}/messages/{answer_id}/stream) or stopped.",
+    )
 
 
 class ChunkEvent(Event):
@@ -340,7 +363,8 @@ class DoneEvent(Event):
     finish_reason: FinishReason | None = Field(
         None,
         description="Why the answer ended: stop (complete), max_tokens (cut at the length "
-        "limit: stored incomplete), other. safety and recitation end with an error event.",
+        "limit: stored incomplete), stopped (the user stopped it: stored incomplete), "
+        "other. safety and recitation end with an error event.",
     )
 
 
@@ -350,9 +374,14 @@ class ErrorEvent(Event):
     code: str = Field(
         description="Machine-readable: model_busy, model_unavailable, model_refused, "
         "blocked (the model's safety or recitation checks withheld the answer), "
-        "answer_not_saved."
+        "answer_not_saved, server_restarting (the instance is shutting down: the partial "
+        "answer is kept; retry), answer_abandoned (the instance writing it stopped without "
+        "a word)."
     )
     message_id: str | None = Field(None, description="The partial answer kept, if any.")
+    retryable: bool | None = Field(
+        default=None, description="true when sending the message again (or regenerating) may work."
+    )
 
 
 StreamEvent = StartEvent | ChunkEvent | DoneEvent | ErrorEvent
@@ -361,6 +390,24 @@ StreamEvent = StartEvent | ChunkEvent | DoneEvent | ErrorEvent
 # The NDJSON framing (``application/x-ndjson``) sends the same events, one JSON object per
 # line, plus the two fields the existing frontend's reader looks for: it appends each
 # line's ``response`` to the answer and stops at a line that has ``error``.
+
+
+class ResumeQuery(RequestModel):
+    after: int | None = Field(
+        None,
+        ge=0,
+        le=MAX_POSITION - 1,
+        description="Resume after this event_id (the answer's length the client has); "
+        "a Last-Event-ID header wins over it. Default 0: the whole answer.",
+    )
+
+
+class AnswerStopped(BaseModel):
+    message_id: str
+    stopping: bool = Field(
+        description="true: the answer was being written and stops now (it is kept, "
+        "incomplete, finish_reason stopped); false: it had already ended."
+    )
 
 
 class NdjsonChunkEvent(ChunkEvent):

@@ -31,6 +31,9 @@ the module, inside its app context) fixes all of these from inside the process:
 4. unless the function's handlers need Flask's request context (chat_stream's
    ``stream_with_context``), requests skip Flask's dispatch: :class:`DirectApp` hands them to
    the Api, which routes, answers errors and logs by itself (bench/README.md, "The chat list").
+5. on SIGTERM (Cloud Run's scale-in or redeploy: SIGKILL follows 10 s later) the worker runs
+   the hooks registered with :func:`on_shutdown` (chat_stream stops its turns and ends their
+   streams) and waits at most :data:`GRACEFUL_TIMEOUT_SECONDS` for open requests.
 """
 
 from __future__ import annotations
@@ -54,6 +57,12 @@ logger = logging.getLogger("raven.serving")
 # little memory and no CPU). Past THREADS + this, a connection waits in gunicorn's accept queue.
 BODY_WAITING_THREADS = 256
 READ_CHUNK_BYTES = 64 * 1024
+
+# How long a worker given SIGTERM waits for its open requests: within Cloud Run's 10 s.
+GRACEFUL_TIMEOUT_SECONDS = 8
+
+# Run in the worker's SIGTERM handler (so: quick, never blocking).
+_shutdown_hooks: list[Callable[[], None]] = []
 
 # One slot per THREADS: set in the worker process by BoundedBodyWorker; None elsewhere (the
 # Flask test client, a plain WSGI server), where requests are not gated.
@@ -286,6 +295,14 @@ def _worker_class() -> type:
 
             return futures.ThreadPoolExecutor(max_workers=self.cfg.threads + BODY_WAITING_THREADS)
 
+        def handle_exit(self, sig: Any, frame: Any) -> None:
+            for hook in _shutdown_hooks:
+                try:
+                    hook()
+                except Exception:
+                    logger.exception("shutdown hook failed")
+            super().handle_exit(sig, frame)
+
     return BoundedBodyWorker
 
 
@@ -307,6 +324,7 @@ def _use_bounded_body_worker() -> None:
     def load_config(self: Any) -> None:
         if "worker_class" not in self.options:
             self.options["worker_class"] = _worker_class()
+        self.options.setdefault("graceful_timeout", GRACEFUL_TIMEOUT_SECONDS)
         original(self)
 
     application.load_config = load_config  # type: ignore[method-assign]
@@ -338,6 +356,12 @@ class DirectApp:
             logger.error("unhandled error outside the Api", exc_info=error)
             response = error_response(InternalError("Internal server error"))
         return response(environ, start_response)
+
+
+def on_shutdown(hook: Callable[[], None]) -> None:
+    """Run ``hook`` when the worker gets SIGTERM (in the signal handler: it must not block)."""
+    if hook not in _shutdown_hooks:
+        _shutdown_hooks.append(hook)
 
 
 def install(

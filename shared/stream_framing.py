@@ -3,13 +3,18 @@
 A turn produces one sequence of events (:data:`shared.schemas.StreamEvent`); a framing only
 turns each into bytes on the wire:
 
-* **SSE** (``text/event-stream``): ``data: <event JSON>`` and a blank line per event; a
-  heartbeat is a comment line (``: keep-alive``), which EventSource and SSE parsers skip.
+* **SSE** (``text/event-stream``): ``id: <event_id>``, ``data: <event JSON>`` and a blank
+  line per event; a heartbeat is a comment line (``: keep-alive``), which EventSource and
+  SSE parsers skip.
 * **NDJSON** (``application/x-ndjson``): one event JSON object per line. The existing Raven
   frontend reads this framing: it splits the body on ``\\n``, ``JSON.parse``s each non-empty
   line, appends the line's ``response`` and stops at a line that has ``error``. So a chunk
   also carries ``response`` (its ``content``), an error also ``error`` (its ``detail``), and a
   heartbeat is ``{"type":"heartbeat"}``, which that reader ignores.
+
+Every event but a heartbeat carries ``event_id``, the answer's length (in code points) once
+the event is applied: a client that lost the stream resumes after the last one it read
+(``Last-Event-ID`` or ``?after=``, see :mod:`shared.answers`).
 
 Which one: an ``Accept`` header that names ``text/event-stream`` or ``application/x-ndjson``
 (the higher quality wins when it names both) chooses; anything else, including no header at
@@ -42,22 +47,37 @@ SSE_HEARTBEAT = ": keep-alive\n\n"
 
 # A JSON string as pydantic writes one (UTF-8 as is; only ", \ and controls escaped).
 _json_string = json.JSONEncoder(ensure_ascii=False).encode
+# Stand-ins cut out of a model's serialisation: where the text and the event id go.
+_TEXT_MARK = "\x00text"
+_ID_MARK = 987_654_321
 
 
-def _chunk_pieces(model: type[ChunkEvent]) -> list[str]:
+def _chunk_pieces(model: type[ChunkEvent], with_id: bool) -> list[str]:
     """The model's serialisation of a chunk, cut where the text goes (``content`` and, in
-    NDJSON, ``response``): read off the model itself, so no field name is written here."""
-    marker = "\x00text"
-    texts: dict[str, Any] = {
-        name: marker for name in ("content", "response") if name in model.model_fields
+    NDJSON, ``response``) and, with an id, where ``event_id`` goes: read off the model
+    itself, so no field name is written here."""
+    fields: dict[str, Any] = {
+        name: _TEXT_MARK for name in ("content", "response") if name in model.model_fields
     }
-    return model(**texts).model_dump_json().split(_json_string(marker))
+    if with_id:
+        fields["event_id"] = _ID_MARK
+    dumped = model(**fields).model_dump_json(exclude_none=True)
+    pieces = dumped.split(_json_string(_TEXT_MARK))
+    if with_id:  # the id comes before the text: the first piece holds it
+        before, after = pieces[0].split(str(_ID_MARK))
+        return [before, after, *pieces[1:]]
+    return pieces
 
 
-# ['{"type":"chunk","content":', '}'] and ['{"type":"chunk","content":', ',"response":', '}']
-_SSE_CHUNK = _chunk_pieces(ChunkEvent)
-_NDJSON_CHUNK = _chunk_pieces(NdjsonChunkEvent)
-NDJSON_HEARTBEAT = HeartbeatEvent().model_dump_json() + "\n"
+# ['{"type":"chunk","content":', '}'], and with an id
+# ['{"type":"chunk","event_id":', ',"content":', '}'] (NDJSON adds ',"response":')
+_CHUNK_PIECES = {
+    ("sse", False): _chunk_pieces(ChunkEvent, False),
+    ("sse", True): _chunk_pieces(ChunkEvent, True),
+    ("ndjson", False): _chunk_pieces(NdjsonChunkEvent, False),
+    ("ndjson", True): _chunk_pieces(NdjsonChunkEvent, True),
+}
+NDJSON_HEARTBEAT = HeartbeatEvent().model_dump_json(exclude_none=True) + "\n"
 
 
 @dataclass(frozen=True)
@@ -70,27 +90,34 @@ class Framing:
     def encode(self, event: StreamEvent) -> str:
         """One event as it goes on the wire (``None`` fields are left out)."""
         if isinstance(event, ChunkEvent):
-            return self.chunk(event.content)
+            return self.chunk(event.content, event.event_id)
         if self.name == "ndjson" and isinstance(event, ErrorEvent):
             event = NdjsonErrorEvent(**event.model_dump(), error=event.detail)
-        return self._frame(event.model_dump_json(exclude_none=True))
+        return self._frame(event.model_dump_json(exclude_none=True), event.event_id)
 
-    def chunk(self, text: str) -> str:
-        """A chunk event carrying ``text``, written without building a model.
+    def chunk(self, text: str, event_id: int | None = None) -> str:
+        """A chunk event carrying ``text`` (and its ``event_id``), written without a model.
 
         The hot path (every streamed piece of every answer): this is exactly
-        ``ChunkEvent(content=text).model_dump_json()`` (``NdjsonChunkEvent`` in NDJSON) at a
-        quarter of its cost or less (bench/README.md); tests/test_stream_framing.py holds the
-        two equal for every kind of text, and the pieces around the text come from the
-        models themselves.
+        ``ChunkEvent(content=text, event_id=event_id).model_dump_json(exclude_none=True)``
+        (``NdjsonChunkEvent`` in NDJSON) at a quarter of its cost or less (bench/README.md);
+        tests/test_stream_framing.py holds the two equal for every kind of text, and the
+        pieces around the text come from the models themselves.
         """
         quoted = _json_string(text)
-        if self.name == "sse":
-            return f"data: {quoted.join(_SSE_CHUNK)}\n\n"
-        return quoted.join(_NDJSON_CHUNK) + "\n"
+        if event_id is None:
+            event_json = quoted.join(_CHUNK_PIECES[self.name, False])
+        else:
+            head, middle, *rest = _CHUNK_PIECES[self.name, True]
+            event_json = f"{head}{event_id}{middle}{quoted}" + quoted.join(rest)
+        return self._frame(event_json, event_id)
 
-    def _frame(self, event_json: str) -> str:
-        return f"data: {event_json}\n\n" if self.name == "sse" else event_json + "\n"
+    def _frame(self, event_json: str, event_id: int | None = None) -> str:
+        if self.name == "ndjson":
+            return event_json + "\n"
+        if event_id is None:
+            return f"data: {event_json}\n\n"
+        return f"id: {event_id}\ndata: {event_json}\n\n"
 
     def heartbeat(self) -> str:
         """What keeps the connection alive while the model is silent."""

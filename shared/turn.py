@@ -11,9 +11,14 @@ A turn (see docs/api.md, "Sending a message"):
    what it replaces and refuses a chat whose answer is still streaming (409 ``chat_busy``);
 3. build the context from the store only (newest summary + recent window, one bounded query);
 4. :func:`stream_answer`: ``start``, the model's chunks (and heartbeats), then ``done`` with
-   usage or ``error``; the framing the request asked for only writes these events;
-5. store the answer: complete, or, if the model failed or the client left, what was produced
-   marked incomplete; add the turn's tokens to the user's usage;
+   usage or ``error``; the framing the request asked for only writes these events. Every
+   event carries its offset into the answer (``event_id``); a turn stopped from anywhere
+   (``POST .../stop``) or by the instance's shutdown ends early (:mod:`shared.answers`);
+5. store the answer: complete, or, if the model failed, the client left, the user stopped it
+   or the instance is shutting down, what was produced marked incomplete; add the turn's
+   tokens to the user's usage. A resumable turn (``"resumable": true``) stores its text as
+   it grows and is not stopped by the client leaving: a thread takes it over
+   (:func:`outliving_its_client`);
 6. after ``done``: a rolling summary when enough is unsummarised (:func:`summary_due`), a
    title for a chat that still has the default one.
 
@@ -24,39 +29,42 @@ imports an adapter.
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import logging
+import threading
+import time
 import uuid
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from shared import chats, context, usage
+from shared import answers, chats, context, usage
+from shared.answers import AnswerChunk
 from shared.db import Database
 from shared.errors import NotFound, PayloadTooLarge, UnprocessableEntity
 from shared.model_events import Finished, Heartbeat, ModelError, StreamEvent, TextChunk
 from shared.schemas import ChatRequest, DoneEvent, ErrorEvent, StartEvent, Usage
 from shared.settings import Settings
 from shared.telemetry import TurnRecord
+from shared.text import storable
 from shared.token_estimate import estimate_message_tokens, estimate_text_tokens
 
 logger = logging.getLogger("raven.turn")
 
 # What a user reads when the model withheld (or stopped) an answer on its own checks.
-BLOCKED_DETAIL = {
-    "safety": "The answer was withheld by the model's safety filters. Try rephrasing.",
-    "recitation": "The answer was stopped because it repeated existing material too closely.",
-    "other": "The model declined to answer this message.",
-    "stop": "The model declined to answer this message.",
-    "max_tokens": "The model declined to answer this message.",
-}
+BLOCKED_DETAIL = answers.BLOCKED_DETAIL
+
+# A turn ends itself this long before its lease (chats.TURN_LEASE_SECONDS) lapses, so the
+# chat is never busy past the lease and its answer is stored by the instance writing it.
+LEASE_MARGIN_SECONDS = 30
 
 # Room left in the instruction for the user's name (``{user_name}``).
 SYSTEM_NAME_TOKENS = 16
 
-# A turn's events: the contract's events, and the model's text chunks and heartbeats as they
-# come (each framing writes those itself: a chunk is the hot path of a stream).
-TurnEvent = StartEvent | TextChunk | Heartbeat | DoneEvent | ErrorEvent
+# A turn's events: the contract's events, and the model's text chunks (with their offsets)
+# and heartbeats as they come (each framing writes those itself: a chunk is the hot path).
+TurnEvent = StartEvent | AnswerChunk | Heartbeat | DoneEvent | ErrorEvent
 
 
 @dataclass(frozen=True)
@@ -252,30 +260,63 @@ def stream_answer(
     model_events: Generator[StreamEvent, None, None],
     record: TurnRecord,
     after_done: Callable[[BegunTurn, Finished], None],
+    *,
+    resumable: bool = False,
 ) -> Iterator[TurnEvent]:
     """The events of one turn, heartbeats included; stores the answer however it ends.
 
-    ``model_events`` is the model's stream for this turn (not started yet); ``after_done``
-    runs once ``done`` has been written (summary and title requests: neither adds to the
-    turn's latency).
+    ``model_events`` is the model's stream for this turn (not started yet), asked for with
+    heartbeats every :data:`shared.answers.TICK_SECONDS` at most, so a turn told to stop
+    (:mod:`shared.answers`) stops within a tick even while the model is silent; heartbeats
+    are passed on every ``SSE_HEARTBEAT_SECONDS`` of silence. ``after_done`` runs once
+    ``done`` has been written (summary and title requests: neither adds to the turn's
+    latency). A ``resumable`` turn stores its text as it grows (:class:`answers.ProgressWriter`).
     """
     chat_id = str(turn.chat_id)
-    yield StartEvent(chat_id=chat_id, message_id=str(turn.user_message_id))
+    answer_id = turn.assistant_message_id
+    live = answers.register(answer_id, chats.TURN_LEASE_SECONDS - LEASE_MARGIN_SECONDS)
+    progress = answers.progress_writer(db) if resumable else None
     answer: list[str] = []
+    length = 0
     finished: Finished | None = None
     failure: ModelError | None = None
+    stopped: answers.StopReason | None = None
     client_left = False
+    saved = False
     try:
+        yield StartEvent(
+            chat_id=chat_id,
+            message_id=str(turn.user_message_id),
+            answer_id=str(answer_id),
+            event_id=0,
+        )
+        last_sent = time.monotonic()
         for event in model_events:
             if isinstance(event, Finished):
                 finished = event
                 record.model_finished(event.input_tokens, event.output_tokens, event.finish_reason)
                 record.retries = event.retries
                 record.model = event.model or record.model
-                continue
-            if isinstance(event, TextChunk):
-                answer.append(event.text)
-            yield event
+            elif isinstance(event, TextChunk):
+                text = storable(event.text)  # offsets count what is stored
+                if text:
+                    answer.append(text)
+                    length += len(text)
+                    if progress is not None:
+                        progress.note(live, answer, length)
+                    yield AnswerChunk(text, length)
+                    last_sent = time.monotonic()
+            elif time.monotonic() - last_sent >= settings.sse_heartbeat_seconds:
+                yield event
+                last_sent = time.monotonic()
+            stopped = live.check()
+            if stopped is not None and finished is None:
+                model_events.close()  # stop reading from (and paying for) the model now
+                logger.info(
+                    "answer stopped", extra={"chat": chat_id, "reason": stopped, "chars": length}
+                )
+                break
+            stopped = None
     except ModelError as error:
         failure = error
         record.retries = error.retries
@@ -286,28 +327,66 @@ def stream_answer(
         logger.info("client disconnected", extra={"chat": chat_id, "chunks": len(answer)})
         raise
     finally:
-        saved = save_answer(db, settings, user_id, turn, "".join(answer), finished)
-    answer_id = str(turn.assistant_message_id) if answer and saved else None
-    if finished is not None and finished.blocked and not client_left:
+        if stopped == "stopped":
+            ending: str | None = "stopped"
+        elif stopped is not None:
+            ending = "answer_timeout" if stopped == "timeout" else stopped
+        elif failure is not None:
+            ending = f"model_{failure.kind}"
+        elif client_left:
+            ending = "client_disconnected"
+        else:
+            ending = None
+        if progress is not None:
+            progress.forget(live)
+        try:
+            saved = save_answer(db, settings, user_id, turn, answer, length, finished, ending)
+        finally:
+            answers.unregister(live)
+    kept = str(answer_id) if answer and saved else None
+    if stopped == "stopped" and saved:
+        output_tokens = estimate_text_tokens("".join(answer))
+        input_tokens = turn.model_context.window_tokens
+        yield DoneEvent(
+            message_id=str(answer_id),
+            usage=Usage(
+                input_tokens=input_tokens,
+                output_tokens=output_tokens,
+                total_tokens=input_tokens + output_tokens,
+            ),
+            finish_reason="stopped",
+            event_id=length,
+        )
+    elif stopped is not None:
+        yield answers.error_event(
+            "answer_timeout" if stopped == "timeout" else stopped, kept, length
+        )
+    elif finished is not None and finished.blocked:
         yield ErrorEvent(
-            detail=BLOCKED_DETAIL[finished.finish_reason], code="blocked", message_id=answer_id
+            detail=BLOCKED_DETAIL[finished.finish_reason],
+            code="blocked",
+            message_id=kept,
+            event_id=length,
         )
     elif finished is not None and saved:
         yield DoneEvent(
-            message_id=str(turn.assistant_message_id),
+            message_id=str(answer_id),
             usage=Usage(
                 input_tokens=finished.input_tokens,
                 output_tokens=finished.output_tokens,
                 total_tokens=finished.input_tokens + finished.output_tokens,
             ),
             finish_reason=finished.finish_reason,
+            event_id=length,
         )
         after_done(turn, finished)
-    elif not client_left:
+    else:
         yield ErrorEvent(
             detail=failure.detail if failure else "The answer could not be saved; please retry.",
             code=f"model_{failure.kind}" if failure else "answer_not_saved",
-            message_id=answer_id,
+            message_id=kept,
+            retryable=failure.retryable if failure else True,
+            event_id=length,
         )
 
 
@@ -316,15 +395,26 @@ def save_answer(
     settings: Settings,
     user_id: str,
     turn: BegunTurn,
-    text: str,
+    answer: list[str],
+    length: int,
     finished: Finished | None,
+    ending: str | None = None,
 ) -> bool:
-    """Store the answer (complete or partial) and the turn's usage; never raises."""
+    """Store the answer (complete or partial) and the turn's usage; never raises.
+
+    ``ending``: ``stopped`` (the user stopped it: kept with that finish reason), or the
+    error code of an answer cut short (kept for followers, see :mod:`shared.answers`).
+    """
+    text = "".join(answer)
     output_tokens = finished.output_tokens if finished else estimate_text_tokens(text)
     input_tokens = finished.input_tokens if finished else turn.model_context.window_tokens
     # A blocked answer with no text is not kept (there is nothing to show); any other ending
-    # of the model's own is, even empty.
-    keep = bool(text) or (finished is not None and not finished.blocked)
+    # of the model's own is, even empty, and so is a stopped one.
+    keep = bool(text) or (finished is not None and not finished.blocked) or ending == "stopped"
+    if ending == "stopped":
+        finish_reason: str | None = "stopped"
+    else:
+        finish_reason = finished.finish_reason if finished else None
     try:
         with db.transaction() as tx:
             if keep:
@@ -332,7 +422,7 @@ def save_answer(
                     tx,
                     turn.assistant_message_id,
                     text,
-                    finish_reason=finished.finish_reason if finished else None,
+                    finish_reason=finish_reason,
                     token_count=output_tokens,
                     reported=finished is not None and finished.output_tokens > 0,
                     model=finished.model if finished else settings.raven_model,
@@ -340,10 +430,41 @@ def save_answer(
             else:
                 chats.discard_answer(tx, turn.assistant_message_id)
             usage.record_usage(tx, user_id, input_tokens, output_tokens)
+            error_code = ending if ending != "stopped" and finish_reason is None else None
+            answers.mark_ended(tx, turn.assistant_message_id, error_code, length)
         return True
     except Exception:
         logger.exception("could not store the answer", extra={"chat": str(turn.chat_id)})
         return False
+
+
+def outliving_its_client(events: Iterator[TurnEvent], name: str) -> Iterator[TurnEvent]:
+    """A resumable turn's events: relayed by the request while its client reads them; when
+    the client leaves, a thread of its own takes the turn over and runs it to its end.
+
+    The request thread drives the turn as long as the client is there (no hand-off per
+    chunk: a resumable turn costs what any turn costs). The thread is not a daemon: a
+    process that exits waits for it to store the answer (on SIGTERM every turn stops within
+    a tick, see :func:`shared.answers.begin_shutdown`).
+    """
+    try:
+        # Not ``yield from``: it would close the turn (and the model call) with the relay.
+        for event in events:  # noqa: UP028
+            yield event
+    except GeneratorExit:
+        context_copy = contextvars.copy_context()  # the request's trace id, for the logs
+        threading.Thread(
+            target=context_copy.run, args=(_run_to_the_end, events), name=name, daemon=False
+        ).start()
+        raise
+
+
+def _run_to_the_end(events: Iterator[TurnEvent]) -> None:
+    try:
+        for _ in events:
+            pass  # the answer is stored as it grows, and followers read it from there
+    except Exception:
+        logger.exception("resumable turn failed after its client left")
 
 
 def summary_due(turn: BegunTurn, answer_tokens: int, settings: Settings) -> int | None:

@@ -49,7 +49,7 @@ logger = logging.getLogger("raven.http")
 ModelT = TypeVar("ModelT", bound=BaseModel)
 Handler = Callable[..., Response]
 
-CORS_ALLOWED_HEADERS = "Authorization, Content-Type"
+CORS_ALLOWED_HEADERS = "Authorization, Content-Type, Last-Event-ID"
 CORS_EXPOSED_HEADERS = "Link, X-Next-Cursor, Retry-After"
 CORS_MAX_AGE_SECONDS = "600"
 MAX_JSON_DEPTH = 32

@@ -6,10 +6,23 @@
 # The functions' own URLs keep working (ingress stays ALLOW_ALL): the frontend may use either.
 
 locals {
-  # Function -> its path rules, generated from the route table (shared/routes.py) by
+  # Function -> its paths, generated from the route table (shared/routes.py) by
   # `make routes`; tests/test_routes.py fails when the file is not current. summarize and
   # storage_sweep are private and never behind the load balancer.
   load_balancer_routes = jsondecode(file("${path.module}/load_balancer_routes.json"))
+  # A path ending in "/*" is everything under it; another "*" is one path segment.
+  load_balancer_paths = flatten([
+    for function, paths in local.load_balancer_routes : [
+      for path in paths : { function = function, path = path }
+    ]
+  ])
+  # Route rules are tried in priority order: most specific first, so path templates
+  # (/api/chats/*/messages/*/stream) come before exact paths, and those before prefixes.
+  load_balancer_route_rules = concat(
+    [for route in local.load_balancer_paths : route if strcontains(trimsuffix(route.path, "/*"), "*")],
+    [for route in local.load_balancer_paths : route if !strcontains(route.path, "*")],
+    [for route in local.load_balancer_paths : route if endswith(route.path, "/*") && !strcontains(trimsuffix(route.path, "/*"), "*")],
+  )
 
   load_balanced_functions = var.enable_load_balancer ? local.load_balancer_routes : {}
   load_balancer_count     = var.enable_load_balancer ? 1 : 0
@@ -94,11 +107,17 @@ resource "google_compute_url_map" "https" {
     name            = "api"
     default_service = google_compute_backend_service.function["chats_crud"].id
 
-    dynamic "path_rule" {
-      for_each = local.load_balancer_routes
+    # Route rules, not path rules: a path rule's "*" may only end a path.
+    dynamic "route_rules" {
+      for_each = { for index, route in local.load_balancer_route_rules : index => route }
       content {
-        paths   = path_rule.value
-        service = google_compute_backend_service.function[path_rule.key].id
+        priority = route_rules.key + 1
+        service  = google_compute_backend_service.function[route_rules.value.function].id
+        match_rules {
+          prefix_match        = endswith(route_rules.value.path, "/*") && !strcontains(trimsuffix(route_rules.value.path, "/*"), "*") ? trimsuffix(route_rules.value.path, "*") : null
+          path_template_match = strcontains(trimsuffix(route_rules.value.path, "/*"), "*") ? route_rules.value.path : null
+          full_path_match     = strcontains(route_rules.value.path, "*") ? null : route_rules.value.path
+        }
       }
     }
   }

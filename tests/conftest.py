@@ -126,9 +126,16 @@ def stream_events(response: requests.Response) -> list[Any]:
             events.append(event)
         return events
     assert media_type.startswith("text/event-stream"), (media_type, response.text)
+    event_id: str | None = None
     for line in stream_lines(response):
-        if line.startswith("data: "):
-            events.append(json.loads(line[len("data: ") :]))
+        if line.startswith("id: "):
+            event_id = line[len("id: ") :]
+        elif line.startswith("data: "):
+            event = json.loads(line[len("data: ") :])
+            # The SSE id is the event's event_id (what EventSource sends back to resume).
+            assert event_id == (None if "event_id" not in event else str(event["event_id"]))
+            event_id = None
+            events.append(event)
         elif line.startswith(":"):
             events.append(HEARTBEAT)
         else:

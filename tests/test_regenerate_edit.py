@@ -89,6 +89,8 @@ def test_regenerate_replaces_the_last_answer_and_keeps_the_question(
         "type": "start",
         "chat_id": chat_id,
         "message_id": started[0]["message_id"],
+        "answer_id": events[-1]["message_id"],
+        "event_id": 0,
     }
     assert events[-1]["type"] == "done" and events[-1]["message_id"] != old_answer_id
     assert history(alice, chat_id) == [

@@ -184,10 +184,14 @@ def test_a_client_asking_for_sse_gets_the_same_events_as_sse(
     body = response.content.decode()
     assert '"response"' not in body  # the NDJSON-only field stays out of SSE
     blocks = [block for block in body.split("\n\n") if block]
-    assert all(block.startswith("data: ") and "\n" not in block for block in blocks)
-    events = [json.loads(block[len("data: ") :]) for block in blocks]
+    # Each event: its id (the answer's length once applied, for Last-Event-ID), its data.
+    ids, data = zip(*(block.split("\n") for block in blocks), strict=True)
+    assert all(line.startswith("data: ") for line in data)
+    events = [json.loads(line[len("data: ") :]) for line in data]
     assert [e["type"] for e in events] == ["start", "chunk", "chunk", "done"]
     assert "".join(e["content"] for e in events[1:3]) == "Hello there"
+    assert list(ids) == ["id: 0", "id: 5", "id: 11", "id: 11"]
+    assert [e["event_id"] for e in events] == [0, 5, 11, 11]
     stored = history(alice, events[0]["chat_id"])
     assert stored[1]["content"] == "Hello there"
 
@@ -276,19 +280,31 @@ TRICKY_TEXTS = [
 ]
 
 
+@pytest.mark.parametrize("event_id", [None, 0, 1234567])
 @pytest.mark.parametrize("text", TRICKY_TEXTS)
-def test_the_hand_written_chunk_is_the_models_serialisation(text: str) -> None:
-    """The chunk fast path writes exactly what the models would, byte for byte."""
+def test_the_hand_written_chunk_is_the_models_serialisation(
+    text: str, event_id: int | None
+) -> None:
+    """The chunk fast path writes exactly what the models would, byte for byte, with or
+    without the event id (resumable offsets)."""
     from shared.schemas import ChunkEvent, NdjsonChunkEvent
     from shared.stream_framing import NDJSON, SSE
 
-    sse_line = f"data: {ChunkEvent(content=text).model_dump_json()}\n\n"
-    ndjson_line = NdjsonChunkEvent(content=text, response=text).model_dump_json() + "\n"
-    assert SSE.chunk(text) == sse_line
-    assert NDJSON.chunk(text) == ndjson_line
+    sse_event = ChunkEvent(content=text, event_id=event_id).model_dump_json(exclude_none=True)
+    sse_line = (
+        f"data: {sse_event}\n\n" if event_id is None else f"id: {event_id}\ndata: {sse_event}\n\n"
+    )
+    ndjson_line = (
+        NdjsonChunkEvent(content=text, response=text, event_id=event_id).model_dump_json(
+            exclude_none=True
+        )
+        + "\n"
+    )
+    assert SSE.chunk(text, event_id) == sse_line
+    assert NDJSON.chunk(text, event_id) == ndjson_line
     # And the generic path, which builds the model, agrees.
-    assert SSE.encode(ChunkEvent(content=text)) == sse_line
-    assert NDJSON.encode(ChunkEvent(content=text)) == ndjson_line
+    assert SSE.encode(ChunkEvent(content=text, event_id=event_id)) == sse_line
+    assert NDJSON.encode(ChunkEvent(content=text, event_id=event_id)) == ndjson_line
 
 
 def test_a_lone_surrogate_cannot_go_on_the_wire_either_way() -> None:

@@ -60,6 +60,7 @@ LAYERS: dict[str, str] = {
     "shared.chat_list": "domain",
     "shared.history": "domain",
     "shared.turn": "domain",
+    "shared.answers": "domain",
     "shared.summaries": "domain",
     "shared.context": "domain",
     "shared.media": "domain",
