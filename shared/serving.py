@@ -286,6 +286,26 @@ def _worker_class() -> type:
     return BoundedBodyWorker
 
 
+def _logger_class() -> type:
+    from gunicorn.glogging import Logger
+
+    class RootLogger(Logger):  # type: ignore[misc]
+        """gunicorn's logger, writing through the root logger: its lines (at
+        ``GUNICORN_LOG_LEVEL``, errors by default) come out as every other line does, JSON
+        deployed. Its own handler's format needs each record's process id, which
+        :func:`shared.log.lean_records` leaves out, and would fail on every line."""
+
+        def setup(self, cfg: Any) -> None:
+            super().setup(cfg)
+            for log in (self.error_log, self.access_log):
+                for handler in list(log.handlers):
+                    if getattr(handler, "_gunicorn", False):
+                        log.removeHandler(handler)
+                log.propagate = True
+
+    return RootLogger
+
+
 def _use_bounded_body_worker() -> None:
     """Make functions-framework's gunicorn application run :class:`BoundedBodyWorker`.
 
@@ -304,6 +324,7 @@ def _use_bounded_body_worker() -> None:
     def load_config(self: Any) -> None:
         if "worker_class" not in self.options:
             self.options["worker_class"] = _worker_class()
+        self.options.setdefault("logger_class", _logger_class())
         original(self)
 
     application.load_config = load_config  # type: ignore[method-assign]

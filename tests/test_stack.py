@@ -3,6 +3,7 @@ persistence, CORS, logs, and dependency failures."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import time
@@ -24,6 +25,7 @@ from tests.conftest import (
     assert_error,
     function_process,
     read_logs,
+    wait_for,
 )
 
 
@@ -145,6 +147,7 @@ def test_logs_are_structured_and_keep_secrets_out(stack: LocalStack, alice: ApiC
     time.sleep(0.2)
     entries = read_logs(stack, "chats_crud")
     mine = [e for e in entries if trace_id in e.get("logging.googleapis.com/trace", "")]
+    mine = [e for e in mine if "httpRequest" in e]  # its access line (not "JWKS fetched")
     assert len(mine) == 1
     entry = mine[0]
     assert entry["severity"] == "INFO"
@@ -156,6 +159,18 @@ def test_logs_are_structured_and_keep_secrets_out(stack: LocalStack, alice: ApiC
     assert alice.token is not None and alice.token not in raw
     assert alice.token.split(".")[2] not in raw
     assert secret_title not in raw
+
+
+def test_a_function_logs_readable_lines_in_development(stack: LocalStack) -> None:
+    """ENVIRONMENT=development (LOG_FORMAT unset): one line a person reads per entry."""
+    with function_process(stack, "chats_crud", ENVIRONMENT="development", LOG_FORMAT="") as base:
+        assert requests.get(f"{base}/api/chats", timeout=10).status_code == 401
+        assert stack.log_dir is not None
+        log = stack.log_dir / f"chats_crud-{base.rsplit(':', 1)[1]}.log"
+        text = wait_for(lambda: "GET /api/chats 401" in log.read_text() and log.read_text())
+    line = next(line for line in text.splitlines() if "GET /api/chats 401" in line)
+    assert re.fullmatch(r"\d\d:\d\d:\d\d chats_crud +INFO +GET /api/chats 401 · \d+ ms", line)
+    assert "{" not in text  # no JSON
 
 
 def test_cloud_trace_header_is_understood(stack: LocalStack, alice: ApiClient) -> None:
