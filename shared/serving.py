@@ -289,7 +289,7 @@ def _worker_class() -> type:
 def _logger_class() -> type:
     from gunicorn.glogging import Logger
 
-    class RootLogger(Logger):  # type: ignore[misc]
+    class RootLogger(Logger):
         """gunicorn's logger, writing through the root logger: its lines (at
         ``GUNICORN_LOG_LEVEL``, errors by default) come out as every other line does, JSON
         deployed. Its own handler's format needs each record's process id, which
