@@ -26,7 +26,9 @@ the module, inside its app context) fixes all of these from inside the process:
    threaded worker with JSON for the errors gunicorn answers itself, and with threads to wait
    for slow bodies in beyond the ``THREADS`` that run the app: a request takes one of the
    ``THREADS`` app slots only once its body is in, so stalled bodies never delay a request
-   whose body has arrived (bench/hostile.py measures it).
+   whose body has arrived (bench/hostile.py measures it);
+4. gunicorn's own log lines (a worker killed, a timeout) go through the root logger, so they
+   are entries like ours (JSON deployed) instead of failing in gunicorn's own format.
 """
 
 from __future__ import annotations

@@ -3,6 +3,7 @@ persistence, CORS, logs, and dependency failures."""
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import psutil
 import requests
 
 from dev.stack import LocalStack, free_port
@@ -171,6 +173,28 @@ def test_a_function_logs_readable_lines_in_development(stack: LocalStack) -> Non
     line = next(line for line in text.splitlines() if "GET /api/chats 401" in line)
     assert re.fullmatch(r"\d\d:\d\d:\d\d chats_crud +INFO +GET /api/chats 401 · \d+ ms", line)
     assert "{" not in text  # no JSON
+
+
+def test_gunicorn_s_own_errors_are_log_entries(stack: LocalStack) -> None:
+    """What gunicorn itself logs (a worker killed, out of memory) is a JSON entry like ours,
+    not a "--- Logging error ---" traceback."""
+    with function_process(stack, "chats_crud") as base:
+        port = base.rsplit(":", 1)[1]
+        arbiter = next(
+            process
+            for process in psutil.process_iter(["cmdline"])
+            if "functions_framework" in (process.info["cmdline"] or [])
+            and port in process.info["cmdline"]
+        )
+        worker = arbiter.children()[0]
+        worker.kill()
+        assert stack.log_dir is not None
+        log = stack.log_dir / f"chats_crud-{port}.log"
+        text = wait_for(lambda: "was sent SIGKILL" in log.read_text() and log.read_text())
+    assert "Logging error" not in text and "Traceback" not in text
+    entry = next(json.loads(line) for line in text.splitlines() if "was sent SIGKILL" in line)
+    assert entry["severity"] == "ERROR" and entry["logger"] == "gunicorn.error"
+    assert entry["function"] == "chats_crud"
 
 
 def test_cloud_trace_header_is_understood(stack: LocalStack, alice: ApiClient) -> None:
