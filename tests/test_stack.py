@@ -5,24 +5,18 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 import time
-import urllib.request
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 import psutil
 import requests
 
-from dev.stack import LocalStack, free_port
+from dev.stack import LocalStack
 from shared.db import Database
 from tests.conftest import (
     FRONTEND_ORIGIN,
-    REPO_ROOT,
-    TEST_ENV,
     ApiClient,
     assert_error,
     function_process,
@@ -60,51 +54,6 @@ def test_jwks_is_served_for_the_functions(stack: LocalStack) -> None:
     keys = requests.get(f"{stack.base_url}/dev/.well-known/jwks.json", timeout=10).json()["keys"]
     assert [key["kid"] for key in keys] == [stack.signer.kid]
     assert keys[0]["kty"] == "RSA" and "d" not in keys[0]  # public half only
-
-
-def test_make_dev_command_starts_and_stops_and_keeps_data(tmp_path: Path) -> None:
-    """`python -m dev.stack` (what `make dev` runs): ready banner, data kept across restarts."""
-    port = free_port()
-    command = [
-        sys.executable,
-        "-m",
-        "dev.stack",
-        "--port",
-        str(port),
-        "--data-dir",
-        str(tmp_path),
-        "--log-to-files",
-    ]
-    env = {**TEST_ENV, "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
-
-    def run_once(action: Any) -> Any:
-        process = subprocess.Popen(
-            command,
-            cwd=REPO_ROOT,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        try:
-            assert process.stdout is not None
-            for line in process.stdout:
-                if "Raven backend is running at" in line:
-                    break
-            else:
-                raise AssertionError("the stack exited before it was ready")
-            base = f"http://localhost:{port}"
-            assert urllib.request.urlopen(f"{base}/dev/healthz", timeout=5).status == 200
-            token = requests.post(f"{base}/dev/token", json={"sub": "user_keep"}, timeout=10)
-            return action(ApiClient(base, token.json()["token"]))
-        finally:
-            process.terminate()
-            assert process.wait(timeout=30) == 0
-
-    chat = run_once(lambda client: client.create_chat("survives a restart"))
-    titles = run_once(lambda client: [c["title"] for c in client.get("/api/chats").json()])
-    assert titles == ["survives a restart"]
-    assert chat["title"] == "survives a restart"
 
 
 def test_cors_preflight_and_headers(stack: LocalStack, alice: ApiClient) -> None:
