@@ -17,28 +17,37 @@ FUZZ_STAMP    := $(FUZZ_VENV)/.installed
 
 .PHONY: install dev test lint terraform-fmt pytest bench archives migrate migrate-cloud checkov clean
 
+# A first run installs for minutes: each step says what it installs, and pip shows its
+# progress (PIP_VERBOSE=1 cancels the recipes' --quiet). Nothing runs when nothing changed.
+$(STAMP) $(TASKS_STAMP) $(CHECKOV_STAMP) $(FUZZ_STAMP): export PIP_VERBOSE := 1
+
 $(STAMP): requirements-dev.txt functions/*/requirements.txt
+	@echo "==> Installing the functions' libraries, the local stack and the test tools into $(VENV) (first run, or a requirements file changed; ~3 min)"
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
 	touch $(STAMP)
 
 $(TASKS_STAMP): tools/requirements-tasks-emulator.txt
+	@echo "==> Installing the Cloud Tasks emulator into $(TASKS_VENV) (its own virtualenv; first run, ~1 min)"
 	$(PYTHON) -m venv $(TASKS_VENV)
 	$(TASKS_VENV)/bin/pip install --quiet --disable-pip-version-check -r tools/requirements-tasks-emulator.txt
 	touch $(TASKS_STAMP)
 
 $(CHECKOV_STAMP): tools/requirements-checkov.txt
+	@echo "==> Installing checkov, the Terraform security checks, into $(CHECKOV_VENV) (first make test, ~2 min)"
 	$(PYTHON) -m venv $(CHECKOV_VENV)
 	$(CHECKOV_VENV)/bin/pip install --quiet --disable-pip-version-check -r tools/requirements-checkov.txt
 	touch $(CHECKOV_STAMP)
 
 # Installed only when missing; Playwright drives it (its own browser download cannot work here).
 $(CHROMIUM):
+	@echo "==> Installing Chromium for the browser tests (apt-get; first make test, a few minutes)"
 	apt-get update -q
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium
 
 $(FUZZ_STAMP): tools/requirements-schemathesis.txt
+	@echo "==> Installing schemathesis, the API fuzzer, into $(FUZZ_VENV) (first make test, ~1 min)"
 	$(PYTHON) -m venv $(FUZZ_VENV)
 	$(FUZZ_VENV)/bin/pip install --quiet --disable-pip-version-check -r tools/requirements-schemathesis.txt
 	touch $(FUZZ_STAMP)
@@ -47,7 +56,7 @@ install: $(STAMP) $(TASKS_STAMP)
 
 ## make dev: the whole backend on http://localhost:8000 (Ctrl-C stops it; data stays in .data/)
 dev: install
-	$(PY) -m dev.stack
+	@$(PY) -m dev.stack
 
 ## make test: lint, types, terraform fmt, then the whole test suite against real components
 test: lint terraform-fmt pytest

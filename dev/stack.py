@@ -188,13 +188,14 @@ def migrate(env: dict[str, str]) -> None:
     )
     if result.returncode != 0:
         raise StackError(f"the migrations failed:\n{result.stdout}{result.stderr}")
+    # alembic logs "Running upgrade 0001 -> 0002, <message>" for each one it applies.
     applied = [
-        line.split("Running upgrade", 1)[1].split(",", 1)[0].strip()
+        line.split("->", 1)[1].split(",", 1)[0].strip()
         for line in (result.stdout + result.stderr).splitlines()
-        if "Running upgrade" in line
+        if "Running upgrade" in line and "->" in line
     ]
     if applied:
-        logger.info("applied migrations: %s", "; ".join(applied))
+        logger.info("applied migrations %s", ", ".join(applied))
 
 
 def http_answers(url: str) -> bool:
@@ -415,7 +416,7 @@ class LocalStack:
         self.gemini_standin_url = url
         env["GEMINI_BASE_URL"] = url
         self.gemini_description = (
-            f"the local Gemini stand-in at {url} (set GEMINI_API_KEY in .env for real Gemini)"
+            "the local Gemini stand-in (GEMINI_API_KEY in .env: the real Gemini API)"
         )
 
     def _start_storage(self, env: dict[str, str], service_account: str) -> None:
@@ -550,19 +551,19 @@ def banner(
     other = "sse" if stream_format == "ndjson" else "ndjson"
     accept = {"sse": "text/event-stream", "ndjson": "application/x-ndjson"}[other]
     framing = {
-        "ndjson": 'one JSON event per line ({"type": "chunk", "content": ...})',
-        "sse": 'one "data: {json event}" line per event, then a blank line',
+        "ndjson": 'one JSON event per line ({"type": "chunk", ...})',
+        "sse": 'a "data: {JSON event}" line and a blank line per event',
     }[stream_format]
     return f"""
 Raven backend is ready at {base_url}
   Functions:  {", ".join(functions)}
   Model:      {gemini}
   Streams:    POST /chat answers {stream_format.upper()}, {framing};
-              Accept: {accept} asks for {other.upper()} (CHAT_STREAM_FORMAT sets the default)
-  API docs:   docs/api.md, or as OpenAPI: {base_url}/dev/openapi.json
+              send Accept: {accept} for {other.upper()} (CHAT_STREAM_FORMAT sets the default)
+  API docs:   docs/api.md, and as OpenAPI at {base_url}/dev/openapi.json
   Frontend:   NEXT_PUBLIC_BACKEND_URL={base_url}
-  Local only: POST {base_url}/dev/token (a token for any user), {base_url}/dev/healthz,
-              {base_url}/dev/metrics (what the deployed dashboard shows)
+  Local only: /dev/token (a token for any user), /dev/healthz, /dev/metrics (the numbers
+              the deployed dashboard shows, since start)
   Data:       {_shown_path(data_dir)} (kept across restarts; delete it to start afresh)
 
   Try it:

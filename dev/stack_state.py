@@ -31,7 +31,7 @@ import socket
 from pathlib import Path
 from typing import Any
 
-import psutil
+import psutil  # pgserver's own dependency, so always installed with the local stack
 
 logger = logging.getLogger("raven.stack")
 
