@@ -189,7 +189,7 @@ def lean_records() -> None:
 
 # Libraries that log every call at INFO ("HTTP Request: POST ...", "AFC is enabled ..."):
 # their warnings and errors are what an operator needs.
-CHATTY_LIBRARIES = ("httpx", "httpcore", "google_genai")
+CHATTY_LIBRARIES = ("httpx", "httpx2", "httpcore", "httpcore2", "google_genai")
 
 
 def configure_logging(
