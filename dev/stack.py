@@ -451,7 +451,7 @@ class LocalStack:
         """
         executable = REPO_ROOT / ".venv-tasks" / "bin" / "gcloud-tasks-emulator"
         if not executable.exists():
-            raise RuntimeError(f"{executable} is missing: run `make dev`, which installs it")
+            raise StackError(f"{executable} is missing: run `make dev`, which installs it")
         # Through our launcher, which refuses a reused task name as Cloud Tasks does.
         launcher = [str(executable.parent / "python"), str(REPO_ROOT / "dev" / "tasks_emulator.py")]
         port = free_port()

@@ -24,7 +24,7 @@ import requests
 
 from dev.bundle import function_names
 from dev.stack import free_port
-from dev.stack_state import StackState
+from dev.stack_state import StackState, repair_postgres
 from tests.conftest import REPO_ROOT, ApiClient, wait_for
 
 START_TIMEOUT = 240.0  # a first start initialises PostgreSQL; this machine may be busy
@@ -196,3 +196,17 @@ def test_make_dev_reads_well_and_starts_again_after_kill_9(tmp_path: Path) -> No
         assert running_groups(running) == []
         assert not postgres_running(tmp_path)
         assert not (tmp_path / "stack.json").exists()
+
+
+def test_what_a_dead_postgres_leaves_is_repaired(tmp_path: Path) -> None:
+    """PostgreSQL killed with the stack: its pid may now be another process's, and pgserver's
+    list of the server's users names a dead one (which would keep the server from stopping)."""
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    pgdata = tmp_path / "pg"
+    pgdata.mkdir()
+    (pgdata / "postmaster.pid").write_text(f"{os.getpid()}\n{pgdata}\n")  # a python process
+    (pgdata / ".handle_pids.json").write_text(json.dumps([dead.pid, os.getpid()]))
+    repair_postgres(pgdata)
+    assert not (pgdata / "postmaster.pid").exists()
+    assert json.loads((pgdata / ".handle_pids.json").read_text()) == [os.getpid()]
