@@ -537,7 +537,7 @@ class LocalStack:
 
 
 def _shown_path(path: Path) -> str:
-    """A path as the user would type it: relative to the repository when inside it."""
+    """A path as the user would type it: relative to the current folder when inside it."""
     try:
         return str(path.relative_to(Path.cwd()))
     except ValueError:
@@ -595,8 +595,10 @@ def main() -> None:
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
     signal.signal(signal.SIGHUP, lambda *_: stopping.set())
     code = 0
+    started = False
     try:
-        stack.start()
+        stack.start()  # if it fails, it stops what it started
+        started = True
         if stack.relay is not None:
             stack.relay.wait_quiet(0.3, timeout=3)  # the banner comes last
         stream_format = stack.env.get("CHAT_STREAM_FORMAT") or "sse"
@@ -624,9 +626,11 @@ def main() -> None:
         logger.error("%s", error)
         code = 1
     finally:
-        logger.info("stopping (a few seconds)")
-        stack.stop()
-        logger.info("stopped; the data stays in %s", _shown_path(stack.data_dir))
+        if started:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C: no traceback
+            logger.info("stopping (a few seconds)")
+            stack.stop()
+            logger.info("stopped; the data stays in %s", _shown_path(stack.data_dir))
     sys.exit(code)
 
 
