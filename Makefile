@@ -20,22 +20,29 @@ FUZZ_STAMP    := $(FUZZ_VENV)/.installed
 
 .PHONY: install dev test lint lock lock-check terraform-fmt pytest bench archives routes migrate migrate-cloud checkov clean
 
+# A first run installs for minutes: each step says what it installs, and pip shows its
+# progress (PIP_VERBOSE=1 cancels the recipes' --quiet). Nothing runs when nothing changed.
+$(STAMP) $(TASKS_STAMP) $(CHECKOV_STAMP) $(FUZZ_STAMP): export PIP_VERBOSE := 1
+
 # Every virtualenv installs from a lock file (make lock): every package pinned, with hashes.
 # pip is upgraded first: the pip Python 3.11's venv ships (23.x) rejects a locked package
 # with extras (googleapis-common-protos[grpc]) as unpinned in --require-hashes mode.
 $(STAMP): requirements-dev.txt
+	@echo "==> Installing the functions' libraries, the local stack and the test tools into $(VENV) (first run, or a requirements file changed; ~3 min)"
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip
 	$(PY) -m pip install --quiet --disable-pip-version-check --require-hashes -r requirements-dev.txt
 	touch $(STAMP)
 
 $(TASKS_STAMP): tools/requirements-tasks-emulator.txt
+	@echo "==> Installing the Cloud Tasks emulator into $(TASKS_VENV) (its own virtualenv; first run, ~1 min)"
 	$(PYTHON) -m venv $(TASKS_VENV)
 	$(TASKS_VENV)/bin/pip install --quiet --disable-pip-version-check --upgrade pip
 	$(TASKS_VENV)/bin/pip install --quiet --disable-pip-version-check --require-hashes -r tools/requirements-tasks-emulator.txt
 	touch $(TASKS_STAMP)
 
 $(CHECKOV_STAMP): tools/requirements-checkov.txt
+	@echo "==> Installing checkov, the Terraform security checks, into $(CHECKOV_VENV) (first make test, ~2 min)"
 	$(PYTHON) -m venv $(CHECKOV_VENV)
 	$(CHECKOV_VENV)/bin/pip install --quiet --disable-pip-version-check --upgrade pip
 	$(CHECKOV_VENV)/bin/pip install --quiet --disable-pip-version-check --require-hashes -r tools/requirements-checkov.txt
@@ -43,6 +50,7 @@ $(CHECKOV_STAMP): tools/requirements-checkov.txt
 
 # Installed only when missing; Playwright drives it (its own browser download cannot work here).
 $(CHROMIUM):
+	@echo "==> Installing Chromium for the browser tests (apt-get; first make test, a few minutes)"
 	apt-get update -q
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium
 
@@ -52,6 +60,7 @@ $(BASELINE_STAMP): tools/requirements-baseline.txt
 	touch $(BASELINE_STAMP)
 
 $(FUZZ_STAMP): tools/requirements-schemathesis.txt
+	@echo "==> Installing schemathesis, the API fuzzer, into $(FUZZ_VENV) (first make test, ~1 min)"
 	$(PYTHON) -m venv $(FUZZ_VENV)
 	$(FUZZ_VENV)/bin/pip install --quiet --disable-pip-version-check --upgrade pip
 	$(FUZZ_VENV)/bin/pip install --quiet --disable-pip-version-check --require-hashes -r tools/requirements-schemathesis.txt
@@ -61,7 +70,7 @@ install: $(STAMP) $(TASKS_STAMP)
 
 ## make dev: the whole backend on http://localhost:8000 (Ctrl-C stops it; data stays in .data/)
 dev: install
-	$(PY) -m dev.stack
+	@$(PY) -m dev.stack
 
 ## make test: lint, types, lock files, terraform fmt, then the whole test suite against real components
 test: lint lock-check terraform-fmt pytest

@@ -5,8 +5,9 @@ and dashboard (``terraform/monitoring.tf``) count them. Locally the stack reads 
 lines, so nothing is added to the functions:
 
 * ``make dev`` pipes each function's output through :class:`LogRelay`, which prints one
-  readable line per entry (a turn: outcome, time to first token, tokens, model) instead of
-  raw JSON, and counts each entry in :class:`DevMetrics`;
+  readable line per entry (:func:`shared.log.readable_line`: time, function, level, message,
+  fields; a turn summed up as outcome, time to first token, tokens, model) instead of raw
+  JSON, and counts each entry in :class:`DevMetrics`;
 * with ``--log-to-files`` (the tests, the benchmarks) each function writes its own file, as
   before, and :class:`LogFiles` reads what was added since the last look whenever
   ``/dev/metrics`` is asked for.
@@ -27,6 +28,8 @@ from collections import Counter, defaultdict, deque
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, TextIO
+
+from shared.log import NAME_WIDTH, readable_line
 
 # Percentiles are over the newest samples of each series (bounded memory).
 MAX_SAMPLES = 10_000
@@ -174,14 +177,8 @@ def _fmt_ms(value: Any) -> str:
     return f"{value / 1000:.2f} s" if value >= 1000 else f"{value:.0f} ms"
 
 
-def readable(function: str, line: str) -> str:
-    """One entry as a line a developer reads at a glance (the raw text if it is not JSON)."""
-    try:
-        entry = json.loads(line)
-    except ValueError:
-        return f"[{function}] {line}"
-    if not isinstance(entry, dict):
-        return f"[{function}] {line}"
+def summary(entry: dict[str, Any]) -> str | None:
+    """A telemetry event (a chat turn, a task...) in words; None for any other entry."""
     event = entry.get("event")
     if event == "chat_turn":
         parts = [f"turn {entry.get('outcome')}"]
@@ -201,7 +198,7 @@ def readable(function: str, line: str) -> str:
             parts.append(f"window {entry['window_messages']}")
         if entry.get("code"):
             parts.append(f"code {entry['code']}")
-        return f"[{function}] " + " · ".join(parts)
+        return " · ".join(parts)
     if event == "task":
         parts = [
             f"{entry.get('task')} task {entry.get('outcome')}",
@@ -211,28 +208,16 @@ def readable(function: str, line: str) -> str:
             parts.append(f"waited {entry['queue_delay_s']:.1f} s in the queue")
         if entry.get("code"):
             parts.append(f"code {entry['code']}")
-        return f"[{function}] " + " · ".join(parts)
+        return " · ".join(parts)
     if event == "media_check":
-        return f"[{function}] media check {entry.get('outcome')}"
+        return f"media check {entry.get('outcome')}"
     if event == "storage_sweep":
         oldest = entry.get("oldest_pending_s")
-        return (
-            f"[{function}] storage sweep · deleted {entry.get('finished')} · "
-            f"{entry.get('pending')} pending"
-            + (f" (oldest {oldest:.0f} s)" if isinstance(oldest, int | float) else "")
-        )
-    request = entry.get("httpRequest")
-    if isinstance(request, dict):
-        latency = _latency_ms(request.get("latency"))
-        return f"[{function}] {entry.get('message')} · {_fmt_ms(latency)}"
-    skip = {"severity", "message", "logger", "time", "function", "logging.googleapis.com/trace"}
-    extras = " ".join(
-        f"{key}={value}" for key, value in entry.items() if key not in skip and key != "stack_trace"
-    )
-    text = f"[{function}] {entry.get('severity', '')} {entry.get('message', '')} {extras}".rstrip()
-    if entry.get("stack_trace"):
-        text += "\n" + str(entry["stack_trace"])
-    return text
+        text = f"storage sweep · deleted {entry.get('finished')} · {entry.get('pending')} pending"
+        if isinstance(oldest, int | float):
+            text += f" (oldest {oldest:.0f} s)"
+        return text
+    return None
 
 
 def _parse(line: str) -> dict[str, Any] | None:
@@ -245,34 +230,69 @@ def _parse(line: str) -> dict[str, Any] | None:
     return entry if isinstance(entry, dict) else None
 
 
+def plain_line(name: str, text: str) -> str:
+    """A line that is not a log entry (a library's print, a traceback's line), with the
+    time and the name of the process that wrote it, like every other line."""
+    return f"{time.strftime('%H:%M:%S')} {name:<{NAME_WIDTH}} {'':<5} {text}"
+
+
+def readable(function: str, line: str) -> str:
+    """One line of a process's output as a person reads it (:func:`shared.log.readable_line`);
+    a telemetry event is summed up in words, a line that is not JSON is kept as it is."""
+    entry = _parse(line)
+    if entry is None:
+        return plain_line(function, line)
+    return readable_line(entry, function, summary(entry))
+
+
 class LogRelay:
-    """Reads each function's output (``make dev``): prints it readably and counts it."""
+    """Reads each process's output (``make dev``): prints it readably and counts it."""
 
     def __init__(self, metrics: DevMetrics, out: TextIO = sys.stdout) -> None:
         self._metrics = metrics
         self._out = out
         self._print_lock = threading.Lock()
+        self._last_line = time.monotonic()
 
-    def attach(self, function: str, process: subprocess.Popen[bytes]) -> None:
-        """Relay ``process``'s stdout (started with ``stdout=PIPE``) until it ends."""
+    def attach(self, name: str, process: subprocess.Popen[bytes], skip: Iterable[str] = ()) -> None:
+        """Relay ``process``'s stdout (started with ``stdout=PIPE``) until it ends.
+
+        Args:
+            name: what its lines are prefixed with (a function's name).
+            process: the process.
+            skip: lines (exactly) not worth printing: what it says on every start.
+        """
         assert process.stdout is not None
         threading.Thread(
             target=self._relay,
-            args=(function, process.stdout),
-            name=f"logs-{function}",
+            args=(name, process.stdout, frozenset(skip)),
+            name=f"logs-{name}",
             daemon=True,
         ).start()
 
-    def _relay(self, function: str, stream: Iterable[bytes]) -> None:
+    def wait_quiet(self, quiet_seconds: float, timeout: float) -> None:
+        """Wait until no line came for ``quiet_seconds`` (at most ``timeout``), so that what
+        is printed next comes after what the processes said while starting."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            silent_for = time.monotonic() - self._last_line
+            if silent_for >= quiet_seconds:
+                return
+            time.sleep(quiet_seconds - silent_for)
+
+    def _relay(self, name: str, stream: Iterable[bytes], skip: frozenset[str]) -> None:
         for raw in stream:
-            line = raw.decode("utf-8", "replace").rstrip("\n")
-            if not line:
+            line = raw.decode("utf-8", "replace").rstrip()
+            if not line or line in skip:
                 continue
+            self._last_line = time.monotonic()
             entry = _parse(line)
             if entry is not None:
-                self._metrics.observe(function, entry)
+                self._metrics.observe(name, entry)
+            text = readable(name, line)
             with self._print_lock:
-                print(readable(function, line), file=self._out, flush=True)
+                self._out.write(text + "\n")  # one write: lines of two threads never mix
+                self._out.flush()
 
 
 class LogFiles:

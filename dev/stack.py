@@ -16,11 +16,23 @@ Starts, with no account or cloud needed:
 
 Configuration: ``.env.example``, then ``.env``, then the process environment, then what the
 stack itself provides (database URL, JWKS URL, issuer). Ctrl-C stops everything.
+
+What it prints is for a person: a few lines while it starts, then the banner (the URLs, the
+docs, what to try), then one readable line per log entry of every process, each named
+(:mod:`dev.logs`). The functions write Cloud Logging JSON as deployed; the stack reads it,
+counts it for ``/dev/metrics`` and prints it readably. Third-party chatter (pgserver, alembic,
+the emulators' start-up, the router's own access log) is left out, and the stack checks its
+functions are up without HTTP requests, so no health poll is ever logged.
+
+Started again after being killed, it stops what the dead one left running
+(:mod:`dev.stack_state`); started while another one runs on the same data folder or port, it
+says so and exits.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import logging
 import os
@@ -32,6 +44,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -41,14 +54,19 @@ from werkzeug.serving import make_server
 from dev.bundle import REPO_ROOT, function_names
 from dev.logs import DevMetrics, LogFiles, LogRelay
 from dev.router import JsonErrorRequestHandler, Router, StorageUpstream
+from dev.stack_state import StackError, StackState, port_holder, repair_postgres
 from dev.storage_front import SignatureFront
 from dev.tokens import LocalSigner
+from shared.log import configure_logging
 
 logger = logging.getLogger("raven.stack")
 
 FUNCTION_THREADS = "16"  # like Cloud Run's concurrency: one open SSE stream holds one thread
 STANDIN_CHUNK_SECONDS = 0.08  # the Gemini stand-in's pace under `make dev`
 TASKS_MAX_RETRIES = 20  # the emulator retries at once, with no backoff: keep it bounded
+STOP_SECONDS = 15.0  # how long the processes get to stop before they are killed
+# What the Cloud Tasks emulator prints on every start (the rest of its output is its errors).
+TASKS_EMULATOR_CHATTER = ("Starting Cloud Tasks Emulator",)
 
 
 def function_command(name: str, port: int, source: Path | str | None = None) -> list[str]:
@@ -98,9 +116,18 @@ def read_env_file(path: Path) -> dict[str, str]:
 
 def start_postgres(data_dir: Path) -> Any:
     """Start (or reuse) the embedded PostgreSQL whose data lives in ``data_dir``."""
-    import pgserver
+    # pgserver logs each command it runs and its output at INFO, and platformdirs warns
+    # when XDG_RUNTIME_DIR is unset (containers): neither is news to whoever runs the stack.
+    logging.getLogger("pgserver").setLevel(logging.WARNING)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR")
+        import pgserver
 
     data_dir.mkdir(parents=True, exist_ok=True)
+    if (data_dir / "PG_VERSION").exists():
+        repair_postgres(data_dir)
+    else:
+        logger.info("creating the database in %s (first run)", data_dir)
     # cleanup_mode="stop": the server stops when this process exits; the data stays.
     return pgserver.get_server(data_dir, cleanup_mode="stop")
 
@@ -149,12 +176,26 @@ def postgres_url(server: Any) -> str:
 
 
 def migrate(env: dict[str, str]) -> None:
-    subprocess.run(
+    """``alembic upgrade head``, saying which migrations it applied (its own log only if it
+    fails)."""
+    result = subprocess.run(
         [sys.executable, "-m", "alembic", "upgrade", "head"],
         cwd=REPO_ROOT,
         env=env,
-        check=True,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
+    if result.returncode != 0:
+        raise StackError(f"the migrations failed:\n{result.stdout}{result.stderr}")
+    # alembic logs "Running upgrade 0001 -> 0002, <message>" for each one it applies.
+    applied = [
+        line.split("->", 1)[1].split(",", 1)[0].strip()
+        for line in (result.stdout + result.stderr).splitlines()
+        if "Running upgrade" in line and "->" in line
+    ]
+    if applied:
+        logger.info("applied migrations %s", ", ".join(applied))
 
 
 def http_answers(url: str) -> bool:
@@ -169,6 +210,9 @@ def http_answers(url: str) -> bool:
 
 
 def tcp_answers(host_port: str) -> bool:
+    """Whether something accepts connections at ``host:port``: a function's gunicorn is
+    up (no request is sent, so nothing is logged: Cloud Run's default startup probe is
+    a TCP one too)."""
     host, _, port = host_port.rpartition(":")
     try:
         with socket.create_connection((host, int(port)), timeout=2):
@@ -228,6 +272,9 @@ class LocalStack:
         self.gemini_description = ""
         self.storage_url = ""
         self.metrics = DevMetrics()
+        self.state = StackState(data_dir)
+        # make dev: each process's output, printed readably (None: written to log files).
+        self.relay: LogRelay | None = None if log_to_files else LogRelay(self.metrics)
 
     def environment(self, database_url: str) -> dict[str, str]:
         env = read_env_file(REPO_ROOT / ".env.example")
@@ -242,6 +289,9 @@ class LocalStack:
                 "PYTHONPATH": str(REPO_ROOT),
                 "PYTHONUNBUFFERED": "1",
                 "THREADS": FUNCTION_THREADS,
+                # JSON, whatever ENVIRONMENT says: the stack reads the lines (for /dev/metrics
+                # and the tests) and prints them readably itself.
+                "LOG_FORMAT": "json",
             }
         )
         # A token or key that points verification elsewhere would bypass the local signer.
@@ -249,7 +299,34 @@ class LocalStack:
         return env
 
     def start(self) -> None:
+        """Start everything and wait until it answers.
+
+        Raises:
+            StackError: it cannot start (another stack runs on the data folder, the port is
+                taken, a process exited while starting...); the message says what to do.
+        """
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self) -> None:
         started = time.monotonic()
+        self.state.acquire(self.base_url)
+        holder = port_holder(self.port)
+        if holder is not None:
+            raise StackError(
+                f"Port {self.port} is in use by {holder}. Stop it, or start the stack on "
+                "another port: PORT=8001 make dev"
+            )
+        # The router's access log would repeat each function's own line.
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)
+        logger.info(
+            "starting PostgreSQL, the cloud stand-ins and %d functions (data in %s)",
+            len(function_names()),
+            self.data_dir,
+        )
         self._postgres = start_postgres(self.data_dir / "pg")
         env = self.env = self.environment(postgres_url(self._postgres))
         migrate(env)
@@ -260,7 +337,7 @@ class LocalStack:
         self._start_tasks_emulator(env)
         # Each function's log lines: in its own file (tests, benchmarks), read when
         # /dev/metrics is asked for; or through the relay, which prints them readably.
-        relay = LogRelay(self.metrics) if self.log_dir is None else None
+        relay = self.relay
         log_files = (
             LogFiles(self.metrics, self.log_dir, self.function_urls)
             if self.log_dir is not None
@@ -276,7 +353,10 @@ class LocalStack:
                 env={**env, "PORT": str(port), "FUNCTION_TARGET": name},
                 stdout=log if relay is None else subprocess.PIPE,
                 stderr=log if relay is None else subprocess.STDOUT,
+                # Its own session: Ctrl-C reaches the stack only, which stops it in order.
+                start_new_session=True,
             )
+            self.state.add(name, self.processes[name].pid)
             if relay is not None:
                 relay.attach(name, self.processes[name])
 
@@ -291,7 +371,7 @@ class LocalStack:
             "storage": functools.partial(http_answers, self.storage_url + "/"),
         }
         for name, url in self.function_urls.items():
-            health_checks[name] = functools.partial(http_answers, url + "/__healthz")
+            health_checks[name] = functools.partial(tcp_answers, url.removeprefix("http://"))
 
         from dev.openapi import build_openapi
         from shared.settings import load_settings
@@ -336,7 +416,7 @@ class LocalStack:
         self.gemini_standin_url = url
         env["GEMINI_BASE_URL"] = url
         self.gemini_description = (
-            f"the local Gemini stand-in at {url} (set GEMINI_API_KEY in .env for real Gemini)"
+            "the local Gemini stand-in (GEMINI_API_KEY in .env: the real Gemini API)"
         )
 
     def _start_storage(self, env: dict[str, str], service_account: str) -> None:
@@ -371,7 +451,7 @@ class LocalStack:
         """
         executable = REPO_ROOT / ".venv-tasks" / "bin" / "gcloud-tasks-emulator"
         if not executable.exists():
-            raise RuntimeError(f"{executable} is missing: run `make dev`, which installs it")
+            raise StackError(f"{executable} is missing: run `make dev`, which installs it")
         # Through our launcher, which refuses a reused task name as Cloud Tasks does.
         launcher = [str(executable.parent / "python"), str(REPO_ROOT / "dev" / "tasks_emulator.py")]
         port = free_port()
@@ -380,7 +460,7 @@ class LocalStack:
             f"{env.get('LOCATION') or 'us-central1'}/queues/summaries"
         )
         log = None if self.log_dir is None else (self.log_dir / "tasks-emulator.log").open("ab")
-        self.processes["tasks_emulator"] = subprocess.Popen(
+        process = self.processes["tasks_emulator"] = subprocess.Popen(
             [
                 *launcher,
                 "start",
@@ -390,11 +470,18 @@ class LocalStack:
                 queue,
                 "--max-retries",
                 str(TASKS_MAX_RETRIES),
+                "--quiet",  # errors only: the summarize function logs every task it runs
             ],
             cwd=self.data_dir,
-            stdout=log,
-            stderr=log,
+            # google-api-core warns at import that it will drop this Python in a year or two.
+            env={**os.environ, "PYTHONWARNINGS": "ignore::FutureWarning", "PYTHONUNBUFFERED": "1"},
+            stdout=log if self.relay is None else subprocess.PIPE,
+            stderr=log if self.relay is None else subprocess.STDOUT,
+            start_new_session=True,
         )
+        self.state.add("tasks_emulator", process.pid)
+        if self.relay is not None:
+            self.relay.attach("tasks", process, skip=TASKS_EMULATOR_CHATTER)
         env["TASKS_EMULATOR_HOST"] = f"127.0.0.1:{port}"
         env["TASKS_QUEUE"] = queue
         env["SUMMARIZE_URL"] = self.function_urls["summarize"] + "/"
@@ -404,53 +491,89 @@ class LocalStack:
         while time.monotonic() < deadline:
             for name, process in self.processes.items():
                 if process.poll() is not None:
-                    raise RuntimeError(f"{name} exited with {process.returncode} during start")
+                    where = "above" if self.log_dir is None else f"in {self.log_dir}"
+                    raise StackError(
+                        f"{name} exited with code {process.returncode} while starting "
+                        f"(its output is {where})"
+                    )
             try:
                 with urllib.request.urlopen(f"{self.base_url}/dev/healthz", timeout=2):
                     return
             except OSError:
                 time.sleep(0.1)
-        raise RuntimeError(f"the stack was not healthy within {timeout} s")
+        raise StackError(
+            f"the stack was not healthy within {timeout} s: see {self.base_url}/dev/healthz"
+        )
 
     def stop(self) -> None:
-        for process in self.processes.values():
-            process.terminate()
-        for process in self.processes.values():
+        """Stop everything that was started (idempotent); the data stays."""
+        processes, self.processes = self.processes, {}
+        # SIGTERM to each child only: gunicorn's arbiter then stops its workers gracefully
+        # (a few seconds: they finish what they serve). Each leads its own process group,
+        # which is killed whole if that takes too long.
+        for process in processes.values():
+            if process.poll() is None:
+                process.terminate()
+        deadline = time.monotonic() + STOP_SECONDS
+        for name, process in processes.items():
             try:
-                process.wait(timeout=10)
+                process.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                process.kill()
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-        for standin in self._standins:
+                logger.warning("%s did not stop within %.0f s: killed", name, STOP_SECONDS)
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(process.pid, signal.SIGKILL)
+                process.wait(timeout=10)
+        server, self._server = self._server, None
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+        standins, self._standins = self._standins, []
+        for standin in standins:
             standin.stop()
-        if self._postgres is not None:
-            stop_postgres(self._postgres)
+        postgres, self._postgres = self._postgres, None
+        if postgres is not None:
+            stop_postgres(postgres)
+        self.state.release()
 
 
-def banner(base_url: str, gemini: str, stream_format: str) -> str:
+def _shown_path(path: Path) -> str:
+    """A path as the user would type it: relative to the current folder when inside it."""
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def banner(
+    base_url: str, gemini: str, stream_format: str, data_dir: Path, functions: list[str]
+) -> str:
+    """What the stack prints once it is ready, last, so that it stays on screen."""
+    other = "sse" if stream_format == "ndjson" else "ndjson"
+    accept = {"sse": "text/event-stream", "ndjson": "application/x-ndjson"}[other]
+    framing = {
+        "ndjson": 'one JSON event per line ({"type": "chunk", ...})',
+        "sse": 'a "data: {JSON event}" line and a blank line per event',
+    }[stream_format]
     return f"""
-Raven backend is running at {base_url}
-  Model: {gemini}
-  POST /chat streams {stream_format.upper()} unless the request's Accept asks otherwise
-  (CHAT_STREAM_FORMAT; the existing Raven frontend needs ndjson).
-
-  The API: docs/api.md; as OpenAPI: {base_url}/dev/openapi.json
-  Health: {base_url}/dev/healthz. Frontend: NEXT_PUBLIC_BACKEND_URL={base_url}
-  Metrics since start (what the deployed dashboard shows): {base_url}/dev/metrics
-  Each turn is logged below as one line: outcome, time to first token, tokens, model.
+Raven backend is ready at {base_url}
+  Functions:  {", ".join(functions)}
+  Model:      {gemini}
+  Streams:    POST /chat answers {stream_format.upper()}, {framing};
+              send Accept: {accept} for {other.upper()} (CHAT_STREAM_FORMAT sets the default)
+  API docs:   docs/api.md, and as OpenAPI at {base_url}/dev/openapi.json
+  Frontend:   NEXT_PUBLIC_BACKEND_URL={base_url}
+  Local only: /dev/token (a token for any user), /dev/healthz, /dev/metrics (the numbers
+              the deployed dashboard shows, since start)
+  Data:       {_shown_path(data_dir)} (kept across restarts; delete it to start afresh)
 
   Try it:
-    TOKEN=$(curl -s -X POST {base_url}/dev/token -d '{{"sub": "user_demo", "first_name": "Ada"}}' \\
-            | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')
-    curl -s -X POST {base_url}/api/chats/create -H "Authorization: Bearer $TOKEN" \\
-         -d '{{"title": "Hello"}}'
-    curl -s {base_url}/api/chats -H "Authorization: Bearer $TOKEN"
+    TOKEN=$(curl -s {base_url}/dev/token -d '{{"sub": "user_demo", "first_name": "Ada"}}' \\
+            | python3 -c 'import json, sys; print(json.load(sys.stdin)["token"])')
     curl -sN {base_url}/chat -H "Authorization: Bearer $TOKEN" \\
          -d '{{"messages": [{{"role": "user", "parts": [{{"type": "text", "text": "Hi!"}}]}}]}}'
+    curl -s {base_url}/api/chats -H "Authorization: Bearer $TOKEN"
 
-  Ctrl-C stops everything; the data stays in .data/.
+  Below: one line per request, chat turn and task, from every process. Ctrl-C stops it all.
 """
 
 
@@ -464,24 +587,51 @@ def main() -> None:
         "--log-to-files", action="store_true", help="write function logs to <data-dir>/logs/"
     )
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="[stack] %(message)s")
+    configure_logging(None, function="stack", readable=True)
 
     stack = LocalStack(args.data_dir.resolve(), args.port, log_to_files=args.log_to_files)
     stopping = threading.Event()
+    # A closed terminal (SIGHUP) or `kill` (SIGTERM) stops the stack as Ctrl-C does.
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    signal.signal(signal.SIGHUP, lambda *_: stopping.set())
+    code = 0
+    started = False
     try:
-        stack.start()
+        stack.start()  # if it fails, it stops what it started
+        started = True
+        if stack.relay is not None:
+            stack.relay.wait_quiet(0.3, timeout=3)  # the banner comes last
         stream_format = stack.env.get("CHAT_STREAM_FORMAT") or "sse"
-        print(banner(stack.base_url, stack.gemini_description, stream_format), flush=True)
+        print(
+            banner(
+                stack.base_url,
+                stack.gemini_description,
+                stream_format,
+                stack.data_dir,
+                list(stack.function_urls),
+            ),
+            flush=True,
+        )
         while not stopping.is_set():
             for name, process in stack.processes.items():
                 if process.poll() is not None:
-                    raise RuntimeError(f"{name} stopped unexpectedly ({process.returncode})")
+                    raise StackError(
+                        f"{name} stopped unexpectedly (exit code {process.returncode}); "
+                        "its last lines are above"
+                    )
             stopping.wait(1)
     except KeyboardInterrupt:
         pass
+    except StackError as error:
+        logger.error("%s", error)
+        code = 1
     finally:
-        stack.stop()
+        if started:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C: no traceback
+            logger.info("stopping (a few seconds)")
+            stack.stop()
+            logger.info("stopped; the data stays in %s", _shown_path(stack.data_dir))
+    sys.exit(code)
 
 
 if __name__ == "__main__":

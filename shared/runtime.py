@@ -34,7 +34,12 @@ def start_function(*required: str) -> Settings:
             start instead of at its first request.
     """
     settings = get_settings().require(*required)
-    configure_logging(settings.project_id, settings.debug, function_target())
+    configure_logging(
+        settings.project_id,
+        settings.debug,
+        function_target(),
+        readable=settings.readable_logs,
+    )
     return settings
 
 

@@ -34,6 +34,8 @@ the module, inside its app context) fixes all of these from inside the process:
 5. on SIGTERM (Cloud Run's scale-in or redeploy: SIGKILL follows 10 s later) the worker runs
    the hooks registered with :func:`on_shutdown` (chat_stream stops its turns and ends their
    streams) and waits at most :data:`GRACEFUL_TIMEOUT_SECONDS` for open requests.
+6. gunicorn's own log lines (a worker killed, a timeout) go through the root logger, so they
+   are entries like ours (JSON deployed) instead of failing in gunicorn's own format.
 """
 
 from __future__ import annotations
@@ -306,6 +308,26 @@ def _worker_class() -> type:
     return BoundedBodyWorker
 
 
+def _logger_class() -> type:
+    from gunicorn.glogging import Logger
+
+    class RootLogger(Logger):
+        """gunicorn's logger, writing through the root logger: its lines (at
+        ``GUNICORN_LOG_LEVEL``, errors by default) come out as every other line does, JSON
+        deployed. Its own handler's format needs each record's process id, which
+        :func:`shared.log.lean_records` leaves out, and would fail on every line."""
+
+        def setup(self, cfg: Any) -> None:
+            super().setup(cfg)
+            for log in (self.error_log, self.access_log):
+                for handler in list(log.handlers):
+                    if getattr(handler, "_gunicorn", False):
+                        log.removeHandler(handler)
+                log.propagate = True
+
+    return RootLogger
+
+
 def _use_bounded_body_worker() -> None:
     """Make functions-framework's gunicorn application run :class:`BoundedBodyWorker`.
 
@@ -325,6 +347,7 @@ def _use_bounded_body_worker() -> None:
         if "worker_class" not in self.options:
             self.options["worker_class"] = _worker_class()
         self.options.setdefault("graceful_timeout", GRACEFUL_TIMEOUT_SECONDS)
+        self.options.setdefault("logger_class", _logger_class())
         original(self)
 
     application.load_config = load_config  # type: ignore[method-assign]

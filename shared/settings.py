@@ -97,6 +97,10 @@ class Settings(BaseModel):
         "production", alias="ENVIRONMENT"
     )
     debug: bool = Field(False, alias="DEBUG")
+    # Unset: JSON (Cloud Logging's) unless ENVIRONMENT is development (see readable_logs).
+    log_format: Annotated[Literal["json", "text"] | None, BeforeValidator(_empty_is_none)] = Field(
+        None, alias="LOG_FORMAT"
+    )
     allowed_origins: CommaList = Field(default_factory=list, alias="ALLOWED_ORIGINS")
     max_request_bytes: PositiveInt = Field(1_048_576, alias="MAX_REQUEST_BYTES")
     request_body_timeout_seconds: PositiveInt = Field(10, alias="REQUEST_BODY_TIMEOUT_SECONDS")
@@ -262,12 +266,31 @@ class Settings(BaseModel):
             )
         if self.environment == "production" and self.debug:
             raise ValueError("DEBUG must be off when ENVIRONMENT is production")
+        if self.environment == "production" and self.log_format == "text":
+            # Cloud Logging reads severity, trace and request fields from JSON lines only.
+            raise ValueError("LOG_FORMAT must be json when ENVIRONMENT is production")
         if self.environment == "production" and self.signer_key_file:
             # Deployed, URLs are signed by IAM signBlob: no private key may exist anywhere.
             raise ValueError("SIGNER_KEY_FILE must be empty when ENVIRONMENT is production")
         if self.environment == "production" and self.storage_emulator_host:
             raise ValueError("STORAGE_EMULATOR_HOST must be empty when ENVIRONMENT is production")
         return self
+
+    @property
+    def readable_logs(self) -> bool:
+        """Log lines for a person (``LOG_FORMAT=text``) rather than Cloud Logging JSON.
+
+        By default only in development: deployed, Cloud Logging reads the JSON, and the tests
+        read it too.
+        """
+        if self.log_format is not None:
+            return self.log_format == "text"
+        return self.environment == "development"
+
+    @property
+    def uses_vertex_ai(self) -> bool:
+        """Gemini through Vertex AI (the service account's identity) unless an API key is set."""
+        return self.gemini_api_key is None
 
     def require(self, *names: str) -> Settings:
         """Fail fast unless every named variable is set, for the function that needs them.

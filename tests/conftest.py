@@ -8,6 +8,8 @@ HTTP exactly as the frontend sends them; assertions about stored state read Post
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import time
 import uuid
@@ -339,6 +341,7 @@ def function_process(stack: LocalStack, name: str, **env: str) -> Iterator[str]:
         env={**stack.env, "PORT": str(port), **env},
         stdout=log,
         stderr=log,
+        start_new_session=True,  # its own process group: gunicorn's workers die with it
     )
     base = f"http://127.0.0.1:{port}"
     try:
@@ -353,8 +356,12 @@ def function_process(stack: LocalStack, name: str, **env: str) -> Iterator[str]:
                 time.sleep(0.1)
         yield base
     finally:
-        process.terminate()
-        process.wait(timeout=10)
+        process.terminate()  # gunicorn stops gracefully: seconds, more on a busy machine
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
         log.close()
 
 

@@ -389,7 +389,8 @@ def test_make_dev_prints_one_readable_line_per_turn(logged: list[Any]) -> None:
     )
     line = {**ok["jsonPayload"], "severity": ok["severity"], "time": ok["timestamp"]}
     text = readable("chat_stream", json.dumps(line))
-    assert "\n" not in text and text.startswith("[chat_stream] turn ok")
+    # time, function, level, then the turn in words
+    assert "\n" not in text and re.match(r"\d\d:\d\d:\d\d chat_stream +INFO +turn ok", text)
     assert "turn ok" in text and "first token" in text and "tokens" in text
     assert str(ok["jsonPayload"]["output_tokens"]) in text
 
@@ -412,7 +413,8 @@ def test_make_dev_relays_a_function_s_output_readably_and_counts_it(logged: list
     process.stdin.close()
     process.wait(timeout=30)
     printed = wait_for(lambda: out.getvalue() if "a plain line" in out.getvalue() else None)
-    assert "[chat_stream] turn ok · first token" in printed
+    assert re.search(r"chat_stream +INFO +turn ok · first token", printed)
+    assert re.search(r"\d\d:\d\d:\d\d chat_stream +a plain line", printed)
     assert '{"severity"' not in printed  # no raw JSON reaches the terminal
     turns = sum(1 for e in logged if e["jsonPayload"].get("event") == "chat_turn")
     assert metrics.snapshot()["turns"]["count"] == turns

@@ -82,6 +82,19 @@ def test_debug_is_refused_in_production() -> None:
         load_settings({**LOCAL, "ENVIRONMENT": "production", "DEBUG": "true"})
 
 
+def test_log_lines_are_readable_in_development_only() -> None:
+    assert load_settings(LOCAL).readable_logs  # .env.example: ENVIRONMENT=development
+    assert not load_settings({**LOCAL, "ENVIRONMENT": "test"}).readable_logs
+    production = load_settings({**LOCAL, "ENVIRONMENT": "production", "DEBUG": "false"})
+    assert not production.readable_logs
+    assert not load_settings({**LOCAL, "LOG_FORMAT": "json"}).readable_logs
+    assert load_settings({**LOCAL, "ENVIRONMENT": "test", "LOG_FORMAT": "text"}).readable_logs
+    with pytest.raises(SettingsError, match="LOG_FORMAT"):
+        load_settings({**LOCAL, "ENVIRONMENT": "production", "LOG_FORMAT": "text"})
+    with pytest.raises(SettingsError, match="LOG_FORMAT"):
+        load_settings({**LOCAL, "LOG_FORMAT": "pretty"})
+
+
 def test_lists_parse_from_commas() -> None:
     settings = load_settings(
         {**LOCAL, "ALLOWED_ORIGINS": " https://a.example.com/ ,https://b.example.com,"}

@@ -3,27 +3,25 @@ persistence, CORS, logs, and dependency failures."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
+import json
+import re
 import time
-import urllib.request
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
+import psutil
 import requests
 
-from dev.stack import LocalStack, free_port
+from dev.stack import LocalStack
 from shared.db import Database
 from tests.conftest import (
     FRONTEND_ORIGIN,
-    REPO_ROOT,
-    TEST_ENV,
     ApiClient,
     assert_error,
     function_process,
     read_logs,
+    wait_for,
 )
 
 
@@ -56,51 +54,6 @@ def test_jwks_is_served_for_the_functions(stack: LocalStack) -> None:
     keys = requests.get(f"{stack.base_url}/dev/.well-known/jwks.json", timeout=10).json()["keys"]
     assert [key["kid"] for key in keys] == [stack.signer.kid]
     assert keys[0]["kty"] == "RSA" and "d" not in keys[0]  # public half only
-
-
-def test_make_dev_command_starts_and_stops_and_keeps_data(tmp_path: Path) -> None:
-    """`python -m dev.stack` (what `make dev` runs): ready banner, data kept across restarts."""
-    port = free_port()
-    command = [
-        sys.executable,
-        "-m",
-        "dev.stack",
-        "--port",
-        str(port),
-        "--data-dir",
-        str(tmp_path),
-        "--log-to-files",
-    ]
-    env = {**TEST_ENV, "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
-
-    def run_once(action: Any) -> Any:
-        process = subprocess.Popen(
-            command,
-            cwd=REPO_ROOT,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        try:
-            assert process.stdout is not None
-            for line in process.stdout:
-                if "Raven backend is running at" in line:
-                    break
-            else:
-                raise AssertionError("the stack exited before it was ready")
-            base = f"http://localhost:{port}"
-            assert urllib.request.urlopen(f"{base}/dev/healthz", timeout=5).status == 200
-            token = requests.post(f"{base}/dev/token", json={"sub": "user_keep"}, timeout=10)
-            return action(ApiClient(base, token.json()["token"]))
-        finally:
-            process.terminate()
-            assert process.wait(timeout=30) == 0
-
-    chat = run_once(lambda client: client.create_chat("survives a restart"))
-    titles = run_once(lambda client: [c["title"] for c in client.get("/api/chats").json()])
-    assert titles == ["survives a restart"]
-    assert chat["title"] == "survives a restart"
 
 
 def test_cors_preflight_and_headers(stack: LocalStack, alice: ApiClient) -> None:
@@ -145,6 +98,7 @@ def test_logs_are_structured_and_keep_secrets_out(stack: LocalStack, alice: ApiC
     time.sleep(0.2)
     entries = read_logs(stack, "chats_crud")
     mine = [e for e in entries if trace_id in e.get("logging.googleapis.com/trace", "")]
+    mine = [e for e in mine if "httpRequest" in e]  # its access line (not "JWKS fetched")
     assert len(mine) == 1
     entry = mine[0]
     assert entry["severity"] == "INFO"
@@ -156,6 +110,40 @@ def test_logs_are_structured_and_keep_secrets_out(stack: LocalStack, alice: ApiC
     assert alice.token is not None and alice.token not in raw
     assert alice.token.split(".")[2] not in raw
     assert secret_title not in raw
+
+
+def test_a_function_logs_readable_lines_in_development(stack: LocalStack) -> None:
+    """ENVIRONMENT=development (LOG_FORMAT unset): one line a person reads per entry."""
+    with function_process(stack, "chats_crud", ENVIRONMENT="development", LOG_FORMAT="") as base:
+        assert requests.get(f"{base}/api/chats", timeout=10).status_code == 401
+        assert stack.log_dir is not None
+        log = stack.log_dir / f"chats_crud-{base.rsplit(':', 1)[1]}.log"
+        text = wait_for(lambda: "GET /api/chats 401" in log.read_text() and log.read_text())
+    line = next(line for line in text.splitlines() if "GET /api/chats 401" in line)
+    assert re.fullmatch(r"\d\d:\d\d:\d\d chats_crud +INFO +GET /api/chats 401 · \d+ ms", line)
+    assert "{" not in text  # no JSON
+
+
+def test_gunicorn_s_own_errors_are_log_entries(stack: LocalStack) -> None:
+    """What gunicorn itself logs (a worker killed, out of memory) is a JSON entry like ours,
+    not a "--- Logging error ---" traceback."""
+    with function_process(stack, "chats_crud") as base:
+        port = base.rsplit(":", 1)[1]
+        arbiter = next(
+            process
+            for process in psutil.process_iter(["cmdline"])
+            if "functions_framework" in (process.info["cmdline"] or [])
+            and port in process.info["cmdline"]
+        )
+        worker = arbiter.children()[0]
+        worker.kill()
+        assert stack.log_dir is not None
+        log = stack.log_dir / f"chats_crud-{port}.log"
+        text = wait_for(lambda: "was sent SIGKILL" in log.read_text() and log.read_text())
+    assert "Logging error" not in text and "Traceback" not in text
+    entry = next(json.loads(line) for line in text.splitlines() if "was sent SIGKILL" in line)
+    assert entry["severity"] == "ERROR" and entry["logger"] == "gunicorn.error"
+    assert entry["function"] == "chats_crud"
 
 
 def test_cloud_trace_header_is_understood(stack: LocalStack, alice: ApiClient) -> None:

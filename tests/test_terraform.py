@@ -46,6 +46,7 @@ RUNTIME_ONLY_ENV = {"THREADS", "WORKERS"}
 # Settings that exist for local development and tests only, never set in a deployment, and why.
 DEV_ONLY_SETTINGS = {
     "DEBUG": "settings refuse DEBUG with ENVIRONMENT=production",
+    "LOG_FORMAT": "ENVIRONMENT=production means JSON, the only format settings accept there",
     "DATABASE_URL": "deployed, the Cloud SQL connector uses INSTANCE_CONNECTION_NAME, DB_IAM_USER",
     "TASKS_EMULATOR_HOST": "the local Cloud Tasks emulator",
     "GEMINI_BASE_URL": "the local Gemini stand-in",
