@@ -16,11 +16,12 @@ from __future__ import annotations
 import logging
 import uuid
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol, TypeVar
+
+from pydantic import BaseModel, Field, ValidationError
 
 from shared.db import Database, Row, Transaction
 from shared.schemas import DEFAULT_TITLE
-from shared.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +79,32 @@ class Generate(Protocol):
         temperature: float,
     ) -> tuple[str, Any]:
         """The model's text, and its usage (``output_tokens``)."""
+
+
+# --- the tasks (shared.tasks sends them: ids only) -------------------------------------------
+
+
+class SummaryTask(BaseModel):
+    chat_id: uuid.UUID
+    cut: int = Field(ge=0)
+
+
+class TitleTask(BaseModel):
+    chat_id: uuid.UUID
+    task: Literal["title"]
+
+
+TaskT = TypeVar("TaskT", SummaryTask, TitleTask)
+
+
+def read_task(raw: Any, model: type[TaskT], task_name: str | None) -> TaskT | None:
+    """The task's payload, or None when it is malformed: retrying cannot fix that, so the
+    caller drops it, and it is logged loudly here."""
+    try:
+        return model.model_validate(raw)
+    except ValidationError:
+        logger.error(f"malformed {model.__name__} dropped", extra={"task": task_name})
+        return None
 
 
 def transcript(messages: list[dict[str, Any]]) -> str:
@@ -169,8 +196,11 @@ class Summary:
     title: str | None  # a generated title, for a chat that still has its default one
 
 
-def write_summary(generate: Generate, settings: Settings, work: SummaryWork) -> Summary:
-    """The model's summary (and title, for an untitled chat) of ``work``.
+def write_summary(
+    generate: Generate, work: SummaryWork, *, model: str, target_tokens: int, max_tokens: int
+) -> Summary:
+    """The model's summary (and title, for an untitled chat) of ``work``: about
+    ``target_tokens`` (SUMMARY_TARGET_TOKENS), never more than ``max_tokens``, by ``model``.
 
     Raises:
         Dropped: the model returned an empty summary.
@@ -180,18 +210,16 @@ def write_summary(generate: Generate, settings: Settings, work: SummaryWork) -> 
     if work.previous:
         prompt = f"Current summary:\n{work.previous}\n\nConversation since then:\n{prompt}"
     summary, usage = generate(
-        model=settings.summary_model,
-        system_instruction=SUMMARIZER_INSTRUCTION.format(
-            target=settings.summary_target_tokens, maximum=settings.summary_max_tokens
-        ),
+        model=model,
+        system_instruction=SUMMARIZER_INSTRUCTION.format(target=target_tokens, maximum=max_tokens),
         contents=[{"role": "user", "parts": [{"text": prompt}]}],
-        max_output_tokens=settings.summary_max_tokens,
+        max_output_tokens=max_tokens,
         temperature=0.2,
     )
     title = None
     if work.untitled:
         title, _ = generate(
-            model=settings.summary_model,
+            model=model,
             system_instruction=TITLE_INSTRUCTION,
             contents=[{"role": "user", "parts": [{"text": transcript(work.messages[:6])}]}],
             max_output_tokens=32,
@@ -282,15 +310,15 @@ def first_exchange(db: Database, chat_id: uuid.UUID) -> list[Row]:
     return messages
 
 
-def write_title(generate: Generate, settings: Settings, messages: list[Row]) -> str:
-    """The model's title for a chat's first exchange.
+def write_title(generate: Generate, messages: list[Row], *, model: str) -> str:
+    """The model's title for a chat's first exchange, by ``model``.
 
     Raises:
         Dropped: the model returned an empty title.
         whatever ``generate`` raises (``shared.gemini.ModelError``).
     """
     title, _ = generate(
-        model=settings.summary_model,
+        model=model,
         system_instruction=TITLE_INSTRUCTION,
         contents=[{"role": "user", "parts": [{"text": transcript(messages)}]}],
         max_output_tokens=32,

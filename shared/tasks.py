@@ -8,10 +8,6 @@ twice for the same summary or title is harmless: Cloud Tasks refuses the second 
 ALREADY_EXISTS, which counts as success
 (https://cloud.google.com/tasks/docs/reference/rpc/google.cloud.tasks.v2#createtaskrequest).
 
-The receiving end reads the same payloads with :class:`SummaryTask` and :class:`TitleTask`
-(:func:`read_task`), and Cloud Tasks' request headers (:func:`task_queue_delay`,
-:func:`task_attempt`).
-
 google.cloud.tasks_v2 costs ~0.7 s to import, so it is imported on the first enqueue only,
 and the client is created once per instance. Locally ``TASKS_EMULATOR_HOST`` points it at
 the Cloud Tasks emulator over a plaintext gRPC channel.
@@ -22,16 +18,10 @@ from __future__ import annotations
 import json
 import logging
 import threading
-import time
 import uuid
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
-
-from pydantic import BaseModel, Field, ValidationError
+from typing import Any
 
 from shared.settings import SettingsError, get_settings
-
-if TYPE_CHECKING:
-    from flask import Request
 
 logger = logging.getLogger(__name__)
 
@@ -55,51 +45,6 @@ def title_task_id(chat_id: uuid.UUID) -> str:
 
 def title_payload(chat_id: uuid.UUID) -> dict[str, Any]:
     return {"chat_id": str(chat_id), "task": "title"}
-
-
-# --- the receiving end ------------------------------------------------------------------------
-
-
-class SummaryTask(BaseModel):
-    chat_id: uuid.UUID
-    cut: int = Field(ge=0)
-
-
-class TitleTask(BaseModel):
-    chat_id: uuid.UUID
-    task: Literal["title"]
-
-
-TaskT = TypeVar("TaskT", SummaryTask, TitleTask)
-
-
-def read_task(request: Request, raw: Any, model: type[TaskT]) -> TaskT | None:
-    """The task's payload, or None when it is malformed: retrying cannot fix that, so the
-    caller drops it, and it is logged loudly here."""
-    try:
-        return model.model_validate(raw)
-    except ValidationError:
-        logger.error(
-            f"malformed {model.__name__} dropped",
-            extra={"task": request.headers.get("X-CloudTasks-TaskName")},
-        )
-        return None
-
-
-def task_queue_delay(request: Request, *_: Any) -> float | None:
-    """How long the task waited past its schedule time (Cloud Tasks' X-CloudTasks-TaskETA)."""
-    try:
-        return round(max(0.0, time.time() - float(request.headers["X-CloudTasks-TaskETA"])), 3)
-    except (KeyError, ValueError):
-        return None
-
-
-def task_attempt(request: Request, *_: Any) -> int | None:
-    retries = request.headers.get("X-CloudTasks-TaskRetryCount", "")
-    return int(retries) + 1 if retries.isdigit() else None
-
-
-# --- the client --------------------------------------------------------------------------------
 
 
 def _tasks_client() -> Any:

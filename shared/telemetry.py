@@ -309,3 +309,20 @@ def log_storage_sweep(
     if oldest_pending_seconds is not None:
         fields["oldest_pending_s"] = round(oldest_pending_seconds, 1)
     logger.info("storage sweep", extra=fields)
+
+
+# --- a Cloud Tasks delivery's fields, for logs_task ----------------------------------------------
+
+
+def task_queue_delay(request: Any, *_: Any) -> float | None:
+    """How long the task waited past its schedule time (Cloud Tasks' X-CloudTasks-TaskETA)."""
+    try:
+        return round(max(0.0, time.time() - float(request.headers["X-CloudTasks-TaskETA"])), 3)
+    except (KeyError, ValueError):
+        return None
+
+
+def task_attempt(request: Any, *_: Any) -> int | None:
+    """Which delivery of the task this is, from Cloud Tasks' X-CloudTasks-TaskRetryCount."""
+    retries = request.headers.get("X-CloudTasks-TaskRetryCount", "")
+    return int(retries) + 1 if retries.isdigit() else None

@@ -3,7 +3,7 @@
 A row is created the first time a token names its ``sub`` (:func:`ensure_user`, from
 ``shared.auth.KnownUsers``: Clerk's webhook may lag) and kept current from Clerk's
 ``user.created`` and ``user.updated`` events, the newest version winning
-(:func:`save_profile`). ``user.deleted`` deletes the row, which cascades to everything the
+(:func:`upsert_user`). ``user.deleted`` deletes the row, which cascades to everything the
 user owns, and queues the user's two bucket folders (``incoming/<user>/``, where files are
 PUT, and ``uploads/<user>/``, where checked ones live) in ``storage_deletions`` twice: swept
 at once, and again once every upload URL signed before the deletion has expired
@@ -134,7 +134,7 @@ def upsert_user(tx: Transaction, user: ClerkUser) -> str:
     The comparison is in the statement: ``ON CONFLICT DO UPDATE`` locks the row and checks
     the ``WHERE`` against its latest committed version, so two events for one user racing
     on two instances still end with the newer one's data. A row first created from a token
-    (``KnownUsers.ensure``) has no Clerk version yet and takes Clerk's data whole.
+    (:func:`ensure_user`) has no Clerk version yet and takes Clerk's data whole.
 
     Returns:
         ``"saved"``; ``"stale"`` when the stored profile is newer; ``"deleted"`` while the

@@ -36,9 +36,8 @@ from shared.gemini import GeminiStreamer
 from shared.model_events import ModelError
 from shared.runtime import database, make_api, start_function
 from shared.schemas import TaskAck
-from shared.summaries import Dropped, NothingToDo
-from shared.tasks import SummaryTask, TitleTask, read_task, task_attempt, task_queue_delay
-from shared.telemetry import logs_task
+from shared.summaries import Dropped, NothingToDo, SummaryTask, TitleTask, read_task
+from shared.telemetry import logs_task, task_attempt, task_queue_delay
 from shared.web import json_response
 
 logger = logging.getLogger("raven.summarize")
@@ -71,12 +70,18 @@ def handle_task(request: Request) -> Response:
 @logs_task("summary", task_outcome, queue_delay_s=task_queue_delay, attempt=task_attempt)
 def summarize_chat(request: Request, raw: Any) -> Response:
     """Fold the chat's messages through the task's cut into its next summary."""
-    task = read_task(request, raw, SummaryTask)
+    task = read_task(raw, SummaryTask, request.headers.get("X-CloudTasks-TaskName"))
     if task is None:
         return done("dropped: malformed task")
     try:
         work = summaries.summary_work(database(), task.chat_id, task.cut)
-        summary = summaries.write_summary(MODEL.generate, settings, work)
+        summary = summaries.write_summary(
+            MODEL.generate,
+            work,
+            model=settings.summary_model,
+            target_tokens=settings.summary_target_tokens,
+            max_tokens=settings.summary_max_tokens,
+        )
         version = summaries.store_summary(database(), work, summary, settings.summary_model)
     except NothingToDo as reason:
         return done(f"nothing to do: {reason}")
@@ -95,12 +100,12 @@ def title_chat(request: Request, raw: dict[str, Any]) -> Response:
     the chat still has its default title then: a rename by the user, even one made while
     the model was answering, wins.
     """
-    task = read_task(request, raw, TitleTask)
+    task = read_task(raw, TitleTask, request.headers.get("X-CloudTasks-TaskName"))
     if task is None:
         return done("dropped: malformed task")
     try:
         messages = summaries.first_exchange(database(), task.chat_id)
-        title = summaries.write_title(MODEL.generate, settings, messages)
+        title = summaries.write_title(MODEL.generate, messages, model=settings.summary_model)
         stored_title = summaries.store_title(database(), task.chat_id, title)
     except NothingToDo as reason:
         return done(f"nothing to do: {reason}")
