@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import re
 import shutil
 import subprocess
 import sys
@@ -71,8 +72,7 @@ def compile_lock(lock: Lock, output: Path) -> None:
         "compile",
         "--quiet",
         "--generate-hashes",
-        # Keep extras (google-auth[requests]): in hash-checking mode pip refuses a dependency
-        # that asks for an extra unless the lock pins the package with that extra too.
+        # Keep extras (google-auth[requests]); with_plain_pins adds the plain pin beside them.
         "--no-strip-extras",
         "--python-version",
         PYTHON_VERSION,
@@ -90,6 +90,26 @@ def compile_lock(lock: Lock, output: Path) -> None:
         command += ["--constraints", lock.constraint]
     # uv reads no pip.conf: only PyPI, as Cloud Build and a developer's machine see it.
     subprocess.run(command, cwd=REPO, check=True)
+    output.write_text(with_plain_pins(output.read_text()))
+
+
+def with_plain_pins(lock_text: str) -> str:
+    """Beside each ``name[extra]==version`` entry, the same entry for plain ``name``.
+
+    In hash-checking mode pip 23.2 (the one Python 3.11's early releases bundle) refuses a
+    dependency on ``google-auth[requests]`` unless the lock pins ``google-auth[requests]``, and one
+    on plain ``google-auth`` unless it pins plain ``google-auth``; pip 24 accepts either. With both
+    pins, pip 23.2 and later install the lock, whatever pip the deployment's build brings.
+    """
+    entries = re.split(r"\n(?=[A-Za-z0-9])", lock_text)
+    pinned = {entry.split("==", 1)[0] for entry in entries if "==" in entry}
+    result: list[str] = []
+    for entry in entries:
+        result.append(entry)
+        extras = re.match(r"([A-Za-z0-9][A-Za-z0-9._-]*)\[[^\]]*\](==.*)", entry, re.S)
+        if extras and extras[1] not in pinned:
+            result.append(extras[1] + extras[2].rstrip("\n"))
+    return "\n".join(result).rstrip("\n") + "\n"
 
 
 def write() -> int:
