@@ -20,6 +20,7 @@ from bench import (
     hostile,
     list_baseline,
     profile,
+    request_build,
     request_path,
     stream_framing,
     stream_parse,
@@ -41,6 +42,7 @@ BENCHMARKS: dict[str, Callable[[], dict[str, Any]]] = {
     "controls": controls.run,
     "telemetry": telemetry.run,
     "profile": profile.run,
+    "request_build": request_build.run,
     "request_path": request_path.run,
     "workers": workers.run,
 }
