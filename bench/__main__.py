@@ -20,6 +20,7 @@ from bench import (
     hostile,
     list_baseline,
     profile,
+    request_build,
     request_path,
     resume,
     stream_framing,
@@ -43,6 +44,7 @@ BENCHMARKS: dict[str, Callable[[], dict[str, Any]]] = {
     "resume": resume.run,
     "telemetry": telemetry.run,
     "profile": profile.run,
+    "request_build": request_build.run,
     "request_path": request_path.run,
     "workers": workers.run,
 }
