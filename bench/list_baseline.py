@@ -78,18 +78,24 @@ def start_baseline(env: dict[str, str], token: str) -> tuple[subprocess.Popen[by
         url + "/api/chats", headers={"Authorization": f"Bearer {token}"}
     )
     deadline = time.monotonic() + 30
-    while True:
-        try:
-            with urllib.request.urlopen(request, timeout=5) as response:
-                listed = json.load(response)
-                assert len(listed) == CHATS, len(listed)
-                return process, url
-        except urllib.error.HTTPError as error:
-            raise RuntimeError(f"the baseline answered {error.code}") from error
-        except OSError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("the baseline did not start") from None
-            time.sleep(0.05)
+    try:
+        while True:
+            try:
+                with urllib.request.urlopen(request, timeout=5) as response:
+                    listed = json.load(response)
+                    if len(listed) != CHATS:
+                        raise RuntimeError(f"the baseline listed {len(listed)} chats, not {CHATS}")
+                    return process, url
+            except urllib.error.HTTPError as error:
+                raise RuntimeError(f"the baseline answered {error.code}") from error
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("the baseline did not start") from None
+                time.sleep(0.05)
+    except BaseException:
+        process.terminate()
+        process.wait()
+        raise
 
 
 def run() -> dict[str, Any]:
