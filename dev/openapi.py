@@ -298,7 +298,7 @@ def _operations() -> dict[str, dict[str, Any]]:
                     "in": "header",
                     "required": False,
                     "description": "The last event_id the client read (wins over `after`).",
-                    "schema": {"type": "string", "pattern": "^[0-9]{1,10}$"},
+                    "schema": {"type": "string", "pattern": "^[0-9]{1,9}$"},
                 },
                 ACCEPT,
             ],

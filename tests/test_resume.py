@@ -312,7 +312,7 @@ def test_sigterm_stores_every_partial_answer_and_ends_every_stream(
 
         def converse(index: int) -> None:
             client = on(make_user(), base)
-            question = f"{label} question {index}"
+            question = f"{label} question {index:02d}."  # no question a prefix of another
             model.script(match=question, chunks=CHUNKS * 4, delay_per_chunk=0.25)
             resumable = index % 2 == 1
             response = send_resumable(client, question) if resumable else client.send(question)
