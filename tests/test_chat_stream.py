@@ -14,6 +14,8 @@ import requests
 from dev.gemini_standin import StandinControl
 from dev.stack import LocalStack
 from shared.db import Database
+from shared.system_instruction import BUNDLED_DEFAULT
+from shared.token_estimate import estimate_text_tokens
 from tests.conftest import (
     HEARTBEAT,
     ApiClient,
@@ -164,9 +166,12 @@ def test_the_newest_summary_replaces_what_it_covers(
 def test_the_window_leaves_room_for_instruction_and_summary(
     stack: LocalStack, make_user: Any, db: Database, model: StandinControl
 ) -> None:
-    # MAX_CONTEXT_TOKENS is the hard ceiling: a 1,500-token summary and the ~170-token
-    # instruction leave ~2,330 of the 4,000 for the window, below TARGET_WINDOW_TOKENS.
-    limits = {"MAX_CONTEXT_TOKENS": "4000", "TARGET_WINDOW_TOKENS": "4000"}
+    # MAX_CONTEXT_TOKENS is the hard ceiling: it holds the 1,500-token summary, the instruction
+    # (the bundled one; its size is estimated as chat_stream does), the question and four of the
+    # 500-token messages, not five; TARGET_WINDOW_TOKENS alone would allow more.
+    instruction = estimate_text_tokens(BUNDLED_DEFAULT.read_text(encoding="utf-8"))
+    ceiling = 1500 + instruction + 4 * 500 + 250
+    limits = {"MAX_CONTEXT_TOKENS": str(ceiling), "TARGET_WINDOW_TOKENS": str(ceiling)}
     with function_process(stack, "chat_stream", **limits) as base:
         user = make_user()
         client = ApiClient(base, user.token, user.user_id)
