@@ -56,7 +56,8 @@ $(CHROMIUM):
 
 $(BASELINE_STAMP): tools/requirements-baseline.txt
 	$(PYTHON) -m venv $(BASELINE_VENV)
-	$(BASELINE_VENV)/bin/pip install --quiet --disable-pip-version-check -r tools/requirements-baseline.txt
+	$(BASELINE_VENV)/bin/pip install --quiet --disable-pip-version-check --upgrade pip
+	$(BASELINE_VENV)/bin/pip install --quiet --disable-pip-version-check --require-hashes -r tools/requirements-baseline.txt
 	touch $(BASELINE_STAMP)
 
 $(FUZZ_STAMP): tools/requirements-schemathesis.txt

@@ -8,6 +8,7 @@ table at import; the load balancer's path rules are a JSON file Terraform reads,
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from flask import Request, Response
@@ -18,6 +19,7 @@ from dev.router import CONTRACT_ROUTES
 from shared.routes import (
     ENDPOINTS,
     LOAD_BALANCER_ROUTES_FILE,
+    is_prefix_rule,
     load_balancer_paths,
     load_balancer_routes_json,
     public_endpoints,
@@ -40,24 +42,37 @@ def test_every_function_is_in_the_table_and_every_endpoint_is_unique() -> None:
 
 
 def test_every_public_path_reaches_its_function_through_the_load_balancer_rules() -> None:
-    """Each public endpoint's path, with a sample value for its parameters, matches one of
-    its own function's path rules (exactly, or under a ``/*`` prefix) and no other's."""
-    rules = load_balancer_paths()
+    """Each public endpoint's path, with sample values for its parameters, reaches its own
+    function through the URL map as terraform/load_balancer.tf orders its route rules: path
+    templates (one ``*`` per segment) first, then exact paths, then ``/*`` prefixes; and no
+    two rules of one kind that a path matches belong to different functions."""
+    rules = [
+        (rule, function) for function, paths in load_balancer_paths().items() for rule in paths
+    ]
+
+    def kind(rule: str) -> int:
+        return 2 if is_prefix_rule(rule) else 0 if "*" in rule else 1
 
     def matches(rule: str, path: str) -> bool:
-        return path == rule or (rule.endswith("/*") and path.startswith(rule[:-1]))
+        if is_prefix_rule(rule):
+            return path.startswith(rule[:-1])
+        pattern = "^" + "[^/]+".join(re.escape(piece) for piece in rule.split("*")) + "$"
+        return re.match(pattern, path) is not None
 
     for endpoint in public_endpoints():
         path = endpoint.openapi_path.replace("{chat_id}", "0b6c3c1e-8d1f-4c62-9a43-000000000000")
-        owners = {
-            function for function, paths in rules.items() if any(matches(r, path) for r in paths)
-        }
-        assert owners == {endpoint.function}, (endpoint, owners)
+        path = path.replace("{message_id}", "5d7b2c90-1f3e-4a8b-9c6d-000000000001")
+        matched = sorted((kind(rule), function) for rule, function in rules if matches(rule, path))
+        assert matched, endpoint
+        first_kind = matched[0][0]
+        owners = {function for rule_kind, function in matched if rule_kind == first_kind}
+        assert owners == {endpoint.function}, (endpoint, matched)
 
 
 def test_router_and_openapi_are_generated_from_the_table() -> None:
     routed = {
-        (path.replace("<path:rest>", "*"), function) for path, function in CONTRACT_ROUTES.items()
+        (re.sub(r"<segment_\d+>", "*", path.replace("<path:rest>", "*")), function)
+        for path, function in CONTRACT_ROUTES.items()
     }
     assert routed == {
         (path, function) for function, paths in load_balancer_paths().items() for path in paths

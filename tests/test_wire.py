@@ -228,6 +228,15 @@ def test_every_success_body_matches_the_openapi(
     sse = wire(alice.send(question, chat_id, headers={"Accept": "text/event-stream"}))
     assert [event["type"] for event in sse] == ["start", "chunk", "chunk", "done"]
 
+    # The answer's stream again (resumeAnswer), in both framings, and a stop that finds it
+    # already ended (stopAnswer).
+    answer = f"/api/chats/{chat_id}/messages/{sse[-1]['message_id']}"
+    replayed = wire(alice.get(f"{answer}/stream", params={"after": 0}))
+    assert [event["type"] for event in replayed] == ["chunk", "done"]
+    sse_headers = {"Accept": "text/event-stream", "Last-Event-ID": "3"}
+    wire(alice.get(f"{answer}/stream", headers=sse_headers))
+    assert wire(alice.post(f"{answer}/stop"))["stopping"] is False
+
     messages = wire(alice.get(f"/api/chats/{chat_id}"))
     assert messages[0]["media_url"] and {part["type"] for part in messages[0]["parts"]} == {
         "text",
