@@ -37,7 +37,7 @@ from shared.db import Database, Row, Transaction
 from shared.errors import NotFound, ServiceUnavailable, UnprocessableEntity
 from shared.model_events import AnswerChunk, Heartbeat
 from shared.notifications import Listener
-from shared.schemas import DoneEvent, ErrorEvent, StreamEvent
+from shared.stream_events import DoneEvent, ErrorEvent, StreamEvent
 
 CHANNEL = "raven_answers"
 # How often a follower reads the row when no notification woke it.

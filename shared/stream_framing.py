@@ -1,6 +1,6 @@
 """The two framings of ``POST /chat``'s event stream: Server-Sent Events and NDJSON.
 
-A turn produces one sequence of events (:data:`shared.schemas.StreamEvent`, plus the
+A turn produces one sequence of events (:data:`shared.stream_events.StreamEvent`, plus the
 answer's chunks and heartbeats as :mod:`shared.model_events` has them); a framing only
 turns each into bytes on the wire (:meth:`Framing.write`):
 
@@ -34,7 +34,7 @@ from werkzeug.datastructures import MIMEAccept
 from werkzeug.http import parse_accept_header
 
 from shared.model_events import AnswerChunk, Heartbeat
-from shared.schemas import (
+from shared.stream_events import (
     ChunkEvent,
     ErrorEvent,
     HeartbeatEvent,

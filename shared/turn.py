@@ -48,8 +48,8 @@ from shared.model_events import (
     StreamEvent,
     TextChunk,
 )
-from shared.schemas import DoneEvent, ErrorEvent, StartEvent, Usage
 from shared.settings import Settings
+from shared.stream_events import DoneEvent, ErrorEvent, StartEvent, Usage
 from shared.telemetry import TurnRecord
 from shared.text import storable
 from shared.token_estimate import estimate_text_tokens

@@ -49,6 +49,7 @@ LAYERS: dict[str, str] = {
     "shared.web": "objects",
     "shared.serving": "objects",
     "shared.schemas": "objects",
+    "shared.stream_events": "objects",
     "shared.routes": "objects",
     "shared.stream_framing": "objects",
     "shared.model_events": "objects",
