@@ -312,7 +312,10 @@ def test_sigterm_stores_every_partial_answer_and_ends_every_stream(
 
         def converse(index: int) -> None:
             client = on(make_user(), base)
-            question = f"{label} question {index}"
+            # Zero-padded: the stand-in matches scripts by substring, and "question 1" is in
+            # "question 12" (a request could take another stream's script, and get the
+            # stand-in's short default answer, done before the SIGTERM).
+            question = f"{label} question {index:02d}"
             model.script(match=question, chunks=CHUNKS * 4, delay_per_chunk=0.25)
             resumable = index % 2 == 1
             response = send_resumable(client, question) if resumable else client.send(question)
