@@ -33,7 +33,7 @@ from dev.bundle import REPO_ROOT, function_names
 from dev.stack import read_env_file
 from shared.log import CloudLoggingFormatter, lean_records
 from shared.model_events import TextChunk
-from shared.schemas import DoneEvent, StartEvent, Usage
+from shared.stream_events import DoneEvent, StartEvent, Usage
 from shared.telemetry import TurnRecord
 
 TURNS = 2_000

@@ -14,7 +14,7 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
-from shared import schemas
+from shared import schemas, stream_events
 from shared.routes import public_endpoints
 from shared.settings import Settings, load_settings
 from shared.text import UNSTORABLE_TEXT
@@ -35,17 +35,17 @@ ERROR_STATUSES = {
 }
 
 SSE_EVENTS: list[type[BaseModel]] = [
-    schemas.StartEvent,
-    schemas.ChunkEvent,
-    schemas.DoneEvent,
-    schemas.ErrorEvent,
+    stream_events.StartEvent,
+    stream_events.ChunkEvent,
+    stream_events.DoneEvent,
+    stream_events.ErrorEvent,
 ]
 NDJSON_EVENTS: list[type[BaseModel]] = [
-    schemas.StartEvent,
-    schemas.NdjsonChunkEvent,
-    schemas.DoneEvent,
-    schemas.NdjsonErrorEvent,
-    schemas.HeartbeatEvent,
+    stream_events.StartEvent,
+    stream_events.NdjsonChunkEvent,
+    stream_events.DoneEvent,
+    stream_events.NdjsonErrorEvent,
+    stream_events.HeartbeatEvent,
 ]
 
 MODELS: list[type[BaseModel]] = [

@@ -8,14 +8,13 @@ This module owns what lets that answer outlive the request that started it (see 
   reason it must stop early, if any: ``stopped`` (``POST .../stop``, from any instance),
   ``server_restarting`` (SIGTERM: :func:`begin_shutdown`) or ``timeout`` (the turn's lease is
   about to lapse). The turn looks at it with each model event and tick.
-* **Progress** (:class:`ProgressWriter`): a resumable answer's text is stored as it grows,
-  at most every :data:`PROGRESS_INTERVAL_SECONDS`, off the turn's thread: one ``UPDATE`` per
-  process and interval (each answer's row once) that also ``NOTIFY``s followers and reads
-  the rows' stop flags.
+* **Progress** (:mod:`shared.answer_progress`): a resumable answer's text is stored as it
+  grows, off the turn's thread, and each store ``NOTIFY``s its followers.
 * **Following** (:func:`follow`): ``GET .../stream`` replays the stored text after an offset,
   then follows it live until it ends, from any instance. Each worker process has one
-  ``LISTEN`` connection (:class:`Listener`) fanning notifications out to its followers and
-  generations; a follower also polls every :data:`POLL_SECONDS` in case a notification was
+  ``LISTEN`` connection (:func:`listener`, a :class:`shared.notifications.Listener`) fanning
+  notifications out to its followers and generations (a stop notice stops the generation
+  at once); a follower also polls every :data:`POLL_SECONDS` in case a notification was
   missed (the listener reconnecting, a notification queue overflowing).
 
 Offsets (``event_id``) count the stored answer's characters (Unicode code points, which
@@ -25,11 +24,7 @@ with id ``n`` is exactly the answer's first ``n`` characters.
 
 from __future__ import annotations
 
-import collections
-import contextlib
-import logging
 import os
-import select
 import threading
 import time
 import uuid
@@ -37,23 +32,18 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from shared import chats
 from shared.db import Database, Row, Transaction
-from shared.errors import NotFound, UnprocessableEntity
-from shared.model_events import Heartbeat
-from shared.schemas import DoneEvent, ErrorEvent, StreamEvent
-
-logger = logging.getLogger("raven.answers")
+from shared.errors import NotFound, ServiceUnavailable, UnprocessableEntity
+from shared.model_events import AnswerChunk, Heartbeat
+from shared.notifications import Listener
+from shared.stream_events import DoneEvent, ErrorEvent, StreamEvent
 
 CHANNEL = "raven_answers"
-# A resumable answer is stored at most this often while it grows (a follower on another
-# instance sees new text within about this long, plus a notification's round trip).
-PROGRESS_INTERVAL_SECONDS = 0.2
 # How often a follower reads the row when no notification woke it.
 POLL_SECONDS = 1.0
 # How often a turn looks at its stop reason while the model is silent.
 TICK_SECONDS = 0.25
-# The listener's connection is checked (and late notifications read) at least this often.
-LISTEN_CHECK_SECONDS = 1.0
 
 # The largest offset a client may name (PostgreSQL's substr takes an integer).
 MAX_OFFSET = 2**31 - 2
@@ -168,11 +158,10 @@ def begin_shutdown() -> None:
 
 
 def _forget_process_state() -> None:
-    global _live_lock, _listener, _writer
+    global _live_lock, _listener
     _live.clear()
     _live_lock = threading.Lock()
     _listener = None
-    _writer = None
     _draining.clear()
 
 
@@ -185,35 +174,6 @@ os.register_at_fork(after_in_child=_forget_process_state)
 def _notice(kind: str, answer_id: uuid.UUID, length: int = 0) -> str:
     """A notification's payload (ASCII, as pg8000 reads payloads): ``<kind> <id> <length>``."""
     return f"{kind} {answer_id} {length}"
-
-
-def record_progress(db: Database, answers: list[dict[str, Any]]) -> dict[uuid.UUID, bool]:
-    """Store resumable answers' text so far and tell their followers, in one statement.
-
-    ``answers``: ``{"id", "content", "length"}`` each. The whole text is written (a retry on
-    a fresh connection is harmless), only while the answer is still streaming (a late write
-    never undoes the final one), and followers are notified when it commits.
-
-    Returns:
-        Each updated answer's stop flag; an answer missing from it has ended or is gone.
-    """
-    rows = db.fetch_all(
-        """
-        WITH updated AS (
-            UPDATE messages m SET content = u.content
-            FROM jsonb_to_recordset(CAST(:answers AS jsonb)) AS u(id uuid, content text,
-                                                                  length integer)
-            WHERE m.id = u.id AND m.streaming_until IS NOT NULL
-            RETURNING m.id, m.stop_requested, u.length
-        )
-        SELECT id, stop_requested,
-               pg_notify(:channel, 'p ' || id::text || ' ' || length::text) AS notified
-        FROM updated
-        """,
-        answers=answers,
-        channel=CHANNEL,
-    )
-    return {uuid.UUID(str(row["id"])): bool(row["stop_requested"]) for row in rows}
 
 
 def mark_ended(tx: Transaction, answer_id: uuid.UUID, error_code: str | None, length: int) -> None:
@@ -252,6 +212,27 @@ def message_not_found() -> NotFound:
     return NotFound("Message not found in this chat", code="message_not_found")
 
 
+def answer_ids(chat_id: str, message_id: str) -> tuple[uuid.UUID, uuid.UUID]:
+    """An answer's path ids; one that is not an id is a 404 like a missing one."""
+    chat = chats.parse_chat_id(chat_id)
+    try:
+        return chat, uuid.UUID(message_id)
+    except ValueError:
+        raise message_not_found() from None
+
+
+def refuse_when_draining() -> None:
+    """A request that would start or follow an answer, while this instance drains: 503.
+
+    Raises:
+        ServiceUnavailable: ``server_restarting``, retry in a second (on another instance).
+    """
+    if _draining.is_set():
+        raise ServiceUnavailable(
+            "The server is restarting; please retry.", retry_after=1, code="server_restarting"
+        )
+
+
 def request_stop(db: Database, user_id: str, chat_id: uuid.UUID, message_id: uuid.UUID) -> bool:
     """Ask the instance generating an answer to stop it; whether it was still being written.
 
@@ -285,191 +266,27 @@ def request_stop(db: Database, user_id: str, chat_id: uuid.UUID, message_id: uui
     return bool(row["streaming"])
 
 
-# --- progress of one resumable answer -------------------------------------------------------
-
-
-class ProgressWriter:
-    """Stores every resumable answer of this process as it grows, off the turns' threads.
-
-    A turn only notes its text (:meth:`note`: a dict entry, no I/O); one thread writes what
-    changed at most every :data:`PROGRESS_INTERVAL_SECONDS`, every answer in one statement,
-    so a slow database never delays a chunk and many streams cost one round trip. A turn
-    told by the row to stop (``POST .../stop`` from an instance that missed the NOTIFY) or
-    whose row is gone is stopped.
-    """
-
-    def __init__(self, db: Database) -> None:
-        self._db = db
-        self._lock = threading.Lock()
-        self._pending: dict[uuid.UUID, tuple[LiveAnswer, list[str], int, int]] = {}
-        self._changed = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def note(self, live: LiveAnswer, pieces: list[str], length: int) -> None:
-        """The answer is ``pieces`` (a list the turn appends to), ``length`` characters."""
-        with self._lock:
-            self._pending[live.answer_id] = (live, pieces, len(pieces), length)
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._run, name="answers-progress")
-                self._thread.daemon = True
-                self._thread.start()
-        self._changed.set()
-
-    def forget(self, live: LiveAnswer) -> None:
-        """The turn is storing its answer itself: nothing more to write for it."""
-        with self._lock:
-            self._pending.pop(live.answer_id, None)
-
-    def _run(self) -> None:
-        while True:
-            self._changed.wait()
-            self._changed.clear()
-            with self._lock:
-                batch, self._pending = self._pending, {}
-            if batch:
-                self._write(batch)
-            time.sleep(PROGRESS_INTERVAL_SECONDS)
-
-    def _write(self, batch: dict[uuid.UUID, tuple[LiveAnswer, list[str], int, int]]) -> None:
-        answers = [
-            {"id": str(answer_id), "content": "".join(pieces[:count]), "length": length}
-            for answer_id, (_, pieces, count, length) in batch.items()
-        ]
-        try:
-            flags = record_progress(self._db, answers)
-        except Exception:  # the next write, or the turn's own final one, stores it
-            logger.warning("could not store progress", exc_info=True)
-            return
-        for answer_id, (live, _, _, _) in batch.items():
-            if flags.get(answer_id, True):
-                live.stop("stopped")
-
-
-_writer: ProgressWriter | None = None
-
-
-def progress_writer(db: Database) -> ProgressWriter:
-    """This process's progress writer."""
-    global _writer
-    with _listener_lock:
-        if _writer is None:
-            _writer = ProgressWriter(db)
-        return _writer
-
-
-# --- the listener: one LISTEN connection per process ----------------------------------------
-
-
-class Listener:
-    """One ``LISTEN`` connection for this process; wakes followers and stops generations."""
-
-    def __init__(self, connect: Callable[[], Any]) -> None:
-        self._connect = connect
-        self._lock = threading.Lock()
-        self._waiters: dict[uuid.UUID, set[threading.Event]] = collections.defaultdict(set)
-        self._thread: threading.Thread | None = None
-        self.listening = threading.Event()  # set while the connection listens
-
-    def start(self) -> None:
-        with self._lock:
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._run, name="answers-listener")
-                self._thread.daemon = True
-                self._thread.start()
-
-    def subscribe(self, answer_id: uuid.UUID) -> threading.Event:
-        """An event set whenever the answer changes (or the process drains)."""
-        self.start()
-        wake = threading.Event()
-        with self._lock:
-            self._waiters[answer_id].add(wake)
-        return wake
-
-    def unsubscribe(self, answer_id: uuid.UUID, wake: threading.Event) -> None:
-        with self._lock:
-            waiters = self._waiters.get(answer_id)
-            if waiters is not None:
-                waiters.discard(wake)
-                if not waiters:
-                    del self._waiters[answer_id]
-
-    def wake_all(self) -> None:
-        for waiters in list(self._waiters.values()):
-            for wake in list(waiters):
-                wake.set()
-
-    def dispatch(self, payload: str) -> None:
-        kind, _, rest = payload.partition(" ")
-        try:
-            answer_id = uuid.UUID(rest.split(" ", 1)[0])
-        except ValueError:
-            return
-        if kind == "s":
-            stop_local(answer_id, "stopped")
-        with self._lock:
-            waiters = list(self._waiters.get(answer_id, ()))
-        for wake in waiters:
-            wake.set()
-
-    def _run(self) -> None:
-        while True:
-            connection = None
-            try:
-                connection = self._connect()
-                connection.autocommit = True
-                # pg8000 keeps the last 100 by default; a burst must not push any out.
-                connection.notifications = collections.deque(maxlen=100_000)
-                connection.execute_simple(f"LISTEN {CHANNEL}")
-                self.listening.set()
-                self._listen(connection)
-            except Exception:  # followers poll meanwhile; reconnect shortly
-                logger.warning("answers listener lost its connection", exc_info=True)
-            finally:
-                self.listening.clear()
-                if connection is not None:
-                    with contextlib.suppress(Exception):
-                        connection.close()
-            self.wake_all()  # what was missed meanwhile: followers read the rows again
-            time.sleep(1.0)
-
-    def _listen(self, connection: Any) -> None:
-        sock = connection._usock  # pg8000 reads notifications only while running a statement
-        last_check = time.monotonic()
-        while True:
-            readable, _, _ = select.select([sock], [], [], LISTEN_CHECK_SECONDS)
-            if readable or time.monotonic() - last_check >= LISTEN_CHECK_SECONDS:
-                connection.execute_simple("SELECT 1")  # reads what arrived, checks the link
-                last_check = time.monotonic()
-            notifications = connection.notifications
-            while notifications:
-                _, channel, payload = notifications.popleft()
-                if channel == CHANNEL:
-                    self.dispatch(payload)
-
-
 _listener: Listener | None = None
 _listener_lock = threading.Lock()
 
 
+def _on_notice(kind: str, answer_id: uuid.UUID) -> None:
+    if kind == "s":  # POST .../stop on any instance: stop the generation if it runs here
+        stop_local(answer_id, "stopped")
+
+
 def listener(connect: Callable[[], Any]) -> Listener:
-    """This process's listener, started on first use."""
+    """This process's listener (one ``LISTEN`` connection on :data:`CHANNEL`), started on
+    first use: it wakes followers and stops generations asked to stop."""
     global _listener
     with _listener_lock:
         if _listener is None:
-            _listener = Listener(connect)
+            _listener = Listener(connect, CHANNEL, _on_notice, thread_name="answers-listener")
         _listener.start()
         return _listener
 
 
 # --- following an answer --------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class AnswerChunk:
-    """A piece of the answer, and the answer's length once it is added (its event id)."""
-
-    text: str
-    end: int
 
 
 FollowEvent = AnswerChunk | StreamEvent | Heartbeat

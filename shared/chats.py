@@ -17,9 +17,6 @@ from shared.errors import Conflict, NotFound, UnprocessableEntity
 from shared.schemas import DEFAULT_TITLE
 from shared.text import storable
 
-# chat_stream reads the name as chats.user_display_name; the SQL is the users module's.
-from shared.users import user_display_name as user_display_name
-
 # Times leave Postgres as integer microseconds since the epoch: exact for keyset cursors, and
 # pg8000 decodes an integer ~30x faster than a timestamptz (which it parses with strptime).
 CHAT_COLUMNS = (

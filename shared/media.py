@@ -7,7 +7,8 @@ The flow, for the functions involved:
    state ``pending``) and signs a PUT URL for ``incoming/<user>/<upload id>/<file name>``
    (:func:`shared.object_names.object_name`); the browser PUTs the file straight to the
    bucket. Objects left under ``incoming/`` are deleted by a bucket lifecycle rule after a day.
-2. chat_stream calls :func:`resolve_media` for each media part of a new message. Whatever form
+2. chat_stream calls :func:`resolve_attachments` (:func:`resolve_media` for each media part
+   of a new message, then :func:`check_media_counts`). Whatever form
    the reference takes (``gcs_url`` as returned, ``gs://bucket/object``, any storage URL of the
    uploads bucket, signed or not, of the incoming or the permanent name), it resolves to one
    of the caller's own upload records or is refused with a 4xx. On first use the object is
@@ -44,6 +45,7 @@ from shared.errors import NotFound, UnprocessableEntity
 from shared.media_references import parse_reference
 from shared.object_names import permanent_object_name, user_prefixes
 from shared.schemas import MediaUrlSigner
+from shared.settings import Settings
 from shared.telemetry import logs_media_check
 
 MEDIA_KINDS = {"image": "image", "video": "video", "audio": "audio"}
@@ -230,6 +232,33 @@ def resolve_media(
             code="media_type_mismatch",
         )
     return _settled(db, storage, row) or _check_and_promote(db, storage, row)
+
+
+def resolve_attachments(
+    db: Database,
+    storage: UploadsBucket,
+    user_id: str,
+    refs: list[tuple[str, str | None]],
+    settings: Settings,
+) -> list[dict[str, Any]]:
+    """A new message's media references as stored media parts (each with its ``size``), or
+    a 4xx before anything is stored or sent."""
+    records = [resolve_media(db, storage, user_id, ref, mime) for ref, mime in refs]
+    parts = [{**record.part(), "size": record.size} for record in records]
+    check_media_counts(parts, settings)
+    return parts
+
+
+def check_media_counts(media_parts: list[dict[str, Any]], settings: Settings) -> None:
+    """At most the configured number of images and videos in one message."""
+    images = sum(1 for part in media_parts if part["mime_type"].startswith("image/"))
+    videos = sum(1 for part in media_parts if part["mime_type"].startswith("video/"))
+    if images > settings.media_max_images or videos > settings.media_max_videos:
+        raise UnprocessableEntity(
+            f"Too many attachments: at most {settings.media_max_images} images and "
+            f"{settings.media_max_videos} videos per message",
+            code="too_many_media",
+        )
 
 
 def _settled(db: Database, storage: UploadsBucket, row: Row) -> MediaRecord | None:

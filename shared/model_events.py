@@ -1,7 +1,8 @@
 """What a model call yields and how it fails, independent of the model's SDK.
 
 The Gemini adapter (:mod:`shared.gemini`) produces these; the turn (:mod:`shared.turn`) and the
-workers consume them without importing the adapter (nor google-genai).
+workers consume them without importing the adapter (nor google-genai). :class:`AnswerChunk`
+is the answer's text as a turn (or a followed answer) passes it on, with its offset.
 """
 
 from __future__ import annotations
@@ -15,6 +16,14 @@ from shared.schemas import FinishReason
 @dataclass(frozen=True)
 class TextChunk:
     text: str
+
+
+@dataclass(frozen=True)
+class AnswerChunk:
+    """A piece of the answer, and the answer's length once it is added (its event id)."""
+
+    text: str
+    end: int
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
 """The two framings of ``POST /chat``'s event stream: Server-Sent Events and NDJSON.
 
-A turn produces one sequence of events (:data:`shared.schemas.StreamEvent`); a framing only
-turns each into bytes on the wire:
+A turn produces one sequence of events (:data:`shared.stream_events.StreamEvent`, plus the
+answer's chunks and heartbeats as :mod:`shared.model_events` has them); a framing only
+turns each into bytes on the wire (:meth:`Framing.write`):
 
 * **SSE** (``text/event-stream``): ``id: <event_id>``, ``data: <event JSON>`` and a blank
   line per event; a heartbeat is a comment line (``: keep-alive``), which EventSource and
@@ -24,13 +25,16 @@ all as the existing frontend sends, gets the deployment's ``CHAT_STREAM_FORMAT``
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from flask import Response, stream_with_context
 from werkzeug.datastructures import MIMEAccept
 from werkzeug.http import parse_accept_header
 
-from shared.schemas import (
+from shared.model_events import AnswerChunk, Heartbeat
+from shared.stream_events import (
     ChunkEvent,
     ErrorEvent,
     HeartbeatEvent,
@@ -44,6 +48,14 @@ NDJSON_MEDIA_TYPE = "application/x-ndjson"
 FramingName = Literal["sse", "ndjson"]
 
 SSE_HEARTBEAT = ": keep-alive\n\n"
+
+# Proxies must pass events through as they come (nginx honours X-Accel-Buffering); the
+# framing depends on Accept, so caches must key on it.
+STREAM_HEADERS = {
+    "Cache-Control": "no-cache, no-transform",
+    "X-Accel-Buffering": "no",
+    "Vary": "Accept",
+}
 
 # A JSON string as pydantic writes one (UTF-8 as is; only ", \ and controls escaped).
 _json_string = json.JSONEncoder(ensure_ascii=False).encode
@@ -86,6 +98,25 @@ class Framing:
 
     name: FramingName
     media_type: str
+
+    def response(self, events: Iterable[AnswerChunk | Heartbeat | StreamEvent]) -> Response:
+        """The events as a streamed response, each written as it comes (in the request's
+        context: Flask's ``stream_with_context``)."""
+        return Response(
+            stream_with_context(self.write(events)),
+            mimetype=self.media_type,
+            headers=STREAM_HEADERS,
+        )
+
+    def write(self, events: Iterable[AnswerChunk | Heartbeat | StreamEvent]) -> Iterator[str]:
+        """A turn's (or a followed answer's) events, each as it goes on the wire."""
+        for event in events:
+            if isinstance(event, AnswerChunk):
+                yield self.chunk(event.text, event.end)
+            elif isinstance(event, Heartbeat):
+                yield self.heartbeat()
+            else:
+                yield self.encode(event)
 
     def encode(self, event: StreamEvent) -> str:
         """One event as it goes on the wire (``None`` fields are left out)."""

@@ -8,6 +8,9 @@ twice for the same summary or title is harmless: Cloud Tasks refuses the second 
 ALREADY_EXISTS, which counts as success
 (https://cloud.google.com/tasks/docs/reference/rpc/google.cloud.tasks.v2#createtaskrequest).
 
+A chat turn asks for both at once with :func:`request_after_turn`, which only logs a
+failure.
+
 google.cloud.tasks_v2 costs ~0.7 s to import, so it is imported on the first enqueue only,
 and the client is created once per instance. Locally ``TASKS_EMULATOR_HOST`` points it at
 the Cloud Tasks emulator over a plaintext gRPC channel.
@@ -92,6 +95,25 @@ def request_title(chat_id: uuid.UUID) -> bool:
     if created:
         logger.info("title requested", extra={"chat": str(chat_id)})
     return created
+
+
+def request_after_turn(chat_id: uuid.UUID, summary_cut: int | None, title: bool) -> None:
+    """After a turn's ``done``: a rolling summary through ``summary_cut`` when one is due,
+    and a generated title when ``title``.
+
+    Never raises (the turn is over): a task that could not be queued is logged and asked
+    for again by a later turn (the summary) or left to the default (the title).
+    """
+    try:
+        if summary_cut is not None:
+            request_summary(chat_id, summary_cut)
+    except Exception:
+        logger.exception("could not ask for a summary", extra={"chat": str(chat_id)})
+    try:
+        if title:
+            request_title(chat_id)
+    except Exception:
+        logger.exception("could not ask for a title", extra={"chat": str(chat_id)})
 
 
 def _create_task(task_id: str, payload: dict[str, Any]) -> bool:

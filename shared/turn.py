@@ -2,9 +2,10 @@
 
 A turn (see docs/api.md, "Sending a message"):
 
-1. read the body (only the last message is new and must be the user's: the client's copy of
-   the history is never fed to the model nor stored); check every media reference is one of
-   the caller's own uploads and really in the bucket;
+1. read the body (:mod:`shared.turn_request`: only the last message is new and must be the
+   user's; the client's copy of the history is never fed to the model nor stored); check
+   every media reference is one of the caller's own uploads and really in the bucket
+   (:func:`shared.media.resolve_attachments`);
 2. in one short transaction (:func:`begin`): count the message against the user's limits,
    resolve or create the chat (someone else's or unknown: 404 before any stream), store the
    user's message and reserve the answer's position; an edit or a regenerate also removes
@@ -30,25 +31,29 @@ imports an adapter.
 from __future__ import annotations
 
 import contextvars
-import functools
 import logging
 import threading
 import time
 import uuid
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
-from typing import Any
 
-from shared import answers, chats, context, usage
-from shared.answers import AnswerChunk
+from shared import answer_progress, answers, chats, context, usage, users
 from shared.db import Database
-from shared.errors import NotFound, PayloadTooLarge, UnprocessableEntity
-from shared.model_events import Finished, Heartbeat, ModelError, StreamEvent, TextChunk
-from shared.schemas import ChatRequest, DoneEvent, ErrorEvent, StartEvent, Usage
+from shared.model_events import (
+    AnswerChunk,
+    Finished,
+    Heartbeat,
+    ModelError,
+    StreamEvent,
+    TextChunk,
+)
 from shared.settings import Settings
+from shared.stream_events import DoneEvent, ErrorEvent, StartEvent, Usage
 from shared.telemetry import TurnRecord
 from shared.text import storable
-from shared.token_estimate import estimate_message_tokens, estimate_text_tokens
+from shared.token_estimate import estimate_text_tokens
+from shared.turn_request import Question, TurnRequest
 
 logger = logging.getLogger("raven.turn")
 
@@ -59,39 +64,9 @@ BLOCKED_DETAIL = answers.BLOCKED_DETAIL
 # chat is never busy past the lease and its answer is stored by the instance writing it.
 LEASE_MARGIN_SECONDS = 30
 
-# Room left in the instruction for the user's name (``{user_name}``).
-SYSTEM_NAME_TOKENS = 16
-
 # A turn's events: the contract's events, and the model's text chunks (with their offsets)
 # and heartbeats as they come (each framing writes those itself: a chunk is the hot path).
 TurnEvent = StartEvent | AnswerChunk | Heartbeat | DoneEvent | ErrorEvent
-
-
-@dataclass(frozen=True)
-class NewMessage:
-    """The one new message of a request: its text and its media references."""
-
-    text: str
-    media_refs: list[tuple[str, str | None]]  # (reference, declared MIME type)
-
-
-@dataclass(frozen=True)
-class TurnRequest:
-    """What a ``POST /chat`` body asks for, validated: a send, an edit or a regenerate."""
-
-    chat_id: uuid.UUID | None
-    edited_id: uuid.UUID | None  # the question an edit replaces
-    regenerate: bool
-    message: NewMessage | None  # None for a regenerate
-
-
-@dataclass(frozen=True)
-class Question:
-    """The new question, ready to store: its text, stored parts and estimated tokens."""
-
-    text: str
-    parts: list[dict[str, Any]]
-    tokens: int
 
 
 @dataclass(frozen=True)
@@ -105,90 +80,8 @@ class BegunTurn:
     default_title: bool  # the chat still has its default title: ask for a generated one
     user_name: str | None
     released_media: int  # objects an edit queued for deletion from the bucket
+    resumable: bool  # stored as it grows, and run to its end if its client leaves
     model_context: context.ModelContext
-
-
-def read_request(body: ChatRequest, settings: Settings) -> TurnRequest:
-    """The body's controls and new message; a 4xx for a contradictory or unusable body."""
-    if body.regenerate and body.editMessageId is not None:
-        raise UnprocessableEntity(
-            "regenerate and editMessageId cannot be combined", code="conflicting_controls"
-        )
-    if (body.regenerate or body.editMessageId is not None) and not body.chatId:
-        raise UnprocessableEntity(
-            "chatId is required to regenerate or edit", code="chat_id_required"
-        )
-    chat_id = chats.parse_chat_id(body.chatId) if body.chatId else None
-    edited_id = None
-    if body.editMessageId is not None:
-        try:
-            edited_id = uuid.UUID(body.editMessageId)
-        except ValueError:
-            raise NotFound("Message not found in this chat", code="message_not_found") from None
-    message = None if body.regenerate else read_new_message(body, settings)
-    return TurnRequest(chat_id, edited_id, body.regenerate, message)
-
-
-def read_new_message(body: ChatRequest, settings: Settings) -> NewMessage:
-    """The last message of the body, validated; the earlier ones are the client's copy."""
-    if not body.messages:
-        raise UnprocessableEntity("messages: at least one message is required", code="no_message")
-    last = body.messages[-1]
-    if last.role != "user":
-        raise UnprocessableEntity("The last message must be the user's", code="last_not_user")
-    texts = [part.text for part in last.parts if part.type == "text"]
-    media = [(part.text.strip(), part.mimeType) for part in last.parts if part.type != "text"]
-    text = "\n".join(t for t in texts if t.strip()).strip()
-    if not text and not media:
-        raise UnprocessableEntity("The message is empty", code="empty_message")
-    if len(text) > settings.max_message_chars:
-        raise UnprocessableEntity(
-            f"The message is too long: at most {settings.max_message_chars} characters",
-            code="message_too_long",
-        )
-    if len(media) > settings.media_max_parts:
-        raise UnprocessableEntity(
-            f"Too many attachments: at most {settings.media_max_parts} per message",
-            code="too_many_media",
-        )
-    return NewMessage(text, media)
-
-
-def check_media_counts(media_parts: list[dict[str, Any]], settings: Settings) -> None:
-    """At most the configured number of images and videos in one message."""
-    images = sum(1 for part in media_parts if part["mime_type"].startswith("image/"))
-    videos = sum(1 for part in media_parts if part["mime_type"].startswith("video/"))
-    if images > settings.media_max_images or videos > settings.media_max_videos:
-        raise UnprocessableEntity(
-            f"Too many attachments: at most {settings.media_max_images} images and "
-            f"{settings.media_max_videos} videos per message",
-            code="too_many_media",
-        )
-
-
-@functools.lru_cache(maxsize=4)
-def instruction_tokens(template: str) -> int:
-    """The instruction's size with room for the user's name; counted once per loaded text."""
-    return estimate_text_tokens(template) + SYSTEM_NAME_TOKENS
-
-
-def question(
-    message: NewMessage, media_parts: list[dict[str, Any]], system_tokens: int, settings: Settings
-) -> Question:
-    """The new question as stored; 413 when it cannot fit the model's context at all."""
-    parts = ([{"type": "text", "text": message.text}] if message.text else []) + media_parts
-    tokens = estimate_message_tokens(
-        message.text, [(part["mime_type"], part.get("size")) for part in media_parts]
-    )
-    # The message must fit the context with the instruction and the largest summary.
-    room = settings.max_context_tokens - system_tokens - settings.summary_max_tokens
-    if tokens > room:
-        raise PayloadTooLarge(
-            f"The message is too long for the model's context: about {tokens} tokens, "
-            f"at most {max(room, 0)}",
-            code="message_exceeds_context",
-        )
-    return Question(message.text, parts, tokens)
 
 
 def begin(
@@ -235,7 +128,7 @@ def begin(
                 media.link_media_to_chat(tx, turn["chat_id"], media_ids)
             if request.edited_id is not None:
                 released = chats.release_unused_media(tx, turn["chat_id"])
-        user_name = chats.user_display_name(tx, user_id)
+        user_name = users.user_display_name(tx, user_id)
 
     summary, recent = context.load_recent(
         db, turn["chat_id"], turn["user_position"], settings.chat_window_size
@@ -248,7 +141,28 @@ def begin(
         default_title=turn["title_source"] == "default",
         user_name=user_name,
         released_media=released,
+        resumable=request.resumable,
         model_context=context.build_context(summary, recent, settings, system_tokens),
+    )
+
+
+def note_context(turn: BegunTurn, record: TurnRecord, prepare_started: float) -> None:
+    """What the model gets, in the turn's record and its ``turn context`` log line, with how
+    long preparing it took since ``prepare_started`` (a ``time.perf_counter()``;
+    bench/chat_stream.py reads ``prepare_ms``)."""
+    record.chat = str(turn.chat_id)
+    record.window_messages = len(turn.model_context.window_positions)
+    model_context = turn.model_context
+    logger.info(
+        "turn context",
+        extra={
+            "chat": str(turn.chat_id),
+            "window_messages": len(model_context.window_positions),
+            "window_tokens": model_context.window_tokens,
+            "summary": model_context.summary is not None,
+            "media_sent": len(model_context.media_sent),
+            "prepare_ms": round((time.perf_counter() - prepare_started) * 1000, 2),
+        },
     )
 
 
@@ -259,9 +173,7 @@ def stream_answer(
     turn: BegunTurn,
     model_events: Generator[StreamEvent, None, None],
     record: TurnRecord,
-    after_done: Callable[[BegunTurn, Finished], None],
-    *,
-    resumable: bool = False,
+    after_done: Callable[[uuid.UUID, int | None, bool], None],
 ) -> Iterator[TurnEvent]:
     """The events of one turn, heartbeats included; stores the answer however it ends.
 
@@ -269,13 +181,16 @@ def stream_answer(
     heartbeats every :data:`shared.answers.TICK_SECONDS` at most, so a turn told to stop
     (:mod:`shared.answers`) stops within a tick even while the model is silent; heartbeats
     are passed on every ``SSE_HEARTBEAT_SECONDS`` of silence. ``after_done`` runs once
-    ``done`` has been written (summary and title requests: neither adds to the turn's
-    latency). A ``resumable`` turn stores its text as it grows (:class:`answers.ProgressWriter`).
+    ``done`` has been written, with the chat, where a rolling summary is due to end (None:
+    not yet, :func:`summary_due`) and whether the chat wants a generated title (it still
+    has the default one and the answer is complete): the summary and title requests add
+    nothing to the turn's latency. A ``resumable`` turn stores its text as it grows
+    (:class:`shared.answer_progress.ProgressWriter`).
     """
     chat_id = str(turn.chat_id)
     answer_id = turn.assistant_message_id
     live = answers.register(answer_id, chats.TURN_LEASE_SECONDS - LEASE_MARGIN_SECONDS)
-    progress = answers.progress_writer(db) if resumable else None
+    progress = answer_progress.progress_writer(db) if turn.resumable else None
     answer: list[str] = []
     length = 0
     finished: Finished | None = None
@@ -379,7 +294,11 @@ def stream_answer(
             finish_reason=finished.finish_reason,
             event_id=length,
         )
-        after_done(turn, finished)
+        after_done(
+            turn.chat_id,
+            summary_due(turn, finished.output_tokens, settings),
+            finished.finish_reason == "stop" and turn.default_title,
+        )
     else:
         yield ErrorEvent(
             detail=failure.detail if failure else "The answer could not be saved; please retry.",

@@ -287,7 +287,7 @@ def test_the_hand_written_chunk_is_the_models_serialisation(
 ) -> None:
     """The chunk fast path writes exactly what the models would, byte for byte, with or
     without the event id (resumable offsets)."""
-    from shared.schemas import ChunkEvent, NdjsonChunkEvent
+    from shared.stream_events import ChunkEvent, NdjsonChunkEvent
     from shared.stream_framing import NDJSON, SSE
 
     sse_event = ChunkEvent(content=text, event_id=event_id).model_dump_json(exclude_none=True)
@@ -312,7 +312,7 @@ def test_a_lone_surrogate_cannot_go_on_the_wire_either_way() -> None:
     encoded, so both paths fail alike (the stream breaks rather than sending invalid UTF-8)."""
     from pydantic_core import PydanticSerializationError
 
-    from shared.schemas import NdjsonChunkEvent
+    from shared.stream_events import NdjsonChunkEvent
     from shared.stream_framing import NDJSON
 
     with pytest.raises(PydanticSerializationError):

@@ -8,7 +8,8 @@ Bottom to top:
 
 1. **base**: pure helpers every other layer may use: errors, logging, settings, text rules.
 2. **objects**: the shapes and pipes data travels in: the database pool, the HTTP
-   pipeline, the wire's models and the model's stream events, telemetry events.
+   pipeline, the wire's models and the model's stream events, telemetry events, the
+   ``LISTEN``/``NOTIFY`` fan-out.
 3. **domain**: one module per concern, each owning its tables' SQL (users, chats, the
    turn, summaries, media, usage, the storage deletion queue...). A domain module that
    needs a Google service receives it as an argument from the entry point.
@@ -48,9 +49,11 @@ LAYERS: dict[str, str] = {
     "shared.web": "objects",
     "shared.serving": "objects",
     "shared.schemas": "objects",
+    "shared.stream_events": "objects",
     "shared.routes": "objects",
     "shared.stream_framing": "objects",
     "shared.model_events": "objects",
+    "shared.notifications": "objects",
     "shared.telemetry": "objects",
     "shared.clerk_events": "objects",
     # domain
@@ -60,7 +63,9 @@ LAYERS: dict[str, str] = {
     "shared.chat_list": "domain",
     "shared.history": "domain",
     "shared.turn": "domain",
+    "shared.turn_request": "domain",
     "shared.answers": "domain",
+    "shared.answer_progress": "domain",
     "shared.summaries": "domain",
     "shared.context": "domain",
     "shared.media": "domain",

@@ -1,0 +1,133 @@
+"""PostgreSQL ``LISTEN``/``NOTIFY`` for this process: one connection fanning notices out.
+
+A :class:`Listener` holds one ``LISTEN`` connection on one channel and wakes whoever
+subscribed to the key a notice names, so many waiters in a process cost one connection.
+It only moves notices: what they mean belongs to the module that sends them (resumable
+answers, :mod:`shared.answers`, which hands in a callback for notices that must act at once).
+
+A notice's payload is ASCII (as pg8000 reads payloads): ``<kind> <key> [<rest>]``, the key a
+UUID. The connection is checked (and late notices read) at least every
+:data:`LISTEN_CHECK_SECONDS`; when it is lost, every waiter is woken (what it missed
+meanwhile must be read again from the rows) and it reconnects shortly.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import logging
+import select
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+logger = logging.getLogger("raven.notifications")
+
+# The listener's connection is checked (and late notifications read) at least this often.
+LISTEN_CHECK_SECONDS = 1.0
+# How long a lost connection waits before it is opened again.
+RECONNECT_SECONDS = 1.0
+
+# Called with a notice's kind and key before its subscribers are woken.
+NoticeHandler = Callable[[str, uuid.UUID], None]
+
+
+class Listener:
+    """One ``LISTEN`` connection on ``channel``; wakes the subscribers of each notice's key."""
+
+    def __init__(
+        self,
+        connect: Callable[[], Any],
+        channel: str,
+        on_notice: NoticeHandler | None = None,
+        *,
+        thread_name: str = "listener",
+    ) -> None:
+        self._connect = connect
+        self._channel = channel
+        self._on_notice = on_notice
+        self._thread_name = thread_name
+        self._lock = threading.Lock()
+        self._waiters: dict[uuid.UUID, set[threading.Event]] = collections.defaultdict(set)
+        self._thread: threading.Thread | None = None
+        self.listening = threading.Event()  # set while the connection listens
+
+    def start(self) -> None:
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name=self._thread_name)
+                self._thread.daemon = True
+                self._thread.start()
+
+    def subscribe(self, key: uuid.UUID) -> threading.Event:
+        """An event set whenever a notice names ``key`` (or :meth:`wake_all` is called)."""
+        self.start()
+        wake = threading.Event()
+        with self._lock:
+            self._waiters[key].add(wake)
+        return wake
+
+    def unsubscribe(self, key: uuid.UUID, wake: threading.Event) -> None:
+        with self._lock:
+            waiters = self._waiters.get(key)
+            if waiters is not None:
+                waiters.discard(wake)
+                if not waiters:
+                    del self._waiters[key]
+
+    def wake_all(self) -> None:
+        for waiters in list(self._waiters.values()):
+            for wake in list(waiters):
+                wake.set()
+
+    def dispatch(self, payload: str) -> None:
+        kind, _, rest = payload.partition(" ")
+        try:
+            key = uuid.UUID(rest.split(" ", 1)[0])
+        except ValueError:
+            return
+        if self._on_notice is not None:
+            self._on_notice(kind, key)
+        with self._lock:
+            waiters = list(self._waiters.get(key, ()))
+        for wake in waiters:
+            wake.set()
+
+    def _run(self) -> None:
+        while True:
+            connection = None
+            try:
+                connection = self._connect()
+                connection.autocommit = True
+                # pg8000 keeps the last 100 by default; a burst must not push any out.
+                connection.notifications = collections.deque(maxlen=100_000)
+                connection.execute_simple(f"LISTEN {self._channel}")
+                self.listening.set()
+                self._listen(connection)
+            except Exception:  # subscribers poll meanwhile; reconnect shortly
+                logger.warning(
+                    "the listener on %s lost its connection", self._channel, exc_info=True
+                )
+            finally:
+                self.listening.clear()
+                if connection is not None:
+                    with contextlib.suppress(Exception):
+                        connection.close()
+            self.wake_all()  # what was missed meanwhile: subscribers read the rows again
+            time.sleep(RECONNECT_SECONDS)
+
+    def _listen(self, connection: Any) -> None:
+        sock = connection._usock  # pg8000 reads notifications only while running a statement
+        last_check = time.monotonic()
+        while True:
+            readable, _, _ = select.select([sock], [], [], LISTEN_CHECK_SECONDS)
+            if readable or time.monotonic() - last_check >= LISTEN_CHECK_SECONDS:
+                connection.execute_simple("SELECT 1")  # reads what arrived, checks the link
+                last_check = time.monotonic()
+            notifications = connection.notifications
+            while notifications:
+                _, channel, payload = notifications.popleft()
+                if channel == self._channel:
+                    self.dispatch(payload)
