@@ -23,7 +23,6 @@ import json
 import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import urllib.request
@@ -32,9 +31,10 @@ from typing import Any
 
 from bench import chat_stream as stream_bench
 from bench import chats_crud as crud_bench
+from bench.harness import stack_with_model
 from bench.load import run_load
 from dev.gemini_standin import StandinControl
-from dev.stack import LocalStack, free_port
+from dev.stack import LocalStack
 
 STREAMS, RATE = 100, 50
 SECONDS = 6
@@ -222,17 +222,10 @@ def _print(title: str, profile: dict[str, Any]) -> None:
 def run() -> dict[str, Any]:
     py_spy()
     RESULTS.mkdir(exist_ok=True)
-    with tempfile.TemporaryDirectory() as data_dir:
-        stack = LocalStack(Path(data_dir), free_port(), log_to_files=True)
-        stack.start()
-        try:
-            assert stack.gemini_standin_url is not None
-            control = StandinControl(stack.gemini_standin_url)
-            token = stack.signer.token("user_bench_profile", lifetime_seconds=7200)
-            streams = profile_streams(stack, control, token)
-            listing = profile_list(stack, token)
-        finally:
-            stack.stop()
+    with stack_with_model() as (stack, control):
+        token = stack.signer.token("user_bench_profile", lifetime_seconds=7200)
+        streams = profile_streams(stack, control, token)
+        listing = profile_list(stack, token)
     print("profile (py-spy, samples of working threads)")
     load = streams["load"]
     print(

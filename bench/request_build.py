@@ -8,8 +8,9 @@ instruction and config a turn sends. Best of 5 repeats, ``time.process_time``.
 
 from __future__ import annotations
 
-import time
 from typing import Any
+
+from bench.harness import best_cpu_seconds_per_call
 
 WINDOWS = (11, 50)
 CALLS = 200
@@ -46,15 +47,7 @@ def _build(client: Any, contents: list[dict[str, Any]], config: Any, sdk_content
 
 
 def _per_call_ms(call: Any) -> float:
-    for _ in range(20):
-        call()
-    best = float("inf")
-    for _ in range(5):
-        started = time.process_time()
-        for _ in range(CALLS):
-            call()
-        best = min(best, time.process_time() - started)
-    return best / CALLS * 1000
+    return best_cpu_seconds_per_call(call, CALLS, warmup=20) * 1000
 
 
 def run() -> dict[str, Any]:

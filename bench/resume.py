@@ -17,11 +17,9 @@ from __future__ import annotations
 import http.client
 import json
 import statistics
-import tempfile
 import threading
 import time
 import uuid
-from pathlib import Path
 from typing import Any
 
 from bench.chat_stream import (
@@ -32,8 +30,8 @@ from bench.chat_stream import (
     read_event,
     start_instance,
 )
+from bench.harness import stack_with_model
 from dev.gemini_standin import StandinControl
-from dev.stack import LocalStack, free_port
 
 ROUNDS = 3
 STREAMS, RATE, SECONDS = 50, 50, 5
@@ -189,20 +187,13 @@ def follower_latency(env: dict[str, str], token: str, control: StandinControl) -
 
 def run() -> dict[str, Any]:
     rounds: dict[str, list[dict[str, Any]]] = {"plain": [], "resumable": []}
-    with tempfile.TemporaryDirectory() as data_dir:
-        stack = LocalStack(Path(data_dir), free_port(), log_to_files=True)
-        stack.start()
-        try:
-            assert stack.gemini_standin_url is not None
-            control = StandinControl(stack.gemini_standin_url)
-            token = stack.signer.token("user_bench_resume", lifetime_seconds=7200)
-            env = {**stack.env, "CHAT_STREAM_FORMAT": "ndjson"}
-            for _ in range(ROUNDS):
-                for name in ("plain", "resumable"):
-                    rounds[name].append(cpu_round(env, token, control, name == "resumable"))
-            following = follower_latency(env, token, control)
-        finally:
-            stack.stop()
+    with stack_with_model() as (stack, control):
+        token = stack.signer.token("user_bench_resume", lifetime_seconds=7200)
+        env = {**stack.env, "CHAT_STREAM_FORMAT": "ndjson"}
+        for _ in range(ROUNDS):
+            for name in ("plain", "resumable"):
+                rounds[name].append(cpu_round(env, token, control, name == "resumable"))
+        following = follower_latency(env, token, control)
 
     def median(name: str, key: str) -> float:
         return statistics.median(entry[key] for entry in rounds[name])

@@ -12,14 +12,11 @@ Target: NDJSON / SSE <= 1.05 on both.
 from __future__ import annotations
 
 import statistics
-import tempfile
 import timeit
-from pathlib import Path
 from typing import Any
 
 from bench.chat_stream import stream_load
-from dev.gemini_standin import StandinControl
-from dev.stack import LocalStack, free_port
+from bench.harness import stack_with_model
 from shared.stream_framing import NDJSON, NDJSON_MEDIA_TYPE, SSE, SSE_MEDIA_TYPE, Framing
 
 ROUNDS = 3
@@ -41,19 +38,12 @@ def encode_us(framing: Framing) -> float:
 def run() -> dict[str, Any]:
     encoder = {"sse": encode_us(SSE), "ndjson": encode_us(NDJSON)}
     per_round: dict[str, list[dict[str, Any]]] = {"sse": [], "ndjson": []}
-    with tempfile.TemporaryDirectory() as data_dir:
-        stack = LocalStack(Path(data_dir), free_port(), log_to_files=True)
-        stack.start()
-        try:
-            assert stack.gemini_standin_url is not None
-            control = StandinControl(stack.gemini_standin_url)
-            token = stack.signer.token("user_bench_framing", lifetime_seconds=7200)
-            for _ in range(ROUNDS):
-                for name, accept in (("sse", SSE_MEDIA_TYPE), ("ndjson", NDJSON_MEDIA_TYPE)):
-                    load = stream_load(stack.env, token, control, STREAMS, RATE, accept)
-                    per_round[name].append(load)
-        finally:
-            stack.stop()
+    with stack_with_model() as (stack, control):
+        token = stack.signer.token("user_bench_framing", lifetime_seconds=7200)
+        for _ in range(ROUNDS):
+            for name, accept in (("sse", SSE_MEDIA_TYPE), ("ndjson", NDJSON_MEDIA_TYPE)):
+                load = stream_load(stack.env, token, control, STREAMS, RATE, accept)
+                per_round[name].append(load)
 
     def median(name: str, key: str) -> float:
         return statistics.median(load[key] for load in per_round[name])

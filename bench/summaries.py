@@ -17,16 +17,14 @@ from __future__ import annotations
 
 import json
 import statistics
-import tempfile
 import time
 import urllib.request
 import uuid
-from pathlib import Path
 from typing import Any
 
 from bench.chat_stream import read_event, start_instance
+from bench.harness import stack_with_model
 from dev.gemini_standin import StandinControl
-from dev.stack import LocalStack, free_port
 from shared.context import SUMMARY_HEADING
 
 TURNS = 200
@@ -79,27 +77,20 @@ def conversation(url: str, token: str, control: StandinControl, label: str) -> l
 
 
 def run() -> dict[str, Any]:
-    with tempfile.TemporaryDirectory() as data_dir:
-        stack = LocalStack(Path(data_dir), free_port(), log_to_files=True)
-        stack.start()
-        try:
-            assert stack.gemini_standin_url is not None
-            control = StandinControl(stack.gemini_standin_url)
-            target = int(stack.env.get("TARGET_WINDOW_TOKENS") or 8000)
-            results: dict[str, Any] = {"target_window_tokens": target, "turns": TURNS}
-            for label, overrides in (
-                ("window_only", {"SUMMARY_TRIGGER_TOKENS": "1000000000"}),
-                ("window_and_summaries", {}),
-            ):
-                process, url = start_instance(stack.env, threads=8, overrides=overrides)
-                try:
-                    token = stack.signer.token(f"user_{label}", lifetime_seconds=7200)
-                    results[label] = conversation(url, token, control, label)
-                finally:
-                    process.terminate()
-                    process.wait()
-        finally:
-            stack.stop()
+    with stack_with_model() as (stack, control):
+        target = int(stack.env.get("TARGET_WINDOW_TOKENS") or 8000)
+        results: dict[str, Any] = {"target_window_tokens": target, "turns": TURNS}
+        for label, overrides in (
+            ("window_only", {"SUMMARY_TRIGGER_TOKENS": "1000000000"}),
+            ("window_and_summaries", {}),
+        ):
+            process, url = start_instance(stack.env, threads=8, overrides=overrides)
+            try:
+                token = stack.signer.token(f"user_{label}", lifetime_seconds=7200)
+                results[label] = conversation(url, token, control, label)
+            finally:
+                process.terminate()
+                process.wait()
 
     per_message = (len(QUESTION) + len(ANSWER)) // 4
     full = [per_message * (turn + 1) for turn in range(TURNS)]

@@ -15,13 +15,10 @@ with the instance, so a second worker process competes with them for the second 
 from __future__ import annotations
 
 import statistics
-import tempfile
-from pathlib import Path
 from typing import Any
 
 from bench.chat_stream import stream_load
-from dev.gemini_standin import StandinControl
-from dev.stack import LocalStack, free_port
+from bench.harness import stack_with_model
 
 ROUNDS = 2
 LOADS = [("200x15", 200, 15, 5.0), ("200x50", 200, 50, 5.0), ("burst50", 50, 50, 1.0)]
@@ -32,32 +29,25 @@ def run() -> dict[str, Any]:
     rounds: dict[str, dict[str, list[dict[str, Any]]]] = {
         workers: {name: [] for name, *_ in LOADS} for workers in WORKER_COUNTS
     }
-    with tempfile.TemporaryDirectory() as data_dir:
-        stack = LocalStack(Path(data_dir), free_port(), log_to_files=True)
-        stack.start()
-        try:
-            assert stack.gemini_standin_url is not None
-            control = StandinControl(stack.gemini_standin_url)
-            # One user per stream, as an instance's streams are in production.
-            tokens = [
-                stack.signer.token(f"user_bench_workers_{n}", lifetime_seconds=7200)
-                for n in range(max(streams for _, streams, _, _ in LOADS))
-            ]
-            for _ in range(ROUNDS):
-                for name, streams, rate, seconds in LOADS:
-                    for workers in WORKER_COUNTS:
-                        load = stream_load(
-                            stack.env,
-                            tokens,
-                            control,
-                            streams,
-                            rate,
-                            overrides={"WORKERS": workers},
-                            seconds=seconds,
-                        )
-                        rounds[workers][name].append(load)
-        finally:
-            stack.stop()
+    with stack_with_model() as (stack, control):
+        # One user per stream, as an instance's streams are in production.
+        tokens = [
+            stack.signer.token(f"user_bench_workers_{n}", lifetime_seconds=7200)
+            for n in range(max(streams for _, streams, _, _ in LOADS))
+        ]
+        for _ in range(ROUNDS):
+            for name, streams, rate, seconds in LOADS:
+                for workers in WORKER_COUNTS:
+                    load = stream_load(
+                        stack.env,
+                        tokens,
+                        control,
+                        streams,
+                        rate,
+                        overrides={"WORKERS": workers},
+                        seconds=seconds,
+                    )
+                    rounds[workers][name].append(load)
 
     def median(values: list[Any]) -> float:
         return statistics.median(value for value in values if value is not None)

@@ -87,7 +87,7 @@ def _utc_second(epoch_second: int) -> str:
 class CloudLoggingFormatter(logging.Formatter):
     """Formats a record as one JSON object with Cloud Logging's special fields."""
 
-    def __init__(self, project_id: str | None, function: str | None = None) -> None:
+    def __init__(self, project_id: str | None = None, function: str | None = None) -> None:
         super().__init__()
         self._project_id = project_id
         self._function = function
@@ -96,6 +96,10 @@ class CloudLoggingFormatter(logging.Formatter):
         entry = log_entry(record, self._project_id, self._function)
         if record.exc_info:
             entry["stack_trace"] = self.formatException(record.exc_info)
+        return self.render(entry, record)
+
+    def render(self, entry: dict[str, Any], record: logging.LogRecord) -> str:
+        """The entry as the line written: here Cloud Logging's JSON."""
         return json.dumps(entry, default=str, ensure_ascii=False)
 
 
@@ -167,18 +171,10 @@ def _format_seconds(latency: str) -> str:
     return f"{seconds:.2f} s" if seconds >= 1 else f"{seconds * 1000:.0f} ms"
 
 
-class ReadableFormatter(logging.Formatter):
-    """Formats a record as one :func:`readable_line` (local development)."""
+class ReadableFormatter(CloudLoggingFormatter):
+    """Formats a record as one :func:`readable_line` (local development): the same entry."""
 
-    def __init__(self, project_id: str | None = None, function: str | None = None) -> None:
-        super().__init__()
-        self._project_id = project_id
-        self._function = function
-
-    def format(self, record: logging.LogRecord) -> str:
-        entry = log_entry(record, self._project_id, self._function)
-        if record.exc_info:
-            entry["stack_trace"] = self.formatException(record.exc_info)
+    def render(self, entry: dict[str, Any], record: logging.LogRecord) -> str:
         return readable_line(entry, self._function or record.name)
 
 
