@@ -45,7 +45,6 @@ from shared.errors import NotFound, UnprocessableEntity
 from shared.media_references import parse_reference
 from shared.object_names import permanent_object_name, user_prefixes
 from shared.schemas import MediaUrlSigner
-from shared.settings import Settings
 from shared.telemetry import logs_media_check
 
 MEDIA_KINDS = {"image": "image", "video": "video", "audio": "audio"}
@@ -239,24 +238,31 @@ def resolve_attachments(
     storage: UploadsBucket,
     user_id: str,
     refs: list[tuple[str, str | None]],
-    settings: Settings,
+    *,
+    max_images: int,
+    max_videos: int,
 ) -> list[dict[str, Any]]:
     """A new message's media references as stored media parts (each with its ``size``), or
-    a 4xx before anything is stored or sent."""
+    a 4xx before anything is stored or sent.
+
+    The limits come from the caller (chat_stream's ``MEDIA_MAX_IMAGES`` and
+    ``MEDIA_MAX_VIDEOS``), not from settings here: the other functions that import this
+    module never read them, and Terraform gives them only to chat_stream.
+    """
     records = [resolve_media(db, storage, user_id, ref, mime) for ref, mime in refs]
     parts = [{**record.part(), "size": record.size} for record in records]
-    check_media_counts(parts, settings)
+    check_media_counts(parts, max_images, max_videos)
     return parts
 
 
-def check_media_counts(media_parts: list[dict[str, Any]], settings: Settings) -> None:
-    """At most the configured number of images and videos in one message."""
+def check_media_counts(media_parts: list[dict[str, Any]], max_images: int, max_videos: int) -> None:
+    """At most ``max_images`` images and ``max_videos`` videos in one message."""
     images = sum(1 for part in media_parts if part["mime_type"].startswith("image/"))
     videos = sum(1 for part in media_parts if part["mime_type"].startswith("video/"))
-    if images > settings.media_max_images or videos > settings.media_max_videos:
+    if images > max_images or videos > max_videos:
         raise UnprocessableEntity(
-            f"Too many attachments: at most {settings.media_max_images} images and "
-            f"{settings.media_max_videos} videos per message",
+            f"Too many attachments: at most {max_images} images and {max_videos} videos per "
+            "message",
             code="too_many_media",
         )
 

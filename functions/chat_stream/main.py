@@ -69,7 +69,12 @@ def open_turn(request: Request, user: AuthenticatedUser, record: TurnRecord) -> 
             from shared.storage import media_storage
 
             media_parts = media.resolve_attachments(
-                database(), media_storage(), user.id, asked.message.media_refs, settings
+                database(),
+                media_storage(),
+                user.id,
+                asked.message.media_refs,
+                max_images=settings.media_max_images,
+                max_videos=settings.media_max_videos,
             )
         question = turn_request.question(asked.message, media_parts, system_tokens, settings)
     begun = turn.begin(database(), settings, user.id, user.plan, asked, question, system_tokens)
