@@ -25,6 +25,7 @@ Deployed, the function is private: only the tasks invoker service account may ca
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import functions_framework
@@ -73,7 +74,8 @@ def summarize_chat(request: Request, raw: Any) -> Response:
     task = read_task(raw, SummaryTask, request.headers.get("X-CloudTasks-TaskName"))
     if task is None:
         return done("dropped: malformed task")
-    try:
+
+    def summarize() -> Response:
         work = summaries.summary_work(database(), task.chat_id, task.cut)
         summary = summaries.write_summary(
             MODEL.generate,
@@ -83,13 +85,9 @@ def summarize_chat(request: Request, raw: Any) -> Response:
             max_tokens=settings.summary_max_tokens,
         )
         version = summaries.store_summary(database(), work, summary, settings.summary_model)
-    except NothingToDo as reason:
-        return done(f"nothing to do: {reason}")
-    except Dropped as reason:
-        return done(f"dropped: {reason}")
-    except ModelError as error:
-        return model_failure(task, error)
-    return done("summary stored", version=version)
+        return done("summary stored", version=version)
+
+    return answered(task, summarize)
 
 
 @logs_task("title", task_outcome, queue_delay_s=task_queue_delay, attempt=task_attempt)
@@ -103,17 +101,26 @@ def title_chat(request: Request, raw: dict[str, Any]) -> Response:
     task = read_task(raw, TitleTask, request.headers.get("X-CloudTasks-TaskName"))
     if task is None:
         return done("dropped: malformed task")
-    try:
+
+    def title() -> Response:
         messages = summaries.first_exchange(database(), task.chat_id)
-        title = summaries.write_title(MODEL.generate, messages, model=settings.summary_model)
-        stored_title = summaries.store_title(database(), task.chat_id, title)
+        written = summaries.write_title(MODEL.generate, messages, model=settings.summary_model)
+        return done("title stored", title=summaries.store_title(database(), task.chat_id, written))
+
+    return answered(task, title)
+
+
+def answered(task: SummaryTask | TitleTask, work: Callable[[], Response]) -> Response:
+    """``work``'s answer, or how the task ended early: nothing to do, dropped, or the model
+    failed (retried by Cloud Tasks when that can help)."""
+    try:
+        return work()
     except NothingToDo as reason:
         return done(f"nothing to do: {reason}")
     except Dropped as reason:
         return done(f"dropped: {reason}")
     except ModelError as error:
         return model_failure(task, error)
-    return done("title stored", title=stored_title)
 
 
 def model_failure(task: SummaryTask | TitleTask, error: ModelError) -> Response:
