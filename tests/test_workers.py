@@ -19,7 +19,7 @@ import requests
 
 from dev.stack import LocalStack
 from shared.db import Database, connect_kwargs_from_url
-from tests.conftest import ApiClient, dicts, function_process, stream_events, unique
+from tests.conftest import ApiClient, dicts, function_process, stream_events, unique, wait_for
 
 
 def backend_pid(database: Database) -> int:
@@ -100,8 +100,9 @@ def test_two_workers_serve_concurrent_turns_and_lists(
         function_process(stack, "chat_stream", WORKERS="2") as stream_base,
         function_process(stack, "chats_crud", WORKERS="2") as crud_base,
     ):
-        assert len(worker_pids(stream_base)) == 2
-        assert len(worker_pids(crud_base)) == 2
+        # Ready once one worker answers; gunicorn may still be forking the second.
+        wait_for(lambda: len(worker_pids(stream_base)) == 2)
+        wait_for(lambda: len(worker_pids(crud_base)) == 2)
         user = make_user()
         marker = unique("workers")
         for index in range(8):
