@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import statistics
 import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 from dev.gemini_standin import StandinControl
 from dev.stack import LocalStack, free_port
@@ -38,3 +40,30 @@ def best_cpu_seconds_per_call(call: Callable[[], object], calls: int, warmup: in
             call()
         best = min(best, time.process_time() - started)
     return best / calls
+
+
+def instance_rounds(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """One variant's interleaved stream-load rounds in one row: the medians of CPU per chunk
+    and added latency, every round's CPU (their spread is the noise), the errors summed."""
+
+    def median(key: str) -> float:
+        return statistics.median(entry[key] for entry in rounds)
+
+    return {
+        "cpu_us_per_chunk": median("cpu_us_per_chunk"),
+        "rounds_cpu_us_per_chunk": [entry["cpu_us_per_chunk"] for entry in rounds],
+        "added_latency_p50_ms": median("added_latency_p50_ms"),
+        "added_latency_p99_ms": median("added_latency_p99_ms"),
+        "errors": sum(entry["errors"] for entry in rounds),
+    }
+
+
+def describe_instance_row(name: str, row: dict[str, Any], streams: int, rate: int) -> str:
+    """The line a bench prints for an :func:`instance_rounds` row."""
+    spread = ", ".join(f"{value:.0f}" for value in row["rounds_cpu_us_per_chunk"])
+    return (
+        f"  {name:>9}, {streams} streams x {rate} chunks/s: instance CPU "
+        f"{row['cpu_us_per_chunk']:.0f} µs per chunk (rounds {spread}), added latency "
+        f"p50 {row['added_latency_p50_ms']:.1f} ms p99 {row['added_latency_p99_ms']:.1f} ms, "
+        f"errors {row['errors']}"
+    )

@@ -30,7 +30,7 @@ from bench.chat_stream import (
     read_event,
     start_instance,
 )
-from bench.harness import stack_with_model
+from bench.harness import describe_instance_row, instance_rounds, stack_with_model
 from dev.gemini_standin import StandinControl
 
 ROUNDS = 3
@@ -195,33 +195,14 @@ def run() -> dict[str, Any]:
                 rounds[name].append(cpu_round(env, token, control, name == "resumable"))
         following = follower_latency(env, token, control)
 
-    def median(name: str, key: str) -> float:
-        return statistics.median(entry[key] for entry in rounds[name])
-
-    results: dict[str, Any] = {
-        name: {
-            "cpu_us_per_chunk": median(name, "cpu_us_per_chunk"),
-            "rounds_cpu_us_per_chunk": [entry["cpu_us_per_chunk"] for entry in rounds[name]],
-            "added_latency_p50_ms": median(name, "added_latency_p50_ms"),
-            "added_latency_p99_ms": median(name, "added_latency_p99_ms"),
-            "errors": sum(entry["errors"] for entry in rounds[name]),
-        }
-        for name in rounds
-    }
+    results: dict[str, Any] = {name: instance_rounds(entries) for name, entries in rounds.items()}
     results["cpu_ratio"] = results["resumable"]["cpu_us_per_chunk"] / max(
         results["plain"]["cpu_us_per_chunk"], 1e-9
     )
     results["follower"] = following
     print("resumable answers")
     for name in ("plain", "resumable"):
-        row = results[name]
-        spread = ", ".join(f"{value:.0f}" for value in row["rounds_cpu_us_per_chunk"])
-        print(
-            f"  {name:>9}, {STREAMS} streams x {RATE} chunks/s: instance CPU "
-            f"{row['cpu_us_per_chunk']:.0f} µs per chunk (rounds {spread}), added latency p50 "
-            f"{row['added_latency_p50_ms']:.1f} ms p99 {row['added_latency_p99_ms']:.1f} ms, "
-            f"errors {row['errors']}"
-        )
+        print(describe_instance_row(name, results[name], STREAMS, RATE))
     print(f"  resumable / plain CPU per chunk: {results['cpu_ratio']:.3f} (target <= 1.05)")
     print(
         f"  follower on another instance, {FOLLOWED} answers x {FOLLOW_RATE} chunks/s: "

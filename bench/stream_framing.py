@@ -11,12 +11,11 @@ Target: NDJSON / SSE <= 1.05 on both.
 
 from __future__ import annotations
 
-import statistics
 import timeit
 from typing import Any
 
 from bench.chat_stream import stream_load
-from bench.harness import stack_with_model
+from bench.harness import describe_instance_row, instance_rounds, stack_with_model
 from shared.stream_framing import NDJSON, NDJSON_MEDIA_TYPE, SSE, SSE_MEDIA_TYPE, Framing
 
 ROUNDS = 3
@@ -45,22 +44,10 @@ def run() -> dict[str, Any]:
                 load = stream_load(stack.env, token, control, STREAMS, RATE, accept)
                 per_round[name].append(load)
 
-    def median(name: str, key: str) -> float:
-        return statistics.median(load[key] for load in per_round[name])
-
     results: dict[str, Any] = {
         "encode_us_per_chunk": encoder,
         "encode_ratio": encoder["ndjson"] / encoder["sse"],
-        "instance": {
-            name: {
-                "cpu_us_per_chunk": median(name, "cpu_us_per_chunk"),
-                "added_latency_p50_ms": median(name, "added_latency_p50_ms"),
-                "added_latency_p99_ms": median(name, "added_latency_p99_ms"),
-                "errors": sum(load["errors"] for load in per_round[name]),
-                "rounds_cpu_us_per_chunk": [load["cpu_us_per_chunk"] for load in per_round[name]],
-            }
-            for name in per_round
-        },
+        "instance": {name: instance_rounds(loads) for name, loads in per_round.items()},
     }
     instance = results["instance"]
     results["cpu_ratio"] = (
@@ -72,13 +59,6 @@ def run() -> dict[str, Any]:
         f"(ratio {results['encode_ratio']:.3f})"
     )
     for name in ("sse", "ndjson"):
-        row = instance[name]
-        rounds = ", ".join(f"{value:.0f}" for value in row["rounds_cpu_us_per_chunk"])
-        print(
-            f"  {name:>6}, {STREAMS} streams x {RATE} chunks/s: instance CPU "
-            f"{row['cpu_us_per_chunk']:.0f} µs per chunk (rounds {rounds}), added latency "
-            f"p50 {row['added_latency_p50_ms']:.1f} ms p99 {row['added_latency_p99_ms']:.1f} ms, "
-            f"errors {row['errors']}"
-        )
+        print(describe_instance_row(name, instance[name], STREAMS, RATE))
     print(f"  NDJSON/SSE CPU per chunk: {results['cpu_ratio']:.3f} (target <= 1.05)")
     return results

@@ -22,7 +22,7 @@ import pg8000.dbapi
 import pytest
 import requests
 
-from dev.gemini_standin import StandinControl
+from dev.gemini_standin import StandinControl, StandinServer, start_standin
 from dev.stack import LocalStack, free_port, function_command
 from shared.db import Database, connect_kwargs_from_url
 from shared.settings import load_settings
@@ -196,6 +196,15 @@ def model(stack: LocalStack) -> StandinControl:
     """The Gemini stand-in's control API: scripts answers, records the requests it got."""
     assert stack.gemini_standin_url is not None
     return StandinControl(stack.gemini_standin_url)
+
+
+@pytest.fixture(scope="module")
+def standin() -> Iterator[tuple[StandinServer, str]]:
+    """A Gemini stand-in of the module's own, outside the stack (tests of the stand-in and of
+    google-genai talking to it), and its base URL."""
+    server, base_url = start_standin(port=0)
+    yield server, base_url
+    server.stop()
 
 
 def unique(label: str) -> str:

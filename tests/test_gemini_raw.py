@@ -21,7 +21,7 @@ import pytest
 from google import genai
 from google.genai import types, version
 
-from dev.gemini_standin import StandinControl, StandinServer, start_standin
+from dev.gemini_standin import StandinControl, StandinServer
 from shared.gemini import _describe_failure, _text_of
 from shared.gemini_raw import SDK_VERSION, check_seam, raw_stream, read_chunk, wire_contents
 
@@ -137,13 +137,6 @@ SHAPES: dict[str, list[dict[str, Any]]] = {
         response(candidate({"text": "\u2028"}, finish="STOP"), usageMetadata=USAGE),
     ],
 }
-
-
-@pytest.fixture(scope="module")
-def standin() -> Iterator[tuple[StandinServer, str]]:
-    server, base_url = start_standin(port=0)
-    yield server, base_url
-    server.stop()
 
 
 @pytest.fixture

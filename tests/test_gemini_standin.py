@@ -46,13 +46,6 @@ PROTOCOL_ERRORS = (httpx.RemoteProtocolError, httpx2.RemoteProtocolError)
 TIMEOUTS = (httpx.TimeoutException, httpx2.TimeoutException)
 
 
-@pytest.fixture(scope="module")
-def standin() -> Iterator[tuple[StandinServer, str]]:
-    server, base_url = start_standin(port=0)
-    yield server, base_url
-    server.stop()
-
-
 @pytest.fixture
 def base_url(standin: tuple[StandinServer, str]) -> str:
     return standin[1]
