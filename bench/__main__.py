@@ -27,6 +27,7 @@ from bench import (
     stream_parse,
     summaries,
     telemetry,
+    turn_cost,
     workers,
 )
 
@@ -47,6 +48,8 @@ BENCHMARKS: dict[str, Callable[[], dict[str, Any]]] = {
     "request_build": request_build.run,
     "request_path": request_path.run,
     "workers": workers.run,
+    "turn_cost": turn_cost.run,
+    "burst": workers.run_burst,
 }
 
 

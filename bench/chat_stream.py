@@ -159,8 +159,9 @@ def read_event(line: bytes) -> dict[str, Any] | None:
 
 def one_turn(
     url: str, token: str, chat_id: str | None, control: StandinControl
-) -> tuple[float, float]:
-    """(request -> model request, model's last chunk -> done) in milliseconds."""
+) -> tuple[float, float, float]:
+    """(request -> model request, model's last chunk -> done, model's last chunk -> end of
+    the response) in milliseconds."""
     marker = uuid.uuid4().hex
     control.script(match=marker, chunks=["a ", "b ", "c"])
     connection = connect(url)
@@ -171,10 +172,15 @@ def one_turn(
         event = read_event(line)
         if event is not None and event["type"] == "done":
             done_at = time.time()
+    ended_at = time.time()  # the chunked body's last chunk read: the response has ended
     connection.close()
     assert done_at is not None, "the turn did not finish"
     record = control.requests(match=marker)[0]
-    return (record["time"] - sent) * 1000, (done_at - record["settled_at"]) * 1000
+    return (
+        (record["time"] - sent) * 1000,
+        (done_at - record["settled_at"]) * 1000,
+        (ended_at - record["settled_at"]) * 1000,
+    )
 
 
 def _stream_worker(
@@ -259,6 +265,7 @@ def stream_load(
     accept: str | None = None,
     overrides: dict[str, str] | None = None,
     seconds: float = STREAM_SECONDS,
+    log_path: Path | None = None,
 ) -> dict[str, Any]:
     """``streams`` concurrent turns on one fresh instance, the model sending ``rate`` chunks/s
     for ``seconds``; ``overrides`` are the instance's extra environment (``WORKERS``...).
@@ -269,7 +276,7 @@ def stream_load(
     """
     tokens = token if isinstance(token, list) else [token] * streams
     assert len(tokens) >= streams
-    process, url = start_instance(env, threads=streams + 20, overrides=overrides)
+    process, url = start_instance(env, threads=streams + 20, log_path=log_path, overrides=overrides)
     try:
         markers = [uuid.uuid4().hex for _ in range(streams)]
         for marker in markers:
@@ -308,14 +315,23 @@ def stream_load(
         process.wait()
 
 
-def backend_prepare_ms(log_path: Path, chats: set[str]) -> list[float]:
-    """The instance's own share of the way to the model: request received -> context ready."""
-    values = []
+def backend_prepare_ms(log_path: Path, chats: set[str]) -> dict[str, list[float]]:
+    """The instance's own share of the way to the model, from its log lines: ``prepare``
+    (authenticated -> context ready, the ``turn context`` line's ``prepare_ms``),
+    ``since_received`` (request received -> context ready) and ``to_model`` (request
+    received -> the model call starting, the ``chat turn`` line's ``to_model_ms``)."""
+    values: dict[str, list[float]] = {"prepare": [], "since_received": [], "to_model": []}
     for line in log_path.read_text().splitlines():
         if line.startswith("{"):
             entry = json.loads(line)
-            if entry.get("message") == "turn context" and entry.get("chat") in chats:
-                values.append(float(entry["prepare_ms"]))
+            if entry.get("chat") not in chats:
+                continue
+            if entry.get("message") == "turn context":
+                values["prepare"].append(float(entry["prepare_ms"]))
+                if "since_received_ms" in entry:
+                    values["since_received"].append(float(entry["since_received_ms"]))
+            elif entry.get("event") == "chat_turn" and "to_model_ms" in entry:
+                values["to_model"].append(float(entry["to_model_ms"]))
     return values
 
 
@@ -351,7 +367,11 @@ def run(stream_loads: list[tuple[int, int]] | None = None) -> dict[str, Any]:
                 large = seed_chat(db, user, 10_000)
                 for chat in small[:3]:
                     one_turn(url, token, chat, control)  # warm-up: model client, statements
-                overhead: dict[str, list[tuple[float, float]]] = {"10": [], "60": [], "10000": []}
+                overhead: dict[str, list[tuple[float, float, float]]] = {
+                    "10": [],
+                    "60": [],
+                    "10000": [],
+                }
                 for index in range(SAMPLES):
                     overhead["10"].append(one_turn(url, token, small[index], control))
                     overhead["60"].append(one_turn(url, token, full_window[index], control))
@@ -372,15 +392,26 @@ def run(stream_loads: list[tuple[int, int]] | None = None) -> dict[str, Any]:
             db.close()
             stack.stop()
 
-    def summary(pairs: list[tuple[float, float]], own: list[float]) -> dict[str, float]:
+    def summary(
+        pairs: list[tuple[float, float, float]], own: dict[str, list[float]]
+    ) -> dict[str, float | None]:
         before = [p[0] for p in pairs]
         after = [p[1] for p in pairs]
+        ended = [p[2] for p in pairs]
+
+        def median(values: list[float]) -> float | None:
+            return statistics.median(values) if values else None  # an older checkout's log
+
         return {
             "to_model_p50_ms": statistics.median(before),
             "to_model_p95_ms": percentile(before, 0.95),
-            "backend_prepare_p50_ms": statistics.median(own),
+            "backend_prepare_p50_ms": median(own["prepare"]),
+            "backend_since_received_p50_ms": median(own["since_received"]),
+            "backend_to_model_p50_ms": median(own["to_model"]),
             "to_done_p50_ms": statistics.median(after),
             "to_done_p95_ms": percentile(after, 0.95),
+            "to_end_p50_ms": statistics.median(ended),
+            "to_end_p95_ms": percentile(ended, 0.95),
         }
 
     results: dict[str, Any] = {
@@ -392,11 +423,21 @@ def run(stream_loads: list[tuple[int, int]] | None = None) -> dict[str, Any]:
     print("chat_stream")
     for size in ("10", "60", "10000"):
         row = results[f"overhead_chat_{size}"]
+        own = ", ".join(
+            f"{label} {row[key]:.2f}"
+            for label, key in (
+                ("prepare", "backend_prepare_p50_ms"),
+                ("received->context", "backend_since_received_p50_ms"),
+                ("received->model call", "backend_to_model_p50_ms"),
+            )
+            if row[key] is not None
+        )
         print(
             f"  chat of {size:>5} messages: request->model request p50 "
-            f"{row['to_model_p50_ms']:.1f} ms (p95 {row['to_model_p95_ms']:.1f}; of which the "
-            f"backend's own prepare {row['backend_prepare_p50_ms']:.1f}), "
-            f"last chunk->done p50 {row['to_done_p50_ms']:.1f} ms (p95 {row['to_done_p95_ms']:.1f})"
+            f"{row['to_model_p50_ms']:.1f} ms (p95 {row['to_model_p95_ms']:.1f}; the "
+            f"backend's own p50: {own}), last chunk->done p50 {row['to_done_p50_ms']:.1f} ms "
+            f"(p95 {row['to_done_p95_ms']:.1f}), last chunk->end of response p50 "
+            f"{row['to_end_p50_ms']:.1f} ms (p95 {row['to_end_p95_ms']:.1f})"
         )
     for load in loads:
         print(

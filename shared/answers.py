@@ -32,8 +32,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from shared import chats
-from shared.db import Database, Row, Transaction
+from shared import chats, usage
+from shared.db import Database, Row
 from shared.errors import NotFound, ServiceUnavailable, UnprocessableEntity
 from shared.model_events import AnswerChunk, Heartbeat
 from shared.notifications import Listener
@@ -176,16 +176,38 @@ def _notice(kind: str, answer_id: uuid.UUID, length: int = 0) -> str:
     return f"{kind} {answer_id} {length}"
 
 
-def mark_ended(tx: Transaction, answer_id: uuid.UUID, error_code: str | None, length: int) -> None:
-    """In the transaction that stores the answer: how it ended, and tell its followers."""
-    if error_code is not None:
-        tx.execute(
-            "UPDATE messages SET error_code = :code WHERE id = :id", id=answer_id, code=error_code
-        )
-    tx.execute(
-        "SELECT pg_notify(:channel, :payload)",
+def store_ending(
+    db: Database,
+    user_id: str,
+    answer_id: uuid.UUID,
+    answer: dict[str, Any] | None,
+    input_tokens: int,
+    output_tokens: int,
+    length: int,
+) -> None:
+    """Store how a turn ended, in one statement (one round trip, one transaction): the
+    answer's row (``answer``: :func:`shared.chats.finished_answer`'s parameters; None: the
+    empty placeholder is removed), the turn's tokens added to the user's usage, and a notice
+    to the answer's followers, sent when it commits.
+
+    Safe to repeat (:meth:`shared.db.Database.write` retries on a broken connection): the
+    usage is added only while the answer's row still holds its lease (or is gone with its
+    chat), which the statement itself ends.
+    """
+    kept = answer is not None
+    db.write(
+        f"""
+        WITH answer AS ({chats.FINISH_ANSWER if kept else chats.DISCARD_ANSWER}),
+             counted AS ({usage.record_usage_sql(chats.ANSWER_NOT_STORED)})
+        SELECT pg_notify(:channel, :payload) AS notified
+        """,
+        answer_id=answer_id,
+        user_id=user_id,
+        input_tokens=input_tokens,
+        output_tokens=output_tokens,
         channel=CHANNEL,
         payload=_notice("p", answer_id, length),
+        **(answer or {}),
     )
 
 

@@ -156,6 +156,67 @@ def chat_busy() -> Conflict:
     )
 
 
+# --- a send in one statement (shared.turn composes it) ----------------------------------------
+#
+# What start_turn does, as data-modifying ``WITH`` clauses of the one statement that also
+# counts the message (a clause named ``counted``: no row when refused) and reads the window:
+# ``allocated`` takes the chat's two positions (an existing chat's under its row lock; a new
+# chat starts with them), ``question`` stores the user's message and ``answer`` reserves its
+# answer's place with the turn's lease. Parameters: ``:chat_id``, ``:user_id``,
+# ``:question_id``, ``:answer_id``, ``:content``, ``:parts``, ``:token_count`` (and
+# ``:default_title`` for a new chat).
+
+ALLOCATE_IN_CHAT = """
+    UPDATE chats SET message_count = message_count + 2, updated_at = now()
+    WHERE id = :chat_id AND user_id = :user_id AND EXISTS (SELECT 1 FROM counted)
+    RETURNING id, message_count - 2 AS position, title_source
+"""
+
+ALLOCATE_NEW_CHAT = """
+    INSERT INTO chats (id, user_id, title, title_source, message_count)
+    SELECT :chat_id, :user_id, :default_title, 'default', 2 WHERE EXISTS (SELECT 1 FROM counted)
+    RETURNING id, 0 AS position, title_source
+"""
+
+# An existing chat of the user's: the condition under which its send is counted.
+CHAT_IS_THE_USERS = "EXISTS (SELECT 1 FROM chats WHERE id = :chat_id AND user_id = :user_id)"
+
+STORE_QUESTION = """
+    INSERT INTO messages (id, chat_id, position, role, content, parts, token_count, status)
+    SELECT :question_id, id, position, 'user', :content, CAST(:parts AS jsonb), :token_count,
+           'complete'
+    FROM allocated
+    RETURNING id
+"""
+
+RESERVE_ANSWER = f"""
+    INSERT INTO messages (id, chat_id, position, role, content, parts, token_count, status,
+                          streaming_until)
+    SELECT :answer_id, id, position + 1, 'assistant', '', '[]'::jsonb, 0, 'incomplete',
+           now() + interval '{TURN_LEASE_SECONDS} seconds'
+    FROM allocated
+    RETURNING id
+"""
+
+
+def send_params(
+    chat_id: uuid.UUID | None, content: str, parts: list[dict[str, Any]], token_count: int
+) -> dict[str, Any]:
+    """The send's parameters (but ``:user_id``): new ids for the chat (when new), the
+    question and its answer."""
+    params: dict[str, Any] = {
+        "chat_id": chat_id or uuid.uuid4(),
+        "question_id": uuid.uuid4(),
+        "answer_id": uuid.uuid4(),
+        "content": content,
+        "parts": parts,
+        "token_count": token_count,
+    }
+    if chat_id is None:
+        params["default_title"] = DEFAULT_TITLE
+    return params
+
+
 def _insert_question(
     tx: Transaction,
     chat_id: uuid.UUID,
@@ -350,43 +411,53 @@ def start_edit(
     }
 
 
-def finish_answer(
-    tx: Transaction,
-    message_id: uuid.UUID,
+# --- the end of a turn: fragments of the one statement that stores it (shared.answers) ---------
+
+# The answer's row, stored as it ended; ends its turn's lease. Complete only when the model
+# stopped of its own accord (``stop``); an answer cut short (``max_tokens``, ``safety``..., or
+# no reason: the model failed or the client left) is kept and marked incomplete, with its
+# reason, and ``error_code`` says how it was cut short (for followers). A data-modifying
+# ``WITH`` clause: its parameters are :func:`finished_answer`'s.
+FINISH_ANSWER = """
+    UPDATE messages SET content = :content, parts = CAST(:parts AS jsonb),
+           status = :status, finish_reason = :finish_reason, token_count = :token_count,
+           token_source = :source, model = :model, error_code = :error_code,
+           streaming_until = NULL
+    WHERE id = :answer_id
+    RETURNING id
+"""
+
+# An answer placeholder the model never wrote a word into, removed (its lease with it).
+DISCARD_ANSWER = """
+    DELETE FROM messages WHERE id = :answer_id AND role = 'assistant' AND content = ''
+    RETURNING id
+"""
+
+# True while the answer's row still holds its lease, or is gone (a deleted chat): false once
+# its turn was stored. What makes storing a turn safe to repeat (shared.answers.store_ending).
+ANSWER_NOT_STORED = """
+    NOT EXISTS (SELECT 1 FROM messages WHERE id = :answer_id AND streaming_until IS NULL)
+"""
+
+
+def finished_answer(
     content: str,
     *,
     finish_reason: str | None,
     token_count: int,
     reported: bool,
     model: str,
-) -> None:
-    """Store the assistant's answer and end its turn's lease.
-
-    Complete only when the model stopped of its own accord (``stop``); an answer cut short
-    (``max_tokens``, ``safety``..., or no reason: the model failed or the client left) is
-    kept and marked incomplete, with its reason.
-    """
-    tx.execute(
-        """
-        UPDATE messages SET content = :content, parts = CAST(:parts AS jsonb),
-               status = :status, finish_reason = :finish_reason, token_count = :token_count,
-               token_source = :source, model = :model, streaming_until = NULL
-        WHERE id = :id
-        """,
-        id=message_id,
-        content=storable(content),  # the model's text: whatever it produced is kept
-        parts=[{"type": "text", "text": storable(content)}],
-        status="complete" if finish_reason == "stop" else "incomplete",
-        finish_reason=finish_reason,
-        token_count=token_count,
-        source="reported" if reported else "estimated",
-        model=model,
-    )
-
-
-def discard_answer(tx: Transaction, message_id: uuid.UUID) -> None:
-    """Remove an answer placeholder the model never wrote a word into (its lease with it)."""
-    tx.execute(
-        "DELETE FROM messages WHERE id = :id AND role = 'assistant' AND content = ''",
-        id=message_id,
-    )
+    error_code: str | None,
+) -> dict[str, Any]:
+    """:data:`FINISH_ANSWER`'s parameters (but ``answer_id``)."""
+    text = storable(content)  # the model's text: whatever it produced is kept
+    return {
+        "content": text,
+        "parts": [{"type": "text", "text": text}],
+        "status": "complete" if finish_reason == "stop" else "incomplete",
+        "finish_reason": finish_reason,
+        "token_count": token_count,
+        "source": "reported" if reported else "estimated",
+        "model": model,
+        "error_code": error_code,
+    }

@@ -156,6 +156,49 @@ def load_recent(
     return summary, messages
 
 
+# The window before the turn's new message, as a scalar subquery giving a JSON array, newest
+# first: up to ``:window_rows`` messages before position ``{before}`` (an SQL expression),
+# newer than the newest summary (a ``WITH`` clause named ``summary``: NEWEST_SUMMARY).
+WINDOW_BEFORE = """
+    (SELECT COALESCE(json_agg(w), '[]'::json) FROM (
+        SELECT position, role, content, parts, token_count, status FROM messages
+        WHERE chat_id = :chat_id AND position < {before}
+          AND position > COALESCE((SELECT covers_through_position FROM summary), -1)
+        ORDER BY position DESC
+        LIMIT :window_rows) w)
+"""
+
+# The newest summary as JSON (``content``, ``covers_through_position``, ``token_count``).
+SUMMARY_JSON = "(SELECT row_to_json(s) FROM summary s)"
+
+
+def window_from_json(
+    summary: dict[str, Any] | None, rows: list[dict[str, Any]], current: StoredMessage
+) -> tuple[StoredSummary | None, list[StoredMessage]]:
+    """What :data:`SUMMARY_JSON` and :data:`WINDOW_BEFORE` read, with the turn's own new
+    message first: what :func:`load_recent` returns."""
+    stored = (
+        StoredSummary(
+            summary["content"], summary["covers_through_position"], summary["token_count"]
+        )
+        if summary is not None
+        else None
+    )
+    messages = [current]
+    messages += [
+        StoredMessage(
+            row["position"],
+            row["role"],
+            row["content"],
+            row["parts"],
+            row["token_count"],
+            row["status"],
+        )
+        for row in rows
+    ]
+    return stored, messages
+
+
 def _file_part(part: dict[str, Any]) -> dict[str, Any]:
     # The REST API's own JSON (camelCase): sent as it is, no SDK model per part.
     return {"fileData": {"fileUri": part["gcs_uri"], "mimeType": part["mime_type"]}}

@@ -314,6 +314,28 @@ class Database:
         rows = self.fetch_all(sql, **params)
         return rows[0] if rows else None
 
+    def write(self, sql: str, **params: Any) -> list[Row]:
+        """Run one statement that writes, as its own transaction: one round trip, where
+        ``BEGIN``, the statement and ``COMMIT`` cost three (several tables change at once
+        through data-modifying ``WITH`` clauses, which see one snapshot and commit together).
+
+        Like a read, it is retried once on a fresh connection when the pooled one turns out
+        broken, so the statement must be safe to repeat: a reply lost after the commit runs
+        it twice (see :func:`shared.answers.store_ending` for how a turn's is).
+
+        Raises:
+            DatabaseUnavailable: the database cannot be reached.
+            Unauthorized: ``user_deleted``: a row it writes names a user deleted meanwhile.
+        """
+        try:
+            connection, rows = self._first_round_trip(lambda c: c.run(sql, params))
+        except Exception as error:
+            if references_deleted_user(error):
+                raise Unauthorized("This account has been deleted", code="user_deleted") from None
+            raise
+        self._release(connection)
+        return rows
+
     @contextmanager
     def transaction(self) -> Iterator[Transaction]:
         """A short explicit transaction: committed when the block ends, rolled back on error.

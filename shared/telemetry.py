@@ -60,7 +60,9 @@ class TurnRecord:
     Fields of the line: ``outcome`` (``ok``, ``truncated``, ``blocked``, ``empty``,
     ``client_left``, ``model_error:<busy|unavailable|refused>``, ``not_saved``,
     ``rate_limited``, ``rejected``, ``unavailable``, ``error``), ``model``, ``ttft_ms``
-    (request received -> first chunk written to the client), ``model_ttft_ms`` (model call ->
+    (request received -> first chunk written to the client), ``to_model_ms`` (request
+    received -> the model call starting: all of the backend's own work before the model,
+    authentication included), ``model_ttft_ms`` (model call ->
     first chunk from the model), ``turn_ms``, ``input_tokens``, ``output_tokens``,
     ``finish_reason``, ``retries``, ``window_messages``, ``chunks``, ``chat``, and ``code``
     (the error code) when the turn failed.
@@ -181,6 +183,9 @@ class TurnRecord:
         }
         if self.first_chunk_sent is not None:
             entry["ttft_ms"] = _ms(self.first_chunk_sent - self.received)
+        if self.model_called is not None:
+            # The backend's whole share before the model: authentication, the body, the turn.
+            entry["to_model_ms"] = _ms(self.model_called - self.received)
         if self.first_model_chunk is not None and self.model_called is not None:
             entry["model_ttft_ms"] = _ms(self.first_model_chunk - self.model_called)
         if self.input_tokens is not None:

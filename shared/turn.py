@@ -50,6 +50,7 @@ from shared.model_events import (
 )
 from shared.settings import Settings
 from shared.stream_events import DoneEvent, ErrorEvent, StartEvent, Usage
+from shared.summaries import NEWEST_SUMMARY
 from shared.telemetry import TurnRecord
 from shared.text import storable
 from shared.token_estimate import estimate_text_tokens
@@ -99,6 +100,13 @@ def begin(
     chat; an edit or a regenerate also removes what it replaces (messages, summaries,
     media links) and refuses a chat whose answer is still streaming (409 ``chat_busy``).
     """
+    if (
+        not request.regenerate
+        and request.edited_id is None
+        and asked is not None
+        and not any("upload_id" in part for part in asked.parts)
+    ):
+        return _begin_send(db, settings, user_id, plan, request, asked, system_tokens)
     released = 0
     with db.transaction() as tx:
         usage.check_and_count_message(tx, user_id, usage.plan_for(settings, plan))
@@ -146,10 +154,91 @@ def begin(
     )
 
 
+def _begin_send(
+    db: Database,
+    settings: Settings,
+    user_id: str,
+    plan: str | None,
+    request: TurnRequest,
+    asked: Question,
+    system_tokens: int,
+) -> BegunTurn:
+    """A send of text (the common turn) in one statement, one round trip: the message
+    counted against the user's limits (:mod:`shared.usage`), the chat's two positions taken
+    (a new chat created with them), the question stored and its answer's place reserved
+    (:mod:`shared.chats`), the user's name (:mod:`shared.users`), and the newest summary and
+    the window before the question (:mod:`shared.context`), all in one snapshot. A refused
+    send changes nothing; an unknown chat (or someone else's) is a 404 and counts nothing.
+
+    The window is read from the statement's snapshot: a send to the same chat committed
+    while this one waited for the chat's row lock is not in it (the old path read the window
+    after its commit); its answer would not have been either.
+    """
+    limits = usage.plan_for(settings, plan)
+    new_chat = request.chat_id is None
+    params = chats.send_params(request.chat_id, asked.text, asked.parts, asked.tokens)
+    if new_chat:
+        sql = f"""
+            WITH counted AS ({usage.count_message_sql()}),
+                 allocated AS ({chats.ALLOCATE_NEW_CHAT}),
+                 question AS ({chats.STORE_QUESTION}),
+                 answer AS ({chats.RESERVE_ANSWER})
+            SELECT a.position, a.title_source, (SELECT messages FROM counted) AS counted,
+                   u.first_name, u.last_name,
+                   {usage.MINUTE_MESSAGES} AS minute_messages,
+                   {usage.TOKENS_TODAY} AS tokens_today,
+                   NULL::json AS summary, '[]'::json AS recent
+            FROM (SELECT 1) one LEFT JOIN allocated a ON true
+                 LEFT JOIN ({users.USER_NAME}) u ON true
+        """
+    else:
+        sql = f"""
+            WITH counted AS ({usage.count_message_sql(chats.CHAT_IS_THE_USERS)}),
+                 allocated AS ({chats.ALLOCATE_IN_CHAT}),
+                 question AS ({chats.STORE_QUESTION}),
+                 answer AS ({chats.RESERVE_ANSWER}),
+                 summary AS ({NEWEST_SUMMARY})
+            SELECT a.position, a.title_source, (SELECT messages FROM counted) AS counted,
+                   u.first_name, u.last_name,
+                   {usage.MINUTE_MESSAGES} AS minute_messages,
+                   {usage.TOKENS_TODAY} AS tokens_today,
+                   {context.SUMMARY_JSON} AS summary,
+                   {context.WINDOW_BEFORE.format(before="a.position")} AS recent,
+                   {chats.CHAT_IS_THE_USERS} AS chat_found
+            FROM (SELECT 1) one LEFT JOIN allocated a ON true
+                 LEFT JOIN ({users.USER_NAME}) u ON true
+        """
+        params["window_rows"] = max(0, settings.chat_window_size - 1)
+    [row] = db.write(sql, **params, **usage.count_params(user_id, limits))
+    if row["position"] is None:
+        if not new_chat and not row["chat_found"]:
+            raise chats.chat_not_found()
+        raise usage.refusal(limits, row["minute_messages"], int(row["tokens_today"]))
+    usage.maybe_prune_windows(db, user_id)
+    position = row["position"]
+    current = context.StoredMessage(
+        position, "user", asked.text, asked.parts, asked.tokens, "complete"
+    )
+    summary, recent = context.window_from_json(row["summary"], row["recent"], current)
+    return BegunTurn(
+        chat_id=params["chat_id"],
+        user_message_id=params["question_id"],
+        assistant_message_id=params["answer_id"],
+        user_position=position,
+        default_title=row["title_source"] == "default",
+        user_name=users.display_name(row["first_name"], row["last_name"]),
+        released_media=0,
+        resumable=request.resumable,
+        model_context=context.build_context(summary, recent, settings, system_tokens),
+    )
+
+
 def note_context(turn: BegunTurn, record: TurnRecord, prepare_started: float) -> None:
     """What the model gets, in the turn's record and its ``turn context`` log line, with how
-    long preparing it took since ``prepare_started`` (a ``time.perf_counter()``;
-    bench/chat_stream.py reads ``prepare_ms``)."""
+    long preparing it took since ``prepare_started`` (a ``time.perf_counter()`` taken once the
+    request was authenticated: ``prepare_ms``) and since the request arrived
+    (``since_received_ms``, authentication and the body included); the ``chat turn`` line's
+    ``to_model_ms`` goes on to the model call itself (bench/chat_stream.py reads all three)."""
     record.chat = str(turn.chat_id)
     record.window_messages = len(turn.model_context.window_positions)
     model_context = turn.model_context
@@ -162,6 +251,7 @@ def note_context(turn: BegunTurn, record: TurnRecord, prepare_started: float) ->
             "summary": model_context.summary is not None,
             "media_sent": len(model_context.media_sent),
             "prepare_ms": round((time.perf_counter() - prepare_started) * 1000, 2),
+            "since_received_ms": round((time.perf_counter() - record.received) * 1000, 2),
         },
     )
 
@@ -334,23 +424,26 @@ def save_answer(
         finish_reason: str | None = "stopped"
     else:
         finish_reason = finished.finish_reason if finished else None
+    error_code = ending if ending != "stopped" and finish_reason is None else None
     try:
-        with db.transaction() as tx:
-            if keep:
-                chats.finish_answer(
-                    tx,
-                    turn.assistant_message_id,
-                    text,
-                    finish_reason=finish_reason,
-                    token_count=output_tokens,
-                    reported=finished is not None and finished.output_tokens > 0,
-                    model=finished.model if finished else settings.raven_model,
-                )
-            else:
-                chats.discard_answer(tx, turn.assistant_message_id)
-            usage.record_usage(tx, user_id, input_tokens, output_tokens)
-            error_code = ending if ending != "stopped" and finish_reason is None else None
-            answers.mark_ended(tx, turn.assistant_message_id, error_code, length)
+        answers.store_ending(
+            db,
+            user_id,
+            turn.assistant_message_id,
+            chats.finished_answer(
+                text,
+                finish_reason=finish_reason,
+                token_count=output_tokens,
+                reported=finished is not None and finished.output_tokens > 0,
+                model=finished.model if finished else settings.raven_model,
+                error_code=error_code,
+            )
+            if keep
+            else None,
+            input_tokens,
+            output_tokens,
+            length,
+        )
         return True
     except Exception:
         logger.exception("could not store the answer", extra={"chat": str(turn.chat_id)})

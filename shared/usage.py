@@ -83,18 +83,9 @@ def check_and_count_message(tx: Transaction, user_id: str, plan: Plan) -> None:
     )
     assert row is not None
     if row["messages"] > plan.messages_per_minute:
-        raise RateLimited(
-            f"Too many messages: the {plan.name} plan allows {plan.messages_per_minute} per minute",
-            retry_after=seconds_until_next_minute(),
-            code="rate_limited_messages",
-        )
+        raise _messages_refusal(plan)
     if row["tokens_today"] >= plan.tokens_per_day:
-        raise RateLimited(
-            f"Daily token limit reached: the {plan.name} plan allows {plan.tokens_per_day} "
-            "tokens per day (resets at 00:00 UTC)",
-            retry_after=seconds_until_next_utc_day(),
-            code="rate_limited_tokens",
-        )
+        raise _tokens_refusal(plan)
     if random.randrange(PRUNE_ONE_IN) == 0:
         tx.execute(
             "DELETE FROM rate_limit_windows WHERE user_id = :user_id "
@@ -103,21 +94,97 @@ def check_and_count_message(tx: Transaction, user_id: str, plan: Plan) -> None:
         )
 
 
-def record_usage(tx: Transaction, user_id: str, input_tokens: int, output_tokens: int) -> None:
-    """Add one answered turn's tokens to the user's usage of the current UTC day."""
-    tx.execute(
-        """
+# The user's tokens of the current UTC day, as a scalar subquery (``:user_id``).
+TOKENS_TODAY = """
+    (SELECT COALESCE(SUM(input_tokens + output_tokens), 0) FROM usage_daily
+     WHERE user_id = :user_id AND day = (now() AT TIME ZONE 'utc')::date)
+"""
+
+# The messages counted in the current minute, as a scalar subquery (``:user_id``).
+MINUTE_MESSAGES = """
+    (SELECT messages FROM rate_limit_windows
+     WHERE user_id = :user_id AND window_start = date_trunc('minute', now()))
+"""
+
+
+def count_message_sql(condition: str = "TRUE") -> str:
+    """Count one message against the user's limits (``:user_id``, ``:messages_per_minute``,
+    ``:tokens_per_day``) when ``condition`` (SQL) holds, as a data-modifying ``WITH`` clause
+    of the statement that stores the message (shared.turn): it returns the minute's new
+    count, or no row, and counts nothing, when a limit is reached. :func:`refusal` says which.
+
+    :func:`check_and_count_message` does the same inside a transaction (edits, regenerates).
+    """
+    return f"""
+        INSERT INTO rate_limit_windows (user_id, window_start, messages)
+        SELECT :user_id, date_trunc('minute', now()), 1
+        WHERE {TOKENS_TODAY} < :tokens_per_day AND {condition}
+        ON CONFLICT (user_id, window_start)
+        DO UPDATE SET messages = rate_limit_windows.messages + 1
+        WHERE rate_limit_windows.messages < :messages_per_minute
+        RETURNING messages
+    """
+
+
+def count_params(user_id: str, plan: Plan) -> dict[str, object]:
+    """:func:`count_message_sql`'s parameters."""
+    return {
+        "user_id": user_id,
+        "messages_per_minute": plan.messages_per_minute,
+        "tokens_per_day": plan.tokens_per_day,
+    }
+
+
+def refusal(plan: Plan, minute_messages: int | None, tokens_today: int) -> RateLimited:
+    """Why :func:`count_message_sql` counted nothing, from what the statement saw (its
+    :data:`MINUTE_MESSAGES` and :data:`TOKENS_TODAY`): the messages limit when the minute is
+    full (or was filled meanwhile by a concurrent send), else the tokens limit."""
+    if (minute_messages or 0) < plan.messages_per_minute and tokens_today >= plan.tokens_per_day:
+        return _tokens_refusal(plan)
+    return _messages_refusal(plan)
+
+
+def maybe_prune_windows(db: Database, user_id: str) -> None:
+    """On roughly one send in :data:`PRUNE_ONE_IN`, drop the user's old minute windows."""
+    if random.randrange(PRUNE_ONE_IN) == 0:
+        db.write(
+            "DELETE FROM rate_limit_windows WHERE user_id = :user_id "
+            "AND window_start < now() - interval '1 hour'",
+            user_id=user_id,
+        )
+
+
+def _messages_refusal(plan: Plan) -> RateLimited:
+    return RateLimited(
+        f"Too many messages: the {plan.name} plan allows {plan.messages_per_minute} per minute",
+        retry_after=seconds_until_next_minute(),
+        code="rate_limited_messages",
+    )
+
+
+def _tokens_refusal(plan: Plan) -> RateLimited:
+    return RateLimited(
+        f"Daily token limit reached: the {plan.name} plan allows {plan.tokens_per_day} "
+        "tokens per day (resets at 00:00 UTC)",
+        retry_after=seconds_until_next_utc_day(),
+        code="rate_limited_tokens",
+    )
+
+
+def record_usage_sql(condition: str = "TRUE") -> str:
+    """Add one answered turn's tokens (``:user_id``, ``:input_tokens``, ``:output_tokens``)
+    to the user's usage of the current UTC day, when ``condition`` (SQL) holds: a
+    data-modifying ``WITH`` clause of the statement that stores the turn (shared.answers)."""
+    return f"""
         INSERT INTO usage_daily (user_id, day, messages, input_tokens, output_tokens)
-        VALUES (:user_id, (now() AT TIME ZONE 'utc')::date, 1, :input_tokens, :output_tokens)
+        SELECT :user_id, (now() AT TIME ZONE 'utc')::date, 1, :input_tokens, :output_tokens
+        WHERE {condition}
         ON CONFLICT (user_id, day) DO UPDATE SET
             messages = usage_daily.messages + 1,
             input_tokens = usage_daily.input_tokens + EXCLUDED.input_tokens,
             output_tokens = usage_daily.output_tokens + EXCLUDED.output_tokens
-        """,
-        user_id=user_id,
-        input_tokens=input_tokens,
-        output_tokens=output_tokens,
-    )
+        RETURNING 1
+    """
 
 
 def usage_report(db: Database, user_id: str, plan: Plan) -> UsageReport:

@@ -57,6 +57,10 @@ def display_name(first_name: str | None, last_name: str | None) -> str | None:
     return name or None
 
 
+# The user's name columns (``:user_id``), for a statement that joins them in.
+USER_NAME = "SELECT first_name, last_name FROM users WHERE id = :user_id"
+
+
 def user_display_name(tx: Transaction, user_id: str) -> str | None:
     row = tx.fetch_one("SELECT first_name, last_name FROM users WHERE id = :id", id=user_id)
     if row is None:

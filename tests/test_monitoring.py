@@ -344,6 +344,7 @@ def test_turn_events_carry_the_numbers_and_no_text(logged: list[Any]) -> None:
     assert ok
     for turn in ok:
         assert 0 < turn["model_ttft_ms"] <= turn["ttft_ms"] <= turn["turn_ms"]
+        assert 0 < turn["to_model_ms"] < turn["ttft_ms"]
         assert turn["input_tokens"] > 0 and turn["output_tokens"] > 0
         # Other tests' turns share the log: retried ones are checked in tests/test_retries.py.
         assert turn["finish_reason"] in {"stop", "max_tokens", "other"}

@@ -22,6 +22,7 @@ from flask import Request, Response
 
 from shared import answers, context, serving, turn, turn_request
 from shared.auth import AuthenticatedUser, request_authenticator
+from shared.background import Background
 from shared.db import connection_factory
 from shared.gemini import GeminiStreamer
 from shared.model_events import AnswerChunk
@@ -41,6 +42,8 @@ MODEL = GeminiStreamer(settings)
 MODEL.preload()
 # The answers listener's own connection (one per process, opened on first use).
 LISTEN_CONNECT = connection_factory(settings)
+# What a turn asks for after its ``done`` (summary and title tasks), off the response's path.
+AFTER_TURN = Background("after-turn")
 
 
 def send_message(request: Request, user: AuthenticatedUser) -> Response:
@@ -104,7 +107,15 @@ def open_turn(request: Request, user: AuthenticatedUser, record: TurnRecord) -> 
 
 
 def request_tasks(chat_id: uuid.UUID, summary_cut: int | None, title: bool) -> None:
-    """After ``done``: Cloud Tasks for a due summary and a wanted title (failures logged)."""
+    """After ``done``: Cloud Tasks for a due summary and a wanted title (failures logged),
+    handed to this process's background thread, so the response ends without waiting for
+    them (a SIGTERM'd process still creates them before it exits: shared.background)."""
+    if summary_cut is None and not title:
+        return
+    AFTER_TURN.submit(lambda: _request_tasks(chat_id, summary_cut, title))
+
+
+def _request_tasks(chat_id: uuid.UUID, summary_cut: int | None, title: bool) -> None:
     from shared import tasks  # the first turn that needs it pays for the import
 
     tasks.request_after_turn(chat_id, summary_cut, title)
@@ -145,6 +156,7 @@ API = make_api(
 )
 # SIGTERM (Cloud Run's scale-in or redeploy): take no new turns, stop the open ones.
 serving.on_shutdown(answers.begin_shutdown)
+serving.on_shutdown(AFTER_TURN.drain)
 
 
 @functions_framework.http
