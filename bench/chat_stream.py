@@ -372,10 +372,13 @@ def run(stream_loads: list[tuple[int, int]] | None = None) -> dict[str, Any]:
                     "60": [],
                     "10000": [],
                 }
+                cpu_before = process_cpu_seconds(process.pid)
                 for index in range(SAMPLES):
                     overhead["10"].append(one_turn(url, token, small[index], control))
                     overhead["60"].append(one_turn(url, token, full_window[index], control))
                     overhead["10000"].append(one_turn(url, token, large, control))
+                # The instance's CPU per whole turn (request to end of response, 3 chunks).
+                turn_cpu_ms = (process_cpu_seconds(process.pid) - cpu_before) * 1000 / (3 * SAMPLES)
             finally:
                 process.terminate()
                 process.wait()
@@ -419,8 +422,14 @@ def run(stream_loads: list[tuple[int, int]] | None = None) -> dict[str, Any]:
         "overhead_chat_60": summary(overhead["60"], prepare["60"]),
         "overhead_chat_10000": summary(overhead["10000"], prepare["10000"]),
         "stream_loads": loads,
+        "instance_cpu_ms_per_turn": turn_cpu_ms,
+        "load_average": os.getloadavg()[0],
     }
     print("chat_stream")
+    print(
+        f"  instance CPU per turn (request to end of response, 3 chunks): {turn_cpu_ms:.2f} ms "
+        f"(load average {results['load_average']:.1f})"
+    )
     for size in ("10", "60", "10000"):
         row = results[f"overhead_chat_{size}"]
         own = ", ".join(

@@ -58,6 +58,12 @@ class Background:
                 self._thread = threading.Thread(target=self._run, name=self._name, daemon=False)
                 self._thread.start()
 
+    def held(self) -> Held:
+        """A holder of one response's jobs, handed over only once that response has ended
+        (:meth:`Held.release`, from the response's close): the job's CPU then competes with
+        nothing the client still waits for."""
+        return Held(self)
+
     def drain(self) -> None:
         """SIGTERM: run what is queued, then let the thread end without its idle wait.
         Safe in a signal handler: it does not block."""
@@ -104,6 +110,32 @@ class Background:
         self._thread = None
         self._pending = 0
         self._draining = False
+
+
+class Held:
+    """One response's jobs, held until it has ended, then handed to a :class:`Background`."""
+
+    def __init__(self, worker: Background) -> None:
+        self._worker = worker
+        self._jobs: list[Callable[[], None]] | None = []  # None: released
+        self._lock = threading.Lock()
+
+    def submit(self, job: Callable[[], None]) -> None:
+        """Hold ``job`` until :meth:`release`; after it, hand it over at once (a turn that
+        outlived its client ends after its response did)."""
+        context = contextvars.copy_context()
+        with self._lock:
+            if self._jobs is not None:
+                self._jobs.append(lambda: context.run(job))
+                return
+        self._worker.submit(job)
+
+    def release(self) -> None:
+        """The response has ended: hand over what is held (and what comes later)."""
+        with self._lock:
+            jobs, self._jobs = self._jobs or [], None
+        for job in jobs:
+            self._worker.submit(job)
 
 
 def _after_fork_in_child() -> None:

@@ -76,6 +76,20 @@ def test_a_drained_worker_ends_without_its_idle_wait() -> None:
     assert late.wait(10)
 
 
+def test_held_jobs_wait_for_the_response_to_end() -> None:
+    worker = Background("test-held", idle_seconds=0.05)
+    held = worker.held()
+    ran: list[str] = []
+    held.submit(lambda: ran.append("title"))
+    assert worker.pending() == 0 and ran == []  # the response has not ended
+    held.release()
+    wait_for(lambda: ran == ["title"])
+    # A turn that outlived its client (a resumable one) ends after its response: at once.
+    late = threading.Event()
+    held.submit(late.set)
+    assert late.wait(10)
+
+
 @pytest.mark.parametrize("how", ["exit", "sigterm"])
 def test_no_job_is_lost_when_the_process_exits(tmp_path: Path, how: str) -> None:
     """The main thread returns (gunicorn's worker after its requests ended) right after

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import functions_framework
@@ -97,22 +98,38 @@ def open_turn(request: Request, user: AuthenticatedUser, record: TurnRecord) -> 
         # Ticks, so the turn can stop while the model is silent; it sends heartbeats itself.
         heartbeat_seconds=min(settings.sse_heartbeat_seconds, answers.TICK_SECONDS),
     )
+    # Summary and title tasks: asked for once the response has ended (shared.background).
+    after_response = AFTER_TURN.held()
     events = turn.stream_answer(
-        database(), settings, user.id, begun, model_events, record, request_tasks
+        database(),
+        settings,
+        user.id,
+        begun,
+        model_events,
+        record,
+        lambda chat_id, cut, title: request_tasks(after_response.submit, chat_id, cut, title),
     )
     if begun.resumable:
         events = turn.outliving_its_client(events, name=f"answer-{begun.assistant_message_id}")
     framing = choose_framing(request.headers.get("Accept"), settings.chat_stream_format)
-    return framing.response(record.observe(events, AnswerChunk))
+    response = framing.response(record.observe(events, AnswerChunk))
+    response.call_on_close(after_response.release)  # the server closes it once it has ended
+    return response
 
 
-def request_tasks(chat_id: uuid.UUID, summary_cut: int | None, title: bool) -> None:
+def request_tasks(
+    submit: Callable[[Callable[[], None]], None],
+    chat_id: uuid.UUID,
+    summary_cut: int | None,
+    title: bool,
+) -> None:
     """After ``done``: Cloud Tasks for a due summary and a wanted title (failures logged),
-    handed to this process's background thread, so the response ends without waiting for
-    them (a SIGTERM'd process still creates them before it exits: shared.background)."""
+    run by this process's background thread once the response has ended, so the client
+    never waits for them (a SIGTERM'd process still creates them before it exits:
+    shared.background)."""
     if summary_cut is None and not title:
         return
-    AFTER_TURN.submit(lambda: _request_tasks(chat_id, summary_cut, title))
+    submit(lambda: _request_tasks(chat_id, summary_cut, title))
 
 
 def _request_tasks(chat_id: uuid.UUID, summary_cut: int | None, title: bool) -> None:
