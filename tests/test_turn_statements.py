@@ -36,6 +36,7 @@ def test_a_send_to_an_unknown_chat_or_over_a_limit_changes_nothing(
     make_user: Any, db: Database, model: StandinControl
 ) -> None:
     carol: ApiClient = make_user()
+    assert carol.user_id is not None
     first = stream_events(carol.send(unique("hello")))
     assert first[-1]["type"] == "done"
     chat_id = first[0]["chat_id"]
@@ -77,6 +78,7 @@ def test_the_window_and_the_name_come_with_the_send(
 
 def test_storing_an_ending_twice_counts_its_usage_once(make_user: Any, db: Database) -> None:
     erin: ApiClient = make_user()
+    assert erin.user_id is not None
     erin.get("/api/chats")  # creates the user row
     with db.transaction() as tx:
         turn = chats.start_turn(tx, erin.user_id, None, "q", [{"type": "text", "text": "q"}], 1)
