@@ -6,10 +6,12 @@ A turn (see docs/api.md, "Sending a message"):
    user's; the client's copy of the history is never fed to the model nor stored); check
    every media reference is one of the caller's own uploads and really in the bucket
    (:func:`shared.media.resolve_attachments`);
-2. in one short transaction (:func:`begin`): count the message against the user's limits,
-   resolve or create the chat (someone else's or unknown: 404 before any stream), store the
-   user's message and reserve the answer's position; an edit or a regenerate also removes
-   what it replaces and refuses a chat whose answer is still streaming (409 ``chat_busy``);
+2. (:func:`begin`) count the message against the user's limits, resolve or create the chat
+   (someone else's or unknown: 404 before any stream), store the user's message and reserve
+   the answer's position; an edit or a regenerate also removes what it replaces and refuses
+   a chat whose answer is still streaming (409 ``chat_busy``). A send of text does all of it
+   in one statement with step 3 (one round trip, composed of the SQL of the modules owning
+   each table); an edit, a regenerate or a message with media in one short transaction;
 3. build the context from the store only (newest summary + recent window, one bounded query);
 4. :func:`stream_answer`: ``start``, the model's chunks (and heartbeats), then ``done`` with
    usage or ``error``; the framing the request asked for only writes these events. Every
@@ -17,11 +19,12 @@ A turn (see docs/api.md, "Sending a message"):
    (``POST .../stop``) or by the instance's shutdown ends early (:mod:`shared.answers`);
 5. store the answer: complete, or, if the model failed, the client left, the user stopped it
    or the instance is shutting down, what was produced marked incomplete; add the turn's
-   tokens to the user's usage. A resumable turn (``"resumable": true``) stores its text as
+   tokens to the user's usage (one statement: :func:`shared.answers.store_ending`). A resumable turn (``"resumable": true``) stores its text as
    it grows and is not stopped by the client leaving: a thread takes it over
    (:func:`outliving_its_client`);
 6. after ``done``: a rolling summary when enough is unsummarised (:func:`summary_due`), a
-   title for a chat that still has the default one.
+   title for a chat that still has the default one (asked for by the entry point once the
+   response has ended, on a background thread: :mod:`shared.background`).
 
 This module owns the rules and calls the domain modules; the model, storage and Cloud Tasks
 adapters are handed in by the entry point (functions/chat_stream/main.py), so nothing here
