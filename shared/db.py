@@ -52,6 +52,7 @@ T = TypeVar("T")
 _CONNECTION_LOST_CODES = {"57P01", "57P02", "57P03"}
 _PREPARED_PER_CONNECTION = 128
 FOREIGN_KEY_VIOLATION = "23503"
+UNIQUE_VIOLATION = "23505"
 
 
 class DatabaseUnavailable(ServiceUnavailable):

@@ -19,9 +19,9 @@ A turn (see docs/api.md, "Sending a message"):
    (``POST .../stop``) or by the instance's shutdown ends early (:mod:`shared.answers`);
 5. store the answer: complete, or, if the model failed, the client left, the user stopped it
    or the instance is shutting down, what was produced marked incomplete; add the turn's
-   tokens to the user's usage (one statement: :func:`shared.answers.store_ending`). A resumable turn (``"resumable": true``) stores its text as
-   it grows and is not stopped by the client leaving: a thread takes it over
-   (:func:`outliving_its_client`);
+   tokens to the user's usage (one statement: :func:`shared.answers.store_ending`). A
+   resumable turn (``"resumable": true``) stores its text as it grows and is not stopped by
+   the client leaving: a thread takes it over (:func:`outliving_its_client`);
 6. after ``done``: a rolling summary when enough is unsummarised (:func:`summary_due`), a
    title for a chat that still has the default one (asked for by the entry point once the
    response has ended, on a background thread: :mod:`shared.background`).
@@ -42,7 +42,7 @@ from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 
 from shared import answer_progress, answers, chats, context, usage, users
-from shared.db import Database
+from shared.db import UNIQUE_VIOLATION, Database, DatabaseUnavailable, sqlstate
 from shared.model_events import (
     AnswerChunk,
     Finished,
@@ -212,7 +212,15 @@ def _begin_send(
                  LEFT JOIN ({users.USER_NAME}) u ON true
         """
         params["window_rows"] = max(0, settings.chat_window_size - 1)
-    [row] = db.write(sql, **params, **usage.count_params(user_id, limits))
+    try:
+        [row] = db.write(sql, **params, **usage.count_params(user_id, limits))
+    except Exception as error:
+        # Database.write repeats a statement whose connection broke; had the first run
+        # committed (its reply lost), the repeat meets its own ids: say so as the database
+        # failing (503, retry), which is what it was, not as a bug.
+        if sqlstate(error) == UNIQUE_VIOLATION:
+            raise DatabaseUnavailable() from error
+        raise
     if row["position"] is None:
         if not new_chat and not row["chat_found"]:
             raise chats.chat_not_found()
