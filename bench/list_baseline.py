@@ -14,6 +14,11 @@ Also each server's CPU time per request (user + system, from /proc, over each ro
 measure other load on the machine moves least, and what bounds a one-process server's
 throughput on a core of its own.
 
+Also the serving floor: the same gunicorn worker and pipeline (functions-framework, our
+``DirectApp``, CORS, the access log line) with handlers that answer ``[]`` without a token
+check or a query (bench/request_path.py's function, here under load). Its CPU per request is
+what chats_crud spends before and after its own work: the part no handler change can cut.
+
 Targets (issue 17): chats_crud >= 2x the baseline's throughput, <= 0.5x its p99.
 """
 
@@ -31,9 +36,10 @@ from pathlib import Path
 from typing import Any
 
 from bench.chat_stream import process_cpu_seconds
-from bench.chats_crud import start_instance
+from bench.chats_crud import THREADS, start_instance
 from bench.load import LoadResult, run_load
-from dev.stack import LocalStack, free_port
+from bench.request_path import FUNCTION_SOURCE
+from dev.stack import LocalStack, free_port, function_command
 
 ROOT = Path(__file__).resolve().parent.parent
 BASELINE_PYTHON = ROOT / ".venv-baseline" / "bin" / "python"
@@ -98,9 +104,38 @@ def start_baseline(env: dict[str, str], token: str) -> tuple[subprocess.Popen[by
         raise
 
 
+def start_floor(env: dict[str, str], folder: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """chats_crud's serving path around handlers that do nothing (see the module's doc)."""
+    source = folder / "floor.py"
+    source.write_text(
+        FUNCTION_SOURCE.format(flask_context=False).replace("def target(", "def chats_crud(")
+    )
+    port = free_port()
+    process = subprocess.Popen(
+        function_command("chats_crud", port, source),
+        cwd=ROOT,
+        env={**env, "PORT": str(port), "THREADS": THREADS, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            with urllib.request.urlopen(url + "/api/chats", timeout=5) as response:
+                if response.read() != b"[]":
+                    raise RuntimeError("the floor function answered something else")
+                return process, url
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.terminate()
+                raise RuntimeError("the floor function did not start") from None
+            time.sleep(0.05)
+
+
 def run() -> dict[str, Any]:
-    per_round: dict[str, list[LoadResult]] = {"raven": [], "baseline": []}
-    cpu_per_request: dict[str, list[float]] = {"raven": [], "baseline": []}
+    per_round: dict[str, list[LoadResult]] = {"raven": [], "baseline": [], "floor": []}
+    cpu_per_request: dict[str, list[float]] = {"raven": [], "baseline": [], "floor": []}
     with tempfile.TemporaryDirectory() as data_dir:
         stack = LocalStack(Path(data_dir), free_port(), log_to_files=True)
         stack.start()
@@ -117,9 +152,10 @@ def run() -> dict[str, Any]:
                     )
                     urllib.request.urlopen(request).read()
                 baseline, baseline_url = start_baseline(stack.env, token)
+                floor, floor_url = start_floor(stack.env, Path(data_dir))
                 try:
-                    urls = {"raven": our_url, "baseline": baseline_url}
-                    pids = {"raven": ours.pid, "baseline": baseline.pid}
+                    urls = {"raven": our_url, "baseline": baseline_url, "floor": floor_url}
+                    pids = {"raven": ours.pid, "baseline": baseline.pid, "floor": floor.pid}
                     for url in urls.values():  # warm-up: statements prepared, pools filled
                         run_load(url, "GET", "/api/chats", headers=auth, duration=1.0)
                     for _ in range(ROUNDS):
@@ -132,8 +168,9 @@ def run() -> dict[str, Any]:
                             per_round[name].append(load)
                             cpu_per_request[name].append(cpu * 1e6 / max(load.requests, 1))
                 finally:
-                    baseline.terminate()
-                    baseline.wait()
+                    for process in (baseline, floor):
+                        process.terminate()
+                        process.wait()
             finally:
                 ours.terminate()
                 ours.wait()
@@ -153,7 +190,7 @@ def run() -> dict[str, Any]:
             "rounds_p99_ms": [load.p99_ms for load in loads],
         }
 
-    raven_row, baseline_row = summary("raven"), summary("baseline")
+    raven_row, baseline_row, floor_row = summary("raven"), summary("baseline"), summary("floor")
     throughput_ratios = [
         ours.per_second / theirs.per_second
         for ours, theirs in zip(per_round["raven"], per_round["baseline"], strict=True)
@@ -167,12 +204,14 @@ def run() -> dict[str, Any]:
         "baseline": baseline_row,
         "throughput_ratio": statistics.median(throughput_ratios),
         "p99_ratio": statistics.median(p99_ratios),
+        "floor": floor_row,
         "cpu_ratio": raven_row["cpu_us_per_request"] / baseline_row["cpu_us_per_request"],
         "rounds_throughput_ratio": throughput_ratios,
         "rounds_p99_ratio": p99_ratios,
     }
     print(f"GET /api/chats, {CHATS} chats, 8 keep-alive clients, {ROUNDS} interleaved rounds")
-    for name, row in (("chats_crud", raven_row), ("FastAPI+asyncpg", baseline_row)):
+    rows = (("chats_crud", raven_row), ("FastAPI+asyncpg", baseline_row), ("floor", floor_row))
+    for name, row in rows:
         rounds = ", ".join(f"{value:.0f}" for value in row["rounds_per_second"])
         print(
             f"  {name:>16}: {row['per_second']:.0f} req/s (rounds {rounds}), p50 "
@@ -187,5 +226,10 @@ def run() -> dict[str, Any]:
     print(
         f"  server CPU per request, chats_crud / baseline: {results['cpu_ratio']:.2f} (what "
         "bounds throughput on a core of its own, and the measure least moved by other load)"
+    )
+    print(
+        f"  serving floor (same server and pipeline, handlers answering [] with no token check "
+        f"nor query): {floor_row['cpu_us_per_request']:.0f} µs, "
+        f"{floor_row['cpu_us_per_request'] / raven_row['cpu_us_per_request']:.0%} of chats_crud's"
     )
     return results

@@ -283,7 +283,10 @@ class KnownUsers:
     Per instance it remembers for :data:`ttl` seconds whose profile it has already filled
     in, so a known user costs one primary-key lookup per request, never a write; the check
     itself is never skipped, so a token cached by :class:`TokenVerifier` stops working the
-    moment Clerk's ``user.deleted`` is processed.
+    moment Clerk's ``user.deleted`` is processed. A handler marked
+    :func:`shared.web.checks_user_itself` (the chat list) makes that lookup part of its own
+    query (``users.USER_KNOWN``), in the same statement as the page: one round trip, and
+    the check and the page read one snapshot.
     """
 
     def __init__(self, db: Database, ttl: float = 600.0, capacity: int = 10_000) -> None:
@@ -293,8 +296,14 @@ class KnownUsers:
         self._synced: dict[str, float] = {}
         self._lock = threading.Lock()
 
-    def ensure(self, user: AuthenticatedUser) -> None:
+    def ensure(self, user: AuthenticatedUser, *, checked_by_caller: bool = False) -> None:
         """Refuse a deleted user; create the user's row if missing.
+
+        Args:
+            checked_by_caller: the caller's own query reads the user's row
+                (``users.USER_KNOWN``) and calls :meth:`row_missing` when it is gone. For a
+                user synced within ``ttl`` nothing is asked of the database here then: the
+                check rides on the caller's round trip instead of costing one of its own.
 
         Raises:
             Unauthorized: ``user_deleted``: the user's row is gone, or the deletion is still
@@ -307,10 +316,25 @@ class KnownUsers:
         now = time.monotonic()
         synced_at = self._synced.get(user.id)
         if synced_at is not None and now - synced_at < self._ttl:
-            if users.user_exists(self._db, user.id):
+            if checked_by_caller or users.user_exists(self._db, user.id):
                 return
             with self._lock:
                 self._synced.pop(user.id, None)
+        self._sync(user, now)
+
+    def row_missing(self, user: AuthenticatedUser) -> None:
+        """A caller's query found no row for the user (``ensure(..., checked_by_caller=True)``):
+        refuse them if their deletion is queued, or create the row again as a first request
+        would (what :meth:`ensure` does when its own check finds no row).
+
+        Raises:
+            Unauthorized: ``user_deleted``.
+        """
+        with self._lock:
+            self._synced.pop(user.id, None)
+        self._sync(user, time.monotonic())
+
+    def _sync(self, user: AuthenticatedUser, now: float) -> None:
         with self._db.transaction() as tx:
             allowed = users.ensure_user(
                 tx,
@@ -340,14 +364,40 @@ def known_users() -> KnownUsers:
     return KnownUsers(database())
 
 
-def authenticate(request: Request) -> AuthenticatedUser:
-    """The caller named by the request's bearer token; their user row exists afterwards."""
+def authenticate(request: Request, *, user_checked_by_handler: bool = False) -> AuthenticatedUser:
+    """The caller named by the request's bearer token; their user row exists afterwards.
+
+    Args:
+        user_checked_by_handler: the route's handler reads the user's row in its own query
+            (``shared.web.checks_user_itself``) and calls :func:`user_row_missing` when it is
+            gone; a user this instance synced lately is then not looked up here.
+    """
     user = token_verifier().verify(bearer_token(request.headers.get("Authorization")))
-    known_users().ensure(user)
+    known_users().ensure(user, checked_by_caller=user_checked_by_handler)
     return user
 
 
-def request_authenticator() -> Callable[[Request], AuthenticatedUser]:
+def user_row_missing(user: AuthenticatedUser) -> None:
+    """What a :func:`shared.web.checks_user_itself` handler calls when its query found no row
+    for the user: 401 ``user_deleted`` for a deleted user, else the row is created again.
+
+    Raises:
+        Unauthorized: ``user_deleted``.
+    """
+    known_users().row_missing(user)
+
+
+def check_user(user: AuthenticatedUser) -> None:
+    """The existence check :func:`authenticate` skipped for a ``checks_user_itself`` handler,
+    for the paths of such a handler whose query does not read the user's row.
+
+    Raises:
+        Unauthorized: ``user_deleted``.
+    """
+    known_users().ensure(user)
+
+
+def request_authenticator() -> Callable[..., AuthenticatedUser]:
     """:func:`authenticate`, with the verifier built now: a bad Clerk key fails at start."""
     token_verifier()
     return authenticate

@@ -11,10 +11,12 @@ import base64
 import binascii
 import re
 import uuid
+from typing import NamedTuple
 
 from shared.db import Database, Row
 from shared.errors import BadRequest
 from shared.schemas import Chat, ChatSearchHit
+from shared.users import USER_KNOWN
 
 # A bound parameter of integer microseconds as a timestamptz: the inverse of how times leave
 # Postgres (shared.chats.CHAT_COLUMNS).
@@ -77,36 +79,42 @@ _LIST_PAGE = """
            max(CASE WHEN n = :limit
                THEN (EXTRACT(EPOCH FROM updated_at) * 1000000)::bigint END) AS last_updated_us,
            max(CASE WHEN n = :limit THEN id::text END) AS last_id,
-           count(*) > :limit AS more
+           count(*) > :limit AS more,
+           {user_known} AS user_known
     FROM page
 """
 _AFTER_CURSOR = f"AND (updated_at, id) < ({FROM_MICROS.format(name='updated_us')}, :chat_id)"
 
 
-def list_chats_json(
-    db: Database, user_id: str, limit: int, cursor: str | None
-) -> tuple[str, str | None]:
-    """A page of the user's chats as a JSON array, most recently active first, and the next
-    page's cursor (None on the last page)."""
+_FIRST_PAGE = _LIST_PAGE.format(after="", chat_json=_CHAT_JSON, user_known=USER_KNOWN)
+_NEXT_PAGE = _LIST_PAGE.format(after=_AFTER_CURSOR, chat_json=_CHAT_JSON, user_known=USER_KNOWN)
+
+
+class ChatListPage(NamedTuple):
+    body: str  # the page as a JSON array of schemas.Chat
+    next_cursor: str | None  # None on the last page
+    # Whether the user's row exists, read in the page's own statement: the deleted-user
+    # check of shared.auth.KnownUsers without a round trip of its own (web.checks_user_itself).
+    user_known: bool
+
+
+def list_chats_json(db: Database, user_id: str, limit: int, cursor: str | None) -> ChatListPage:
+    """A page of the user's chats as a JSON array, most recently active first, the next
+    page's cursor, and whether the user's row exists."""
     if cursor is None:
-        row = db.fetch_one(
-            _LIST_PAGE.format(after="", chat_json=_CHAT_JSON), user_id=user_id, limit=limit
-        )
+        row = db.fetch_one(_FIRST_PAGE, user_id=user_id, limit=limit)
     else:
         updated_us, chat_id = _decode_chat_cursor(cursor)
         row = db.fetch_one(
-            _LIST_PAGE.format(after=_AFTER_CURSOR, chat_json=_CHAT_JSON),
-            user_id=user_id,
-            limit=limit,
-            updated_us=updated_us,
-            chat_id=chat_id,
+            _NEXT_PAGE, user_id=user_id, limit=limit, updated_us=updated_us, chat_id=chat_id
         )
     assert row is not None  # an aggregate always returns one row
-    if not row["more"]:
-        return row["body"], None
-    return row["body"], _encode_chat_cursor(
-        {"updated_us": row["last_updated_us"], "id": row["last_id"]}
-    )
+    next_cursor = None
+    if row["more"]:
+        next_cursor = _encode_chat_cursor(
+            {"updated_us": row["last_updated_us"], "id": row["last_id"]}
+        )
+    return ChatListPage(row["body"], next_cursor, bool(row["user_known"]))
 
 
 # --- search ----------------------------------------------------------------------------------

@@ -9,8 +9,6 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
-from flask import Request
-
 from shared import serving
 from shared.db import database as database  # the entry points' one import of it
 from shared.log import configure_logging
@@ -47,7 +45,7 @@ def make_api(
     function: str,
     handlers: Mapping[str, Handler],
     *,
-    authenticate: Callable[[Request], AuthenticatedUser] | None = None,
+    authenticate: Callable[..., AuthenticatedUser] | None = None,
     max_body_bytes: int | None = None,
     flask_context: bool = False,
 ) -> Api:

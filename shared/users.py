@@ -71,6 +71,12 @@ def user_display_name(tx: Transaction, user_id: str) -> str | None:
 # --- a token's user --------------------------------------------------------------------------
 
 
+# The existence check as an expression a handler's own query selects (named ``user_known``,
+# the user's id bound as ``:user_id``), in place of :func:`user_exists`'s round trip of its
+# own: see shared.auth.KnownUsers and shared.web.checks_user_itself.
+USER_KNOWN = "EXISTS (SELECT 1 FROM users WHERE id = :user_id)"
+
+
 def user_exists(db: Database, user_id: str) -> bool:
     row = db.fetch_one("SELECT EXISTS (SELECT 1 FROM users WHERE id = :id) AS known", id=user_id)
     return row is not None and bool(row["known"])

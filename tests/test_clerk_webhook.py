@@ -325,6 +325,43 @@ def test_an_instance_that_remembers_a_deleted_user_refuses_their_token_at_once(
     assert user_row(db, client.user_id) is None
 
 
+def test_the_chat_list_refuses_a_deleted_user_it_has_listed_for(
+    make_user: Any, svix: Svix, db: Database
+) -> None:
+    # The list reads the user's row in the page's own statement (web.checks_user_itself)
+    # instead of a separate check: an instance that has listed for the user must still
+    # refuse them at once, on every way through the handler.
+    client: ApiClient = make_user(email="lister@example.com")
+    client.create_chat("before")
+    listed = client.get("/api/chats")
+    assert listed.status_code == 200 and len(listed.json()) == 1
+    assert client.user_id is not None
+    assert_acknowledged(svix.deliver(deleted_event(client.user_id)), "user deleted")
+    assert_error(client.get("/api/chats"), 401, "user_deleted")
+    assert_error(client.get("/api/chats", params={"limit": 5}), 401, "user_deleted")
+    assert_error(client.get("/api/chats", params={"q": "before"}), 401, "user_deleted")
+    # A request the handler refuses on its own still hears about the deletion first.
+    assert_error(client.get("/api/chats", params={"limit": "many"}), 401, "user_deleted")
+    assert_error(client.get("/api/chats", params={"cursor": "not-ours"}), 401, "user_deleted")
+    assert user_row(db, client.user_id) is None
+
+
+def test_the_chat_list_brings_back_a_row_gone_without_a_queued_deletion(
+    make_user: Any, db: Database
+) -> None:
+    # Past the late sweep nothing remembers a deleted user: a token then creates the row
+    # again, as on a first request (KnownUsers), whichever check finds it missing.
+    client: ApiClient = make_user(email="returning@example.com")
+    assert client.get("/api/chats").status_code == 200
+    assert client.user_id is not None
+    with db.transaction() as tx:
+        tx.execute("DELETE FROM users WHERE id = :id", id=client.user_id)
+    listed = client.get("/api/chats")
+    assert listed.status_code == 200 and listed.json() == []
+    row = user_row(db, client.user_id)
+    assert row is not None and row["email"] == "returning@example.com"
+
+
 def test_user_deleted_also_queues_uploads_outside_the_user_prefix(
     make_user: Any, svix: Svix, db: Database
 ) -> None:

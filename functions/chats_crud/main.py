@@ -26,7 +26,8 @@ import functions_framework
 from flask import Request, Response
 
 from shared import chat_list, chats, history, media, usage
-from shared.auth import AuthenticatedUser, request_authenticator
+from shared.auth import AuthenticatedUser, check_user, request_authenticator, user_row_missing
+from shared.errors import ApiError, Unauthorized
 from shared.runtime import database, make_api, start_function
 from shared.schemas import (
     LIST_PAGE_SIZE,
@@ -44,7 +45,7 @@ from shared.schemas import (
 )
 from shared.settings import get_settings
 from shared.storage import media_storage, schedule_storage_cleanup
-from shared.web import json_response, parse_json, query_args, validate
+from shared.web import checks_user_itself, json_response, parse_json, query_args, validate
 
 start_function("GCS_BUCKET_NAME")
 
@@ -59,22 +60,39 @@ def _next_page_headers(request: Request, cursor_name: str, cursor: object | None
     }
 
 
+# The plain list without a query string (the sidebar's every load): no validation to run.
+_NO_LIST_QUERY = ChatListQuery.model_validate({})
+
+
+@checks_user_itself  # the page's statement reads the user's row: one round trip, not two
 def list_chats(request: Request, user: AuthenticatedUser) -> Response:
-    query = validate(ChatListQuery, query_args(request, ChatListQuery), where="query.")
-    if query.q:
-        hits, next_cursor = chat_list.search_chats(
-            database(), user.id, query.q, query.limit or SEARCH_PAGE_SIZE, query.cursor
+    try:
+        query = (
+            validate(ChatListQuery, query_args(request, ChatListQuery), where="query.")
+            if request.query_string
+            else _NO_LIST_QUERY
         )
-        return json_response(
-            SearchPage(hits), headers=_next_page_headers(request, "cursor", next_cursor)
-        )
-    page, next_cursor = chat_list.list_chats_json(
-        database(), user.id, query.limit or LIST_PAGE_SIZE, query.cursor
-    )
+        if query.q:
+            check_user(user)  # the search's statements do not read the user's row
+            hits, next_cursor = chat_list.search_chats(
+                database(), user.id, query.q, query.limit or SEARCH_PAGE_SIZE, query.cursor
+            )
+            return json_response(
+                SearchPage(hits), headers=_next_page_headers(request, "cursor", next_cursor)
+            )
+        limit = query.limit or LIST_PAGE_SIZE
+        page = chat_list.list_chats_json(database(), user.id, limit, query.cursor)
+    except ApiError as error:
+        if error.status < 500 and not isinstance(error, Unauthorized):
+            check_user(user)  # a deleted user hears 401 user_deleted first, as on every route
+        raise
+    if not page.user_known:
+        user_row_missing(user)  # 401 user_deleted, or the row is created again
+        page = chat_list.list_chats_json(database(), user.id, limit, query.cursor)
     return Response(
-        page,
+        page.body,
         mimetype="application/json",
-        headers=_next_page_headers(request, "cursor", next_cursor),
+        headers=_next_page_headers(request, "cursor", page.next_cursor),
     )
 
 
