@@ -243,7 +243,7 @@ class GeminiStreamer:
             ) from None
         except ModelError:
             raise
-        except Exception as error:  # noqa: BLE001 - every failure is described the same way
+        except Exception as error:  # every failure is described the same way
             raise _describe_failure(error) from error
         finally:
             batches.close()
@@ -268,9 +268,7 @@ class GeminiStreamer:
         if temperature is not None:
             config = config.model_copy(update={"temperature": temperature})
         try:
-            response = client.models.generate_content(
-                model=model, contents=contents, config=config
-            )
+            response = client.models.generate_content(model=model, contents=contents, config=config)
         except Exception as error:
             raise _describe_failure(error) from error
         usage = response.usage_metadata or types.GenerateContentResponseUsageMetadata()

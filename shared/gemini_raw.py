@@ -32,7 +32,7 @@ stand-in, which sends no token unless scripted to, a broken stream fails as it a
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -160,7 +160,7 @@ def raw_stream(
     *,
     heartbeat_seconds: float,
     silence_seconds: float,
-) -> Iterator[list[dict[str, Any]]]:
+) -> Generator[list[dict[str, Any]], None, None]:
     """Stream ``generateContent``'s raw responses (dicts), continuing as google-genai does.
 
     Each item is the responses that arrived together (one ``recv``), or an empty list after
@@ -190,9 +190,7 @@ def raw_stream(
         error: Exception | None = None
         url, headers, body = prepared_request(api_client, model, contents, generation, start)
         try:
-            for batch in _one_hop(
-                pool, url, headers, body, heartbeat_seconds, silence_seconds
-            ):
+            for batch in _one_hop(pool, url, headers, body, heartbeat_seconds, silence_seconds):
                 for response in batch:
                     received = True
                     blocked = blocked or response.get("promptFeedback") is not None
@@ -304,9 +302,7 @@ def _sdk_request_body(
     query = request.get("_query")
     if query:
         path = f"{path}?{urlencode(query)}"
-    request = {
-        key: value for key, value in request.items() if key != "config" and key[:1] != "_"
-    }
+    request = {key: value for key, value in request.items() if key != "config" and key[:1] != "_"}
     request = _common.encode_unserializable_types(_common.convert_to_dict(request))
     if ready is not None:
         request = {"contents": ready, **request}
@@ -327,7 +323,11 @@ def prepared_request(
     # As the SDK's sync _request_once: Vertex AI with a project or location and no API key
     # sends its credentials' access token (refreshed when expired); an API key is already
     # in the headers (x-goog-api-key).
-    if api_client.vertexai and (api_client.project or api_client.location) and not api_client.api_key:
+    if (
+        api_client.vertexai
+        and (api_client.project or api_client.location)
+        and not api_client.api_key
+    ):
         headers["Authorization"] = f"Bearer {api_client._access_token()}"
         credentials = api_client._credentials
         if credentials and credentials.quota_project_id:

@@ -164,7 +164,7 @@ def stream_events(
     *,
     heartbeat_seconds: float,
     silence_seconds: float,
-) -> Iterator[list[Any]]:
+) -> Generator[list[Any], None, None]:
     """POST ``body`` to ``url``; yield the SSE events' JSON as they arrive.
 
     Each item is the events that arrived in one ``recv`` (so a burst is read as one batch),
@@ -316,7 +316,9 @@ class _Reader:
             for line in lines[1:]:
                 name, _, value = line.partition(":")
                 name = name.strip().lower()
-                fields[name] = f"{fields[name]}, {value.strip()}" if name in fields else value.strip()
+                fields[name] = (
+                    f"{fields[name]}, {value.strip()}" if name in fields else value.strip()
+                )
             status = int(code)
             if 100 <= status < 200:
                 continue  # an interim answer (100 Continue): the real one follows
@@ -358,8 +360,8 @@ class _Reader:
 
     def _until_close(self) -> Iterator[bytes | None]:
         if self.buffer:
-            data, self.buffer = self.buffer, b""
-            yield data
+            buffered, self.buffer = self.buffer, b""
+            yield buffered
         while True:
             try:
                 data = self.recv()
@@ -368,7 +370,7 @@ class _Reader:
             yield data
 
     def _chunked(self) -> Iterator[bytes | None]:
-        """Chunked transfer decoding: ``<hex size>[;ext]\\r\\n<data>\\r\\n`` ..., ``0\\r\\n\\r\\n``."""
+        """Chunked transfer decoding: ``<hex size>[;ext] CRLF <data> CRLF`` ..., ``0 CRLF CRLF``."""
         buffer = self.buffer
         self.buffer = b""
         position = 0
