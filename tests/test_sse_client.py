@@ -27,7 +27,6 @@ from google.genai import errors
 
 from dev.gemini_standin import StandinControl, StandinServer
 from shared.gemini import GeminiStreamer
-from shared.gemini_raw import Generation, raw_stream
 from shared.model_events import Finished, Heartbeat, ModelError, TextChunk
 from shared.settings import load_settings
 from shared.sse_client import (
@@ -557,24 +556,3 @@ def test_a_wrong_api_key_is_refused_as_google_refuses_it() -> None:
         assert isinstance(events[-1], Finished)
     finally:
         server.stop()
-
-
-def test_raw_stream_reads_in_the_calling_thread(
-    standin: tuple[StandinServer, str], control: StandinControl
-) -> None:
-    """No other thread takes part: the batches come from this thread's own recv calls."""
-    gemini = streamer(standin[1])
-    threads_before = threading.active_count()
-    batches = list(
-        raw_stream(
-            gemini.client,
-            gemini.pool,
-            "gemini-2.5-flash",
-            [{"role": "user", "parts": [{"text": "hello"}]}],
-            Generation("You are Raven.", 0),
-            heartbeat_seconds=5,
-            silence_seconds=10,
-        )
-    )
-    assert threading.active_count() == threads_before
-    assert [r for batch in batches for r in batch][-1]["candidates"][0]["finishReason"] == "STOP"
