@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import socket
 import ssl
 import threading
@@ -188,7 +189,9 @@ def stream_events(
     try:
         while True:
             try:
+                sock.settimeout(pool.connect_timeout)  # for the request's bytes to be taken
                 sock.sendall(request)
+                sock.settimeout(0.0)  # read without blocking (see _Reader.recv)
                 head = yield from reader.head()
                 break
             except ServerSilent:
@@ -266,6 +269,7 @@ class _Reader:
         self.received = False  # any byte of the response
         self.complete = False  # the body read to its end
         self.last_byte = time.monotonic()
+        self.poller: select.poll | None = None
 
     def recv(self) -> bytes | None:
         """The next bytes; None after a heartbeat's time of silence.
@@ -274,16 +278,28 @@ class _Reader:
             ServerSilent: after ``silence_seconds`` of silence.
             StreamBroken: the server closed the connection.
         """
-        silent_for = time.monotonic() - self.last_byte
-        if silent_for >= self.silence:
-            raise ServerSilent(f"nothing from the server for {silent_for:.0f} s")
-        self.sock.settimeout(min(self.heartbeat, self.silence - silent_for))
-        try:
-            data = self.sock.recv(RECV_BYTES)
-        except TimeoutError:
-            if time.monotonic() - self.last_byte >= self.silence:
-                raise ServerSilent(f"nothing from the server for {self.silence:.0f} s") from None
-            return None
+        # The socket is non-blocking: read what is there first (under load, the next event
+        # usually is: one syscall and one GIL hand-off), wait with poll only when nothing is.
+        # A socket timeout would poll before every recv, a second GIL hand-off per chunk.
+        deadline = None
+        while True:
+            try:
+                data = self.sock.recv(RECV_BYTES)
+                break
+            except (BlockingIOError, ssl.SSLWantReadError):
+                now = time.monotonic()
+                if now - self.last_byte >= self.silence:
+                    raise ServerSilent(
+                        f"nothing from the server for {now - self.last_byte:.0f} s"
+                    ) from None
+                if deadline is None:
+                    deadline = min(now + self.heartbeat, self.last_byte + self.silence)
+                elif now >= deadline:
+                    return None
+                if self.poller is None:
+                    self.poller = select.poll()
+                    self.poller.register(self.sock.fileno(), select.POLLIN)
+                self.poller.poll(max(deadline - now, 0.0) * 1000 + 1)
         if not data:
             raise StreamBroken("the server closed the connection before the response's end")
         self.received = True
