@@ -108,7 +108,7 @@ def reader_us() -> float:
         reader = _Reader(None, 5.0, 60.0)  # type: ignore[arg-type]  # recv is replaced
         left = [CHUNKS]
 
-        def recv() -> bytes:
+        def recv(left: list[int] = left) -> bytes:
             left[0] -= 1
             return frame if left[0] >= 0 else b"0\r\n\r\n"
 

@@ -5,9 +5,9 @@ A chat_stream instance carries many open streams at once and each holds one requ
 ``streamGenerateContent`` request and reads the SSE response on a socket of its own
 (:mod:`shared.sse_client`, keep-alive connections pooled per process), so a streamed chunk
 crosses one thread, from the model's socket to the client's, instead of being handed from
-an event loop thread through a queue. The socket's timeout wakes the thread while the model
-is silent: it yields a heartbeat every ``heartbeat_seconds`` and gives up after
-``MODEL_TIMEOUT_SECONDS`` of silence.
+an event loop thread through a queue. While the model is silent the thread wakes up anyway
+(the socket is polled with a timeout): it yields a heartbeat every ``heartbeat_seconds`` and
+gives up after ``MODEL_TIMEOUT_SECONDS`` of silence.
 
 Stopping a stream (the client disconnected, or we gave up) closes the generator, which
 closes the connection to Gemini: no more tokens are read or paid for.

@@ -1,14 +1,16 @@
 """A small HTTP/1.1 client for one thing: POST a JSON body, read a Server-Sent Events answer.
 
 The model's stream is read by the request thread that serves the stream, on a plain socket,
-so a streamed chunk crosses one thread (epoll in the kernel, one ``recv``, our parse, the
-write to the client) instead of two (an event loop thread, then a queue hand-off). The socket
-has a timeout, so the reader wakes up while the server is silent: :func:`stream_events` then
-yields an empty batch (the caller's heartbeat) and gives up with :class:`ServerSilent` after
-``silence_seconds`` without a byte. A timed-out ``recv`` leaves a socket usable, which
-``socket.SocketIO`` (so ``http.client``) does not ("cannot read from timed out object"),
-hence this reader: status line, headers, a ``Content-Length`` or chunked body, SSE events
-(``data: <json>`` lines ended by a blank line) decoded incrementally, one ``json.loads`` each.
+so a streamed chunk crosses one thread (one ``recv``, our parse, the write to the client)
+instead of two (an event loop thread, then a queue hand-off). The socket is read without
+blocking and waited on with ``poll`` only when nothing is there, so the reader wakes up while
+the server is silent: :func:`stream_events` then yields an empty batch (the caller's
+heartbeat) and gives up with :class:`ServerSilent` after ``silence_seconds`` without a byte.
+(A socket timeout would do the same but polls before every ``recv``: one more GIL hand-off
+per chunk. ``socket.SocketIO``, so ``http.client``, cannot read again after a timeout at all:
+"cannot read from timed out object".) Hence this reader: status line, headers, a
+``Content-Length`` or chunked body, SSE events (``data: <json>`` lines ended by a blank
+line) decoded incrementally, one ``json.loads`` each.
 
 Connections are kept alive in a per-process :class:`ConnectionPool` (by scheme, host and
 port; TLS through one ``ssl.create_default_context()``, certificates verified, SNI). A
