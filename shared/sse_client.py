@@ -2,12 +2,11 @@
 
 The model's stream is read by the request thread that serves the stream, on a plain socket,
 so a streamed chunk crosses one thread (one ``recv``, our parse, the write to the client)
-instead of two (an event loop thread, then a queue hand-off). The socket is read without
-blocking and waited on with ``poll`` only when nothing is there, so the reader wakes up while
-the server is silent: :func:`stream_events` then yields an empty batch (the caller's
-heartbeat) and gives up with :class:`ServerSilent` after ``silence_seconds`` without a byte.
-(A socket timeout would do the same but polls before every ``recv``: one more GIL hand-off
-per chunk. ``socket.SocketIO``, so ``http.client``, cannot read again after a timeout at all:
+instead of two (an event loop thread, then a queue hand-off). The socket is non-blocking and
+waited on with ``poll`` for at most a heartbeat's time, so the reader wakes up while the
+server is silent: :func:`stream_events` then yields an empty batch (the caller's heartbeat)
+and gives up with :class:`ServerSilent` after ``silence_seconds`` without a byte.
+(``socket.SocketIO``, so ``http.client``, cannot read again after a timeout:
 "cannot read from timed out object".) Hence this reader: status line, headers, a
 ``Content-Length`` or chunked body, SSE events (``data: <json>`` lines ended by a blank
 line) decoded incrementally, one ``json.loads`` each.
@@ -271,7 +270,10 @@ class _Reader:
         self.received = False  # any byte of the response
         self.complete = False  # the body read to its end
         self.last_byte = time.monotonic()
-        self.poller: select.poll | None = None
+        self.tls = isinstance(sock, ssl.SSLSocket)
+        self.poller = select.poll()
+        if sock is not None:
+            self.poller.register(sock, select.POLLIN)
 
     def recv(self) -> bytes | None:
         """The next bytes; None after a heartbeat's time of silence.
@@ -280,28 +282,26 @@ class _Reader:
             ServerSilent: after ``silence_seconds`` of silence.
             StreamBroken: the server closed the connection.
         """
-        # The socket is non-blocking: read what is there first (under load, the next event
-        # usually is: one syscall and one GIL hand-off), wait with poll only when nothing is.
-        # A socket timeout would poll before every recv, a second GIL hand-off per chunk.
+        # The socket is non-blocking and waited on with poll, then read: two GIL hand-offs per
+        # chunk, as a socket timeout costs, but the wait's length is ours to choose on every
+        # call (heartbeats) and a TLS socket's already decrypted bytes are read without a wait.
         deadline = None
         while True:
-            try:
-                data = self.sock.recv(RECV_BYTES)
-                break
-            except (BlockingIOError, ssl.SSLWantReadError):
+            if not self.tls or not self.sock.pending():  # type: ignore[attr-defined]
                 now = time.monotonic()
                 if now - self.last_byte >= self.silence:
-                    raise ServerSilent(
-                        f"nothing from the server for {now - self.last_byte:.0f} s"
-                    ) from None
+                    raise ServerSilent(f"nothing from the server for {now - self.last_byte:.0f} s")
                 if deadline is None:
                     deadline = min(now + self.heartbeat, self.last_byte + self.silence)
                 elif now >= deadline:
                     return None
-                if self.poller is None:
-                    self.poller = select.poll()
-                    self.poller.register(self.sock.fileno(), select.POLLIN)
-                self.poller.poll(max(deadline - now, 0.0) * 1000 + 1)
+                if not self.poller.poll(max(deadline - now, 0.0) * 1000 + 1):
+                    continue
+            try:
+                data = self.sock.recv(RECV_BYTES)
+                break
+            except (BlockingIOError, ssl.SSLWantReadError):
+                continue  # woken without a whole TLS record yet: wait again
         if not data:
             raise StreamBroken("the server closed the connection before the response's end")
         self.received = True
