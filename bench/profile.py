@@ -46,6 +46,7 @@ WAITING = frozenset(
         "Condition.wait",
         "_worker",  # concurrent.futures' idle worker, blocked on its queue
         "SocketIO.readinto",
+        "_Reader.recv",  # a request thread waiting for the model's next bytes (shared.sse_client)
         "EpollSelector.select",
         "Semaphore.acquire",
         "BoundedSemaphore.acquire",

@@ -1,9 +1,10 @@
 """CPU to build one streamGenerateContent request body, by window size: google-genai's
-conversion of the contents vs the contents sent as REST JSON (shared.gemini_raw).
+conversion of the contents and config, of the config only (the contents sent as REST JSON),
+and of nothing (``shared.gemini_raw.request_body``: the whole body as plain data).
 
-In process, no network: exactly the conversion steps of ``shared.gemini_raw._one_hop``, on a
-window of ``n`` text messages of ~40 tokens (as bench/chat_stream.py seeds them) with the
-instruction and config a turn sends. Best of 5 repeats, ``time.process_time``.
+In process, no network, on a window of ``n`` text messages of ~40 tokens (as
+bench/chat_stream.py seeds them) with the instruction and config a turn sends. Best of 5
+repeats, ``time.process_time``.
 """
 
 from __future__ import annotations
@@ -66,18 +67,26 @@ def run() -> dict[str, Any]:
         thinking_config=types.ThinkingConfig(thinking_budget=0),
         max_output_tokens=2048,
     )
+    from shared.gemini_raw import Generation, request_body
+
+    generation = Generation("You are Raven. " * 50, thinking_budget=0, max_output_tokens=2048)
+    api_client = client.models._api_client
     results: dict[str, Any] = {}
     for n in WINDOWS:
         contents = _window(n)
         sdk = _per_call_ms(lambda c=contents: _build(client, c, config, sdk_contents=True))
         raw = _per_call_ms(lambda c=contents: _build(client, c, config, sdk_contents=False))
-        results[f"window_{n}"] = {"sdk_ms": sdk, "rest_json_ms": raw}
+        plain = _per_call_ms(
+            lambda c=contents: request_body(api_client, "gemini-2.5-flash", c, generation)
+        )
+        results[f"window_{n}"] = {"sdk_ms": sdk, "rest_json_ms": raw, "plain_ms": plain}
     print("request building (CPU per request body, in process)")
     for n in WINDOWS:
         row = results[f"window_{n}"]
         print(
             f"  window of {n:>2} messages: google-genai's conversion {row['sdk_ms']:.2f} ms, "
-            f"contents as REST JSON {row['rest_json_ms']:.3f} ms"
+            f"contents as REST JSON {row['rest_json_ms']:.3f} ms, "
+            f"the whole body as plain data {row['plain_ms']:.4f} ms"
         )
     return results
 

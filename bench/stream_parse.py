@@ -10,6 +10,10 @@ for a typical Vertex text chunk:
   continuation's ``observe``), then the fields shared.gemini read from the models.
 * ``fast``: ``shared.gemini_raw.read_chunk`` of the SSE reader's dict, plus the one
   ``json.loads`` the SDK's SSE reader does in both paths.
+* ``reader``: what the request thread does per chunk with the bytes one ``recv`` returned
+  (one chunked-transfer frame holding one SSE event), without the syscall:
+  ``shared.sse_client``'s chunked decoding and SSE split, the ``json.loads``, ``read_chunk``
+  and the ``TextChunk`` (``GeminiStreamer._stream_once``'s loop body).
 """
 
 from __future__ import annotations
@@ -76,10 +80,44 @@ def run() -> dict[str, Any]:
     def fast() -> None:
         read_chunk(json.loads(RAW))
 
-    results = {"sdk_us_per_chunk": cpu_us(sdk), "fast_us_per_chunk": cpu_us(fast)}
+    results = {
+        "sdk_us_per_chunk": cpu_us(sdk),
+        "fast_us_per_chunk": cpu_us(fast),
+        "reader_us_per_chunk": reader_us(),
+    }
     print("stream parse (one chunk, in process)")
     print(
         f"  google-genai's models: {results['sdk_us_per_chunk']:.1f} µs CPU, "
-        f"fast path: {results['fast_us_per_chunk']:.1f} µs CPU"
+        f"fast path: {results['fast_us_per_chunk']:.1f} µs CPU, "
+        f"the request thread's reader (bytes of one recv -> TextChunk): "
+        f"{results['reader_us_per_chunk']:.1f} µs CPU"
     )
     return results
+
+
+def reader_us() -> float:
+    """µs of CPU from one recv's bytes (a chunked frame of one SSE event) to its TextChunk."""
+    from shared.gemini_raw import read_chunk
+    from shared.model_events import TextChunk
+    from shared.sse_client import _events, _Reader
+
+    event = b"data: " + RAW.encode() + b"\r\n\r\n"
+    frame = b"%x\r\n%s\r\n" % (len(event), event)
+    best = float("inf")
+    for _ in range(5):
+        reader = _Reader(None, 5.0, 60.0)  # type: ignore[arg-type]  # recv is replaced
+        left = [CHUNKS]
+
+        def recv(left: list[int] = left) -> bytes:
+            left[0] -= 1
+            return frame if left[0] >= 0 else b"0\r\n\r\n"
+
+        reader.recv = recv  # type: ignore[method-assign]
+        start = time.process_time()
+        for batch in _events(reader._chunked()):
+            text = ""
+            for response in batch:
+                text += read_chunk(response).text
+            TextChunk(text)
+        best = min(best, (time.process_time() - start) / CHUNKS * 1e6)
+    return best

@@ -28,6 +28,13 @@ Errors use Google's JSON shape ``{"error": {"code": 429, "message": "...", "stat
 ``ServerError`` (5xx), both ``APIError`` subclasses with ``.code``, ``.status`` and
 ``.message``.
 
+Refused as Google's front refuses them (before any script or record): a request without
+``Host`` (400), without ``Content-Length`` (411), whose ``Content-Type`` is not
+``application/json`` (400); in API-key mode one without a key (``x-goog-api-key`` or
+``?key=``: 403 PERMISSION_DENIED) or, when the stand-in was given its key (``api_key=``,
+``--api-key``), with another one (400 "API key not valid"); in Vertex mode one without an
+``Authorization: Bearer`` token (401 UNAUTHENTICATED).
+
 Facts about google-genai 3.4.0 worth knowing (checked against the installed SDK):
 
 * API-key mode defaults to API version ``v1`` (``/v1/models/...``), not ``v1beta``; Vertex
@@ -625,6 +632,7 @@ class StandinServer(ThreadingHTTPServer):
         *,
         max_records: int = MAX_RECORDS,
         default_delay_per_chunk: float = 0.0,
+        api_key: str | None = None,
     ) -> None:
         """Binds the server.
 
@@ -633,9 +641,11 @@ class StandinServer(ThreadingHTTPServer):
             max_records: How many requests to remember.
             default_delay_per_chunk: Seconds before each chunk of an unscripted stream, so a
                 person watching the local stack sees the answer stream in (0 for tests).
+            api_key: The one API key accepted in API-key mode (any non-empty key if None).
         """
         super().__init__(address, _Handler)
         self.default_delay_per_chunk = default_delay_per_chunk
+        self.api_key = api_key
         self.lock = threading.Lock()
         self.stopping = threading.Event()
         self.scripts: list[Script] = []
@@ -863,6 +873,11 @@ class _Handler(BaseHTTPRequestHandler):
         if route is None:
             self._send_error_json(404, f"Unknown path {url.path}", "NOT_FOUND")
             return
+        refusal = self._refusal(route, url.query)
+        if refusal is not None:
+            self.close_connection = True
+            self._send_error_json(*refusal)
+            return
         try:
             body = json.loads(raw or b"{}")
             if not isinstance(body, dict):
@@ -889,6 +904,44 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_json(200, {"ok": True})
         else:
             self._send_error_json(404, f"Unknown path {path}")
+
+    def _refusal(self, route: dict[str, Any], query: str) -> tuple[int, str] | None:
+        """What Google's front refuses before the model sees a request, as it answers it.
+
+        HTTP/1.1 requires ``Host`` (RFC 9112: 400 without it); a body needs its length
+        (411); the API reads JSON (``Content-Type: application/json``); the Gemini API
+        needs an API key (``x-goog-api-key`` or ``?key=``: 403 without one, 400
+        ``API_KEY_INVALID`` for a wrong one when the stand-in was given the right one),
+        Vertex AI an OAuth bearer token (401).
+        """
+        headers = self.headers
+        if not headers.get("Host"):
+            return 400, "Missing Host header."
+        if headers.get("Content-Length") is None:
+            return 411, "Length Required: POST requests require a Content-length header."
+        content_type = (headers.get("Content-Type") or "").split(";")[0].strip().lower()
+        if content_type != "application/json":
+            return 400, f"Invalid Content-Type {content_type or 'none'!r}: expected JSON."
+        if route["mode"] == "vertex":
+            scheme, _, token = (headers.get("Authorization") or "").partition(" ")
+            if scheme.lower() != "bearer" or not token.strip():
+                return (
+                    401,
+                    "Request is missing required authentication credential. Expected OAuth 2 "
+                    "access token, login cookie or other valid authentication credential.",
+                )
+            return None
+        key = headers.get("x-goog-api-key") or urllib.parse.parse_qs(query).get("key", [""])[0]
+        if not key:
+            return (
+                403,
+                "Method doesn't allow unregistered callers (callers without established "
+                "identity). Please use API Key or other form of API consumer identity to call "
+                "this API.",
+            )
+        if self.server.api_key is not None and key != self.server.api_key:
+            return 400, "API key not valid. Please pass a valid API key."
+        return None
 
     @staticmethod
     def _route(path: str) -> dict[str, Any] | None:
@@ -1140,6 +1193,7 @@ def start_standin(
     *,
     max_records: int = MAX_RECORDS,
     default_delay_per_chunk: float = 0.0,
+    api_key: str | None = None,
 ) -> tuple[StandinServer, str]:
     """Starts the stand-in on a background daemon thread.
 
@@ -1148,13 +1202,17 @@ def start_standin(
         host: Interface to bind.
         max_records: How many requests to remember.
         default_delay_per_chunk: Pacing of unscripted streams (see :class:`StandinServer`).
+        api_key: The one API key accepted in API-key mode (any non-empty key if None).
 
     Returns:
         The running server (call ``server.stop()`` when done) and its base URL with the
         real port, e.g. ``http://127.0.0.1:40123``.
     """
     server = StandinServer(
-        (host, port), max_records=max_records, default_delay_per_chunk=default_delay_per_chunk
+        (host, port),
+        max_records=max_records,
+        default_delay_per_chunk=default_delay_per_chunk,
+        api_key=api_key,
     )
     thread = threading.Thread(
         target=server.serve_forever,
@@ -1252,12 +1310,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default=DEFAULT_HOST, help="interface to bind")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="port (0 = any free)")
     parser.add_argument("--verbose", action="store_true", help="log every request")
+    parser.add_argument("--api-key", help="the one API key accepted (default: any)")
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
     )
-    server = StandinServer((args.host, args.port))
+    server = StandinServer((args.host, args.port), api_key=args.api_key)
     logger.info("Gemini stand-in listening on %s", server.base_url)
     try:
         server.serve_forever(poll_interval=0.2)

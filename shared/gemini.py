@@ -1,39 +1,39 @@
-"""Gemini through google-genai: one client and one event loop per instance, many streams.
+"""Gemini through google-genai: one client per process, each stream read by its own request.
 
 A chat_stream instance carries many open streams at once and each holds one request thread
-(gunicorn's gthread worker). The model side runs on a single asyncio loop thread shared by
-every stream (google-genai's async client; its aiohttp connector has no connection limit),
-so 200 open streams cost 200 request threads plus one, not 400. Each request thread reads
-its stream's events from a queue, which also lets it send a heartbeat while the model is
-silent and give up after ``MODEL_TIMEOUT_SECONDS`` of silence.
+(gunicorn's gthread worker). That thread also reads the model's answer: it sends the
+``streamGenerateContent`` request and reads the SSE response on a socket of its own
+(:mod:`shared.sse_client`, keep-alive connections pooled per process), so a streamed chunk
+crosses one thread, from the model's socket to the client's, instead of being handed from
+an event loop thread through a queue. While the model is silent the thread wakes up anyway
+(the socket is polled with a timeout): it yields a heartbeat every ``heartbeat_seconds`` and
+gives up after ``MODEL_TIMEOUT_SECONDS`` of silence.
 
-Stopping a stream (the client disconnected, or we gave up) cancels its task on the loop,
-which closes the HTTP connection to Gemini: no more tokens are read or paid for.
+Stopping a stream (the client disconnected, or we gave up) closes the generator, which
+closes the connection to Gemini: no more tokens are read or paid for.
 
 Vertex AI (project and location from settings, the service account's identity) is the
 default; a ``GEMINI_API_KEY`` switches to the Gemini API. ``GEMINI_BASE_URL`` points either
 at another endpoint (the local stand-in). google-genai is imported on first use (~1.1 s).
 
-Streams are read through :mod:`shared.gemini_raw`: google-genai builds, authenticates and
-sends the request and raises its errors, but each streamed chunk's JSON is read directly
-instead of being validated into the SDK's pydantic models (~200 µs of CPU a chunk).
+google-genai builds the URL and headers, authenticates and raises its errors
+(:mod:`shared.gemini_raw`); the body is built as REST JSON once per turn and each streamed
+chunk's JSON is read directly, without the SDK's pydantic models (~200 µs of CPU a chunk).
+Whole generations (summaries, titles) use the SDK's sync client as they are.
 """
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import logging
 import os
-import queue
 import random
 import threading
 import time
 from collections.abc import Generator, Iterator
-from concurrent.futures import Future
 from typing import Any
 
-from shared.gemini_raw import check_seam, raw_stream, read_chunk
+from shared.gemini_raw import Generation, check_seam, raw_stream, read_chunk
 from shared.model_events import (
     Finished,
     Heartbeat,
@@ -43,6 +43,7 @@ from shared.model_events import (
     finish_reason_of,
 )
 from shared.settings import Settings
+from shared.sse_client import ConnectionPool, ServerSilent
 
 logger = logging.getLogger(__name__)
 
@@ -69,13 +70,13 @@ def _describe_failure(error: BaseException) -> ModelError:
 
 
 class GeminiStreamer:
-    """Streams generations for many request threads over one per-instance event loop."""
+    """Streams generations for many request threads, each reading its own stream."""
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         self._lock = threading.Lock()
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._client: Any = None
+        self.pool = ConnectionPool()  # drops its connections after a fork itself
         os.register_at_fork(after_in_child=self._forget_process_state)
 
     @staticmethod
@@ -83,8 +84,8 @@ class GeminiStreamer:
         """Import google-genai (~1.1 s) now, at instance start, not in the first request.
 
         Only the import: functions-framework imports the entry module in gunicorn's master
-        and forks the worker afterwards, so threads, event loops and connections must be
-        created lazily, in the worker (see :meth:`_forget_process_state`).
+        and forks the worker afterwards, so clients and connections must be created lazily,
+        in the worker (see :meth:`_forget_process_state`).
         """
         import google.genai
         import google.genai.types  # noqa: F401
@@ -92,20 +93,18 @@ class GeminiStreamer:
         check_seam()  # the fast stream path's private SDK API: fail at start, not per stream
 
     def _forget_process_state(self) -> None:
-        """After a fork, drop what belonged to the parent: its loop thread did not survive."""
+        """After a fork, drop what belonged to the parent: its client and its HTTP clients."""
         self._lock = threading.Lock()
-        self._loop = None
         self._client = None
 
     @property
     def client(self) -> Any:
         """The google-genai client, created once. Keep it referenced: it closes on collection."""
-        self._ensure_started()
-        return self._client
+        return self._ensure_client()
 
-    def _ensure_started(self) -> asyncio.AbstractEventLoop:
+    def _ensure_client(self) -> Any:
         with self._lock:
-            if self._loop is None:
+            if self._client is None:
                 from google import genai
                 from google.genai import types
 
@@ -122,10 +121,7 @@ class GeminiStreamer:
                         location=settings.location,
                         http_options=options,
                     )
-                loop = asyncio.new_event_loop()
-                threading.Thread(target=loop.run_forever, daemon=True, name="gemini-loop").start()
-                self._loop = loop
-            return self._loop
+            return self._client
 
     def generation_config(self, system_instruction: str, max_output_tokens: int | None) -> Any:
         from google.genai import types
@@ -202,75 +198,58 @@ class GeminiStreamer:
         heartbeat_seconds: float,
         max_output_tokens: int | None,
     ) -> Iterator[StreamEvent]:
-        """One streamed call to one model (see :meth:`stream`)."""
-        loop = self._ensure_started()
-        config = self.generation_config(system_instruction, max_output_tokens)
-        events: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
-        future: Future[None] = asyncio.run_coroutine_threadsafe(
-            self._pump(model, contents, config, events), loop
+        """One streamed call to one model, read in this thread (see :meth:`stream`)."""
+        client = self._ensure_client()
+        generation = Generation(
+            system_instruction, self._settings.thinking_budget, max_output_tokens
         )
-        idle_limit = float(self._settings.model_timeout_seconds)
-        last_activity = time.monotonic()
-        try:
-            while True:
-                silent_for = time.monotonic() - last_activity
-                if silent_for >= idle_limit:
-                    raise ModelError(
-                        "The model took too long to answer; please try again.",
-                        "unavailable",
-                        "timeout",
-                    )
-                try:
-                    kind, payload = events.get(
-                        timeout=min(heartbeat_seconds, idle_limit - silent_for)
-                    )
-                except queue.Empty:
-                    if time.monotonic() - last_activity < idle_limit:
-                        yield Heartbeat()
-                    continue
-                last_activity = time.monotonic()
-                if kind == "text":
-                    text, (kind, payload) = _coalesce(events, payload)
-                    yield TextChunk(text)
-                if kind == "done":
-                    yield payload
-                    return
-                if kind == "error":
-                    raise _describe_failure(payload)
-        finally:
-            future.cancel()  # a no-op when done; otherwise stops reading from the model
-
-    async def _pump(
-        self,
-        model: str,
-        contents: list[dict[str, Any]],
-        config: Any,
-        events: queue.SimpleQueue[tuple[str, Any]],
-    ) -> None:
         input_tokens = output_tokens = 0
         api_reason: str | None = None
         prompt_blocked = False
+        # Closing this generator (the client left, the turn stopped) closes `batches`, whose
+        # socket closes: the model stops generating for us.
+        batches = raw_stream(
+            client,
+            self.pool,
+            model,
+            contents,
+            generation,
+            heartbeat_seconds=heartbeat_seconds,
+            silence_seconds=float(self._settings.model_timeout_seconds),
+        )
         try:
-            # The raw SSE JSON read directly, not the SDK's pydantic models (shared.gemini_raw).
-            async for response in raw_stream(self._client, model, contents, config):
-                chunk = read_chunk(response)
-                if chunk.text:
-                    events.put(("text", chunk.text))
-                input_tokens = chunk.prompt_tokens or input_tokens
-                output_tokens = chunk.output_tokens or output_tokens
-                if chunk.finish_reason:
-                    api_reason = chunk.finish_reason
-                if chunk.block_reason:
-                    prompt_blocked = True
-                    api_reason = chunk.block_reason
-            finished = Finished(
-                input_tokens, output_tokens, finish_reason_of(api_reason), model, prompt_blocked
-            )
-            events.put(("done", finished))
-        except asyncio.CancelledError:
+            for batch in batches:
+                if not batch:
+                    yield Heartbeat()
+                    continue
+                # The responses that arrived together are sent as one chunk: under load,
+                # what has piled up goes out in one write, so a busy instance catches up.
+                text = ""
+                for response in batch:
+                    chunk = read_chunk(response)
+                    text += chunk.text
+                    input_tokens = chunk.prompt_tokens or input_tokens
+                    output_tokens = chunk.output_tokens or output_tokens
+                    if chunk.finish_reason:
+                        api_reason = chunk.finish_reason
+                    if chunk.block_reason:
+                        prompt_blocked = True
+                        api_reason = chunk.block_reason
+                if text:
+                    yield TextChunk(text)
+        except ServerSilent:
+            raise ModelError(
+                "The model took too long to answer; please try again.", "unavailable", "timeout"
+            ) from None
+        except ModelError:
             raise
-        except Exception as error:  # noqa: BLE001 - every failure is reported to the reader
-            events.put(("error", error))
+        except Exception as error:  # every failure is described the same way
+            raise _describe_failure(error) from error
+        finally:
+            batches.close()
+        yield Finished(
+            input_tokens, output_tokens, finish_reason_of(api_reason), model, prompt_blocked
+        )
 
     def generate(
         self,
@@ -284,14 +263,12 @@ class GeminiStreamer:
         """One whole (non-streamed) generation, e.g. for summaries and titles."""
         from google.genai import types
 
-        self._ensure_started()
+        client = self._ensure_client()
         config = self.generation_config(system_instruction, max_output_tokens)
         if temperature is not None:
             config = config.model_copy(update={"temperature": temperature})
         try:
-            response = self._client.models.generate_content(
-                model=model, contents=contents, config=config
-            )
+            response = client.models.generate_content(model=model, contents=contents, config=config)
         except Exception as error:
             raise _describe_failure(error) from error
         usage = response.usage_metadata or types.GenerateContentResponseUsageMetadata()
@@ -324,23 +301,6 @@ def _wait(seconds: float, heartbeat_seconds: float) -> Iterator[Heartbeat]:
         time.sleep(min(left, heartbeat_seconds))
         if time.monotonic() < end:
             yield Heartbeat()
-
-
-def _coalesce(events: queue.SimpleQueue[tuple[str, Any]], text: str) -> tuple[str, tuple[str, Any]]:
-    """Join the text chunks already waiting behind ``text``; return it and the next event.
-
-    Under load this sends what has piled up as one chunk (one wake-up and one write instead
-    of many), so a busy instance catches up instead of falling further behind. The next
-    event is ``("none", None)`` when nothing else was waiting.
-    """
-    while True:
-        try:
-            kind, payload = events.get_nowait()
-        except queue.Empty:
-            return text, ("none", None)
-        if kind != "text":
-            return text, (kind, payload)
-        text += payload
 
 
 def _text_of(response: Any) -> str:

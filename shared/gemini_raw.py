@@ -1,19 +1,27 @@
-"""Streaming without google-genai's per-chunk pydantic validation: the raw SSE JSON, read fast.
+"""The model's stream read by the request thread itself: google-genai for the rest.
 
-google-genai's ``client.aio.models.generate_content_stream`` turns every streamed chunk into
-pydantic models (and, on the way, parses its JSON twice and wraps it in two more objects):
-about 200 µs of CPU per chunk, the largest cost of a streaming instance. Here the SDK still
-builds and authenticates the request, sends it, parses the SSE framing (one ``json.loads``
-per event) and raises its own errors (``APIError`` for an HTTP error status or an
-``{"error": ...}`` event, the transport's exceptions for broken connections and timeouts),
-but each event's dict is read directly for the few fields a chat needs (:func:`read_chunk`).
+google-genai's streams cost two things per chunk that a chat does not need: pydantic
+validation of every chunk (~200 µs of CPU) and, for its async client, a second thread (an
+asyncio loop running aiohttp) that hands each chunk to the request thread through a queue.
+Here google-genai still builds the request's URL and headers (``_build_request``),
+authenticates it (the Gemini API's key header; for Vertex AI its credentials' access token,
+as its sync ``_request_once`` adds it) and raises its errors (``APIError.raise_error`` for
+an HTTP error status or an ``{"error": ...}`` event), but the request is sent and its SSE
+answer read on a plain socket in the calling thread (:mod:`shared.sse_client`), and each
+event's dict is read directly for the few fields a chat needs (:func:`read_chunk`).
+
+The body is the REST API's JSON built once per turn without the SDK's conversion (~0.8 ms
+of pydantic per turn): the contents as shared.context builds them (:func:`wire_contents`),
+``systemInstruction`` and ``generationConfig`` exactly as the SDK spells them
+(:func:`request_body`; tests/test_gemini_raw.py checks they equal the SDK's for Vertex AI and
+the Gemini API). Anything else (contents in another form, a continuation token) goes through
+the SDK's own conversion.
 
 The seam is private SDK API, written against **google-genai 3.4.0** (``SDK_VERSION``):
-``models._GenerateContentParameters_to_vertex`` / ``_to_mldev`` (the request body, exactly as
-``AsyncModels._generate_content_stream`` builds it), ``BaseApiClient._build_request`` and
-``_async_request(stream=True)``, and ``HttpResponse.async_segments()``. ``check_seam`` fails
-loudly when any of it is missing (tests/test_gemini_raw.py), so an SDK upgrade that moves it
-breaks the build instead of silently slowing down or breaking streams.
+``models._GenerateContentParameters_to_vertex`` / ``_to_mldev``, ``_transformers.t_model``,
+``BaseApiClient._build_request`` and ``_access_token``. ``check_seam`` fails loudly when any
+of it is missing (tests/test_gemini_raw.py), so an SDK upgrade that moves it breaks the
+build instead of silently breaking streams.
 
 Automatic continuation, which the SDK's stream does, is done here too (see
 :func:`raw_stream`): a hop that ends with ``finishReason: CONTINUATION``, or breaks after a
@@ -23,9 +31,12 @@ stand-in, which sends no token unless scripted to, a broken stream fails as it a
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import json
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from typing import Any
+
+from shared.sse_client import ConnectionPool, ErrorStatus, ServerSilent, stream_events
 
 SDK_VERSION = "3.4.0"
 
@@ -78,13 +89,45 @@ def read_chunk(response: dict[str, Any]) -> ChunkFields:
     return fields
 
 
+@dataclass(frozen=True)
+class Generation:
+    """What a turn asks of the model besides the contents (the SDK's config, as plain data)."""
+
+    system_instruction: str
+    thinking_budget: int
+    max_output_tokens: int | None = None
+
+    def sdk_config(self, continuation_token: Any = None) -> Any:
+        """The same as google-genai's ``GenerateContentConfig`` (its conversion's input)."""
+        from google.genai import types
+
+        return types.GenerateContentConfig(
+            system_instruction=self.system_instruction,
+            thinking_config=types.ThinkingConfig(thinking_budget=self.thinking_budget),
+            max_output_tokens=self.max_output_tokens,
+            continuation_token=continuation_token,
+        )
+
+    def wire(self) -> dict[str, Any]:
+        """``systemInstruction`` and ``generationConfig`` as the SDK's conversion spells them
+        (``thinking_budget`` in snake_case, as the SDK sends it; proto3 JSON takes either)."""
+        generation_config: dict[str, Any] = {}
+        if self.max_output_tokens is not None:
+            generation_config["maxOutputTokens"] = self.max_output_tokens
+        generation_config["thinkingConfig"] = {"thinking_budget": self.thinking_budget}
+        return {
+            "systemInstruction": {"parts": [{"text": self.system_instruction}], "role": "user"},
+            "generationConfig": generation_config,
+        }
+
+
 def check_seam() -> None:
     """Raise if the private google-genai API this module uses is not there.
 
     Raises:
         RuntimeError: naming what is missing and the version this was written against.
     """
-    from google.genai import _api_client, _common, models, version
+    from google.genai import _api_client, _common, _transformers, errors, models, version
 
     missing = [
         name
@@ -94,9 +137,10 @@ def check_seam() -> None:
             (models.types, "_GenerateContentParameters"),
             (_common, "convert_to_dict"),
             (_common, "encode_unserializable_types"),
+            (_transformers, "t_model"),
             (_api_client.BaseApiClient, "_build_request"),
-            (_api_client.BaseApiClient, "_async_request"),
-            (_api_client.HttpResponse, "async_segments"),
+            (_api_client.BaseApiClient, "_access_token"),
+            (errors.APIError, "raise_error"),
         )
         if not hasattr(owner, name)
     ]
@@ -107,20 +151,33 @@ def check_seam() -> None:
         )
 
 
-async def raw_stream(
-    client: Any, model: str, contents: Any, config: Any
-) -> AsyncIterator[dict[str, Any]]:
+def raw_stream(
+    client: Any,
+    pool: ConnectionPool,
+    model: str,
+    contents: Any,
+    generation: Generation,
+    *,
+    heartbeat_seconds: float,
+    silence_seconds: float,
+) -> Generator[list[dict[str, Any]], None, None]:
     """Stream ``generateContent``'s raw responses (dicts), continuing as google-genai does.
+
+    Each item is the responses that arrived together (one ``recv``), or an empty list after
+    ``heartbeat_seconds`` of silence. Runs in the calling thread.
 
     Mirrors the SDK's ``StreamContinuation`` (3.4.0): a hop that ends with ``CONTINUATION``
     (the finish reason is then removed), ends early, or breaks after a new
     ``continuationToken`` is resumed from that token; the hops' usage is summed.
 
-    Raises what the SDK's own stream raises: ``google.genai.errors.APIError`` for an error
-    status or an error event, the transport's exceptions for broken connections.
+    Raises:
+        google.genai.errors.APIError: an error status or an error event, as the SDK raises.
+        ServerSilent: nothing from the model for ``silence_seconds`` (never resumed).
+        OSError: the connection failed or broke (``StreamBroken`` mid-response).
     """
     from google.genai import errors
 
+    api_client = client.models._api_client
     resume: str | None = None
     reconnects = 0  # hops in a row that made no progress
     last_error: Exception | None = None
@@ -131,29 +188,32 @@ async def raw_stream(
         received = blocked = content = False
         hop_usage: dict[str, Any] | None = None
         error: Exception | None = None
-        hop_config = config if start is None else _resuming(config, start)
+        url, headers, body = prepared_request(api_client, model, contents, generation, start)
         try:
-            async for response in _one_hop(client, model, contents, hop_config):
-                received = True
-                blocked = blocked or response.get("promptFeedback") is not None
-                candidates = response.get("candidates")
-                if candidates:
-                    candidate = candidates[0]
-                    content = content or bool((candidate.get("content") or {}).get("parts"))
-                    reason = candidate.get("finishReason") or None
-                    finish = reason or finish
-                    if candidate.get("continuationToken"):
-                        token = candidate["continuationToken"]
-                    elif reason and reason != "CONTINUATION":
-                        token = None
-                    if reason == "CONTINUATION" and token:
-                        del candidate["finishReason"]  # not the end: the next hop continues
-                usage = response.get("usageMetadata")
-                if usage:
-                    hop_usage = usage
-                    if usage_before:
-                        response["usageMetadata"] = _summed(usage_before, usage)
-                yield response
+            for batch in _one_hop(pool, url, headers, body, heartbeat_seconds, silence_seconds):
+                for response in batch:
+                    received = True
+                    blocked = blocked or response.get("promptFeedback") is not None
+                    candidates = response.get("candidates")
+                    if candidates:
+                        candidate = candidates[0]
+                        content = content or bool((candidate.get("content") or {}).get("parts"))
+                        reason = candidate.get("finishReason") or None
+                        finish = reason or finish
+                        if candidate.get("continuationToken"):
+                            token = candidate["continuationToken"]
+                        elif reason and reason != "CONTINUATION":
+                            token = None
+                        if reason == "CONTINUATION" and token:
+                            del candidate["finishReason"]  # not the end: the next hop continues
+                    usage = response.get("usageMetadata")
+                    if usage:
+                        hop_usage = usage
+                        if usage_before:
+                            response["usageMetadata"] = _summed(usage_before, usage)
+                yield batch
+        except ServerSilent:
+            raise  # the user has waited long enough: not resumed
         except Exception as failure:  # noqa: BLE001 - decided below, as the SDK decides
             error = failure
         if hop_usage:
@@ -183,6 +243,138 @@ async def raw_stream(
             raise last_error
         return
     raise RuntimeError(f"the model's stream asked to continue more than {MAX_HOPS} times")
+
+
+def request_body(
+    api_client: Any,
+    model: str,
+    contents: Any,
+    generation: Generation,
+    continuation_token: str | None = None,
+) -> tuple[str, dict[str, Any]]:
+    """The ``streamGenerateContent`` path (relative to the API version) and JSON body.
+
+    Plain data, no SDK conversion, for contents in the REST API's form (what shared.context
+    builds); the SDK's own conversion for anything else and for a resumed hop (its
+    continuation token is decoded by the SDK's model).
+    """
+    from google.genai import _transformers
+
+    ready = wire_contents(contents)
+    if ready is None or continuation_token is not None or not generation.system_instruction:
+        return _sdk_request_body(api_client, model, contents, generation, continuation_token)
+    path = f"{_transformers.t_model(api_client, model)}:streamGenerateContent?alt=sse"
+    return path, {"contents": ready, **generation.wire()}
+
+
+def _sdk_request_body(
+    api_client: Any,
+    model: str,
+    contents: Any,
+    generation: Generation,
+    continuation_token: str | None,
+) -> tuple[str, dict[str, Any]]:
+    """The path and body as google-genai 3.4.0's ``_generate_content_stream`` builds them."""
+    from urllib.parse import urlencode
+
+    from google.genai import _common, models, types
+
+    decoded = None
+    if continuation_token is not None:
+        decoded = types.Candidate.model_validate(
+            {"continuationToken": continuation_token}
+        ).continuation_token
+    config = generation.sdk_config(decoded)
+    ready = wire_contents(contents)
+    if ready is None:  # not plain text and file parts: the SDK converts them
+        parameters = types._GenerateContentParameters(model=model, contents=contents, config=config)
+    else:
+        parameters = types._GenerateContentParameters(model=model, config=config)
+    to_wire = (
+        models._GenerateContentParameters_to_vertex
+        if api_client.vertexai
+        else models._GenerateContentParameters_to_mldev
+    )
+    request: dict[str, Any] = to_wire(api_client, parameters, None, parameters)
+    url = request.get("_url")
+    path = "{model}:streamGenerateContent?alt=sse"
+    path = path.format_map(url) if url else path
+    query = request.get("_query")
+    if query:
+        path = f"{path}?{urlencode(query)}"
+    request = {key: value for key, value in request.items() if key != "config" and key[:1] != "_"}
+    request = _common.encode_unserializable_types(_common.convert_to_dict(request))
+    if ready is not None:
+        request = {"contents": ready, **request}
+    return path, request
+
+
+def prepared_request(
+    api_client: Any,
+    model: str,
+    contents: Any,
+    generation: Generation,
+    continuation_token: str | None = None,
+) -> tuple[str, dict[str, str], bytes]:
+    """The URL, headers (authenticated) and body bytes of one ``streamGenerateContent``."""
+    path, body = request_body(api_client, model, contents, generation, continuation_token)
+    http_request = api_client._build_request("post", path, body, None)
+    headers = http_request.headers
+    # As the SDK's sync _request_once: Vertex AI with a project or location and no API key
+    # sends its credentials' access token (refreshed when expired); an API key is already
+    # in the headers (x-goog-api-key).
+    if (
+        api_client.vertexai
+        and (api_client.project or api_client.location)
+        and not api_client.api_key
+    ):
+        headers["Authorization"] = f"Bearer {api_client._access_token()}"
+        credentials = api_client._credentials
+        if credentials and credentials.quota_project_id:
+            headers["x-goog-user-project"] = credentials.quota_project_id
+    return http_request.url, headers, json.dumps(http_request.data).encode()
+
+
+def _one_hop(
+    pool: ConnectionPool,
+    url: str,
+    headers: dict[str, str],
+    body: bytes,
+    heartbeat_seconds: float,
+    silence_seconds: float,
+) -> Iterator[list[dict[str, Any]]]:
+    """One streamGenerateContent request; its errors raised as google-genai raises them."""
+    from google.genai import errors
+
+    try:
+        for batch in stream_events(
+            pool,
+            url,
+            headers,
+            body,
+            heartbeat_seconds=heartbeat_seconds,
+            silence_seconds=silence_seconds,
+        ):
+            for index, event in enumerate(batch):
+                if isinstance(event, dict) and "error" in event:
+                    # An error event inside the stream, raised as the SDK does, after the
+                    # responses before it.
+                    if index:
+                        yield batch[:index]
+                    error = event["error"]
+                    code = error.get("code") if isinstance(error, dict) else None
+                    errors.APIError.raise_error(int(code or 0), event, None)
+            yield batch
+    except ErrorStatus as status:
+        errors.APIError.raise_error(status.status, _error_json(status), None)
+
+
+def _error_json(status: ErrorStatus) -> Any:
+    """An error answer's body as the SDK's aiohttp path reads it: its JSON, or else its text."""
+    try:
+        return json.loads(status.body)
+    except ValueError:
+        return {"message": status.body.decode("utf-8", "replace"), "status": status.reason}
 
 
 def wire_contents(contents: Any) -> list[dict[str, Any]] | None:
@@ -223,63 +415,9 @@ def _wire_part(part: dict[str, Any]) -> dict[str, Any]:
     return {"fileData": {"fileUri": data["file_uri"], "mimeType": data["mime_type"]}}
 
 
-def _resuming(config: Any, token: str) -> Any:
-    """``config`` resuming from ``token``, the token decoded by the SDK's own model."""
-    from google.genai import types
-
-    decoded = types.Candidate.model_validate({"continuationToken": token}).continuation_token
-    return config.model_copy(update={"continuation_token": decoded})
-
-
 def _summed(before: dict[str, int], usage: dict[str, Any]) -> dict[str, Any]:
     summed = dict(usage)
     for key, value in before.items():
         if isinstance(value, int):
             summed[key] = summed.get(key, 0) + value
     return summed
-
-
-async def _one_hop(
-    client: Any, model: str, contents: Any, config: Any
-) -> AsyncIterator[dict[str, Any]]:
-    """One streamGenerateContent request, built and sent as google-genai 3.4.0 does."""
-    from urllib.parse import urlencode
-
-    from google.genai import _common, errors, models, types
-
-    api_client = client.aio.models._api_client
-    # The SDK converts the model name and the config (once per request, a few fields). The
-    # contents are already the REST API's JSON (wire_contents), identical for Vertex AI and
-    # the Gemini API: validating them into pydantic models and converting them back cost
-    # ~0.25 ms of CPU per message of the window (bench/README.md, "Request building").
-    ready = wire_contents(contents)
-    if ready is None:  # not plain text and file parts: the SDK converts them
-        parameters = types._GenerateContentParameters(model=model, contents=contents, config=config)
-    else:
-        parameters = types._GenerateContentParameters(model=model, config=config)
-    to_wire = (
-        models._GenerateContentParameters_to_vertex
-        if api_client.vertexai
-        else models._GenerateContentParameters_to_mldev
-    )
-    request: dict[str, Any] = to_wire(api_client, parameters, None, parameters)
-    url = request.get("_url")
-    path = "{model}:streamGenerateContent?alt=sse"
-    path = path.format_map(url) if url else path
-    query = request.get("_query")
-    if query:
-        path = f"{path}?{urlencode(query)}"
-    request.pop("config", None)
-    request = _common.encode_unserializable_types(_common.convert_to_dict(request))
-    if ready is not None:
-        request = {"contents": ready, **request}
-    http_request = api_client._build_request("post", path, request, None)
-    response = await api_client._async_request(
-        http_request=http_request, http_options=None, stream=True
-    )
-    async for segment in response.async_segments():
-        if "error" in segment:  # an error event inside the stream, raised as the SDK does
-            error = segment["error"]
-            code = error.get("code") if isinstance(error, dict) else None
-            await errors.APIError.raise_error_async(int(code or 0), segment, response)
-        yield segment

@@ -3,8 +3,9 @@
 Every response shape is scripted on the stand-in and streamed twice per mode (API key and
 Vertex): once through the SDK's ``client.aio.models.generate_content_stream`` (its pydantic
 models, read the way shared.gemini read them before the fast path) and once through
-``raw_stream`` + ``read_chunk``. Both must see the same text, usage, finish reason and block
-reason in every chunk, and fail with the same errors.
+``raw_stream`` (the request sent and read in this thread, shared.sse_client) + ``read_chunk``.
+Both must see the same text, usage, finish reason and block reason in every chunk, send the
+same request, and fail with the same errors.
 """
 
 from __future__ import annotations
@@ -19,11 +20,19 @@ from typing import Any
 import google.oauth2.credentials
 import pytest
 from google import genai
-from google.genai import types, version
+from google.genai import errors, types, version
 
 from dev.gemini_standin import StandinControl, StandinServer
 from shared.gemini import _describe_failure, _text_of
-from shared.gemini_raw import SDK_VERSION, check_seam, raw_stream, read_chunk, wire_contents
+from shared.gemini_raw import (
+    SDK_VERSION,
+    Generation,
+    check_seam,
+    raw_stream,
+    read_chunk,
+    wire_contents,
+)
+from shared.sse_client import ConnectionPool
 
 # google-genai's aiohttp session subclass warns on creation; not ours to fix.
 pytestmark = pytest.mark.filterwarnings(
@@ -189,6 +198,9 @@ def fast_fields(raw: dict[str, Any]) -> Seen:
     )
 
 
+GENERATION = Generation("You are Raven.", thinking_budget=0)
+
+
 def config() -> types.GenerateContentConfig:
     return types.GenerateContentConfig(
         system_instruction="You are Raven.",
@@ -196,15 +208,38 @@ def config() -> types.GenerateContentConfig:
     )
 
 
-async def both(client: genai.Client, text: str) -> tuple[list[Any], list[Any]]:
+POOL = ConnectionPool()
+
+
+def fast_stream(
+    client: genai.Client, contents: Any, generation: Generation = GENERATION
+) -> Iterator[dict[str, Any]]:
+    """The fast path's responses, one by one (heartbeats left out)."""
+    for batch in raw_stream(
+        client,
+        POOL,
+        MODEL,
+        contents,
+        generation,
+        heartbeat_seconds=5.0,
+        silence_seconds=30.0,
+    ):
+        yield from batch
+
+
+def both(client: genai.Client, text: str) -> tuple[list[Any], list[Any]]:
     """The same scripted stream through the SDK's parse, then through the fast path."""
-    sdk = [
-        sdk_fields(chunk)
-        async for chunk in await client.aio.models.generate_content_stream(
-            model=MODEL, contents=text, config=config()
-        )
-    ]
-    fast = [fast_fields(raw) async for raw in raw_stream(client, MODEL, text, config())]
+
+    async def sdk_run() -> list[Any]:
+        return [
+            sdk_fields(chunk)
+            async for chunk in await client.aio.models.generate_content_stream(
+                model=MODEL, contents=text, config=config()
+            )
+        ]
+
+    sdk = asyncio.run(sdk_run())
+    fast = [fast_fields(raw) for raw in fast_stream(client, text)]
     return sdk, fast
 
 
@@ -215,7 +250,7 @@ def test_fast_path_reads_every_shape_as_the_sdk_does(
     key = f"shape-{uuid.uuid4().hex[:10]}"
     control.script(responses=SHAPES[shape], match=key, times=2)
 
-    sdk, fast = asyncio.run(both(client, f"{key} tell me"))
+    sdk, fast = both(client, f"{key} tell me")
 
     assert fast == sdk
     assert len(fast) == len(SHAPES[shape])
@@ -265,31 +300,64 @@ def test_the_fast_path_sends_the_sdks_request(
 
     async def run() -> None:
         stream = await client.aio.models.generate_content_stream(
-            model=MODEL, contents=contents_with(FILE_PARTS["the SDK's snake_case"]), config=config()
+            model=MODEL,
+            contents=contents_with(FILE_PARTS["the SDK's snake_case"]),
+            config=config().model_copy(update={"max_output_tokens": 256}),
         )
         async for _ in stream:
             pass
-        async for _ in raw_stream(client, MODEL, contents, config()):
-            pass
 
     asyncio.run(run())
+    for _ in fast_stream(client, contents, Generation("You are Raven.", 0, 256)):
+        pass
 
     sdk, fast = control.requests(match=key)
     for field in ("path", "query", "mode", "model", "api_version"):
         assert fast[field] == sdk[field], field
-    length = {"Content-Length", "content-length"}
-    assert {k: v for k, v in fast["headers"].items() if k not in length} == {
-        k: v for k, v in sdk["headers"].items() if k not in length
+    # The SDK's headers (content type, API key or bearer token, client names) and the Host;
+    # aiohttp adds its Accept and Accept-Encoding, which the API does not need.
+    transport = {"content-length", "accept", "accept-encoding"}
+    assert {k.lower(): v for k, v in fast["headers"].items() if k.lower() not in transport} == {
+        k.lower(): v for k, v in sdk["headers"].items() if k.lower() not in transport
     }
     # The same request to the API: proto3's JSON takes a field by either name, and the SDK
     # sends fileData's inner fields in snake_case where REST JSON spells them in camelCase.
     assert camel_keys(fast["body"]) == camel_keys(sdk["body"])
     assert fast["body"]["systemInstruction"]["parts"][0]["text"] == "You are Raven."
+    assert fast["body"]["generationConfig"]["maxOutputTokens"] == 256
     assert (
         fast["body"]["contents"][0]["parts"][0]
         == FILE_PARTS["REST JSON (what shared.context builds)"]
     )
     assert contents == before  # the caller's contents are not rewritten
+
+
+@pytest.mark.parametrize("max_output_tokens", [None, 1024])
+def test_the_body_is_built_as_the_sdk_converts_it(
+    client: genai.Client, max_output_tokens: int | None
+) -> None:
+    """The fast body (plain data, no pydantic) equals the SDK's conversion to the byte,
+    for the Gemini API and Vertex AI (the ``client`` fixture's two modes)."""
+    from shared.gemini_raw import _sdk_request_body, request_body
+
+    api_client = client.models._api_client
+    contents = [
+        {"role": "user", "parts": [FILE_PARTS["REST JSON (what shared.context builds)"]]},
+        {"role": "model", "parts": [{"text": "A crow."}]},
+        {"role": "user", "parts": [{"text": "Sure? ünïcödé"}]},
+    ]
+    generation = Generation("You are Raven.\nBe brief.", 512, max_output_tokens)
+
+    fast_path, fast_body = request_body(api_client, MODEL, contents, generation)
+    sdk_path, sdk_body = _sdk_request_body(api_client, MODEL, contents, generation, None)
+
+    assert fast_path == sdk_path
+    assert fast_body == sdk_body
+    assert fast_body["contents"] is contents  # sent as they are, not converted
+    # A resumed hop's token is decoded by the SDK's own model: that body is the SDK's.
+    assert request_body(api_client, MODEL, contents, generation, "Y2sx") == _sdk_request_body(
+        api_client, MODEL, contents, generation, "Y2sx"
+    )
 
 
 def test_anything_else_is_left_to_the_sdk() -> None:
@@ -340,21 +408,32 @@ def test_failures_raise_what_the_sdk_raises(
             return seen, error
         raise AssertionError("the stream did not fail")
 
-    async def run() -> tuple[tuple[int, BaseException], tuple[int, BaseException]]:
+    async def sdk_run() -> tuple[int, BaseException]:
         sdk_stream = await client.aio.models.generate_content_stream(
             model=MODEL, contents=f"{key} go", config=config()
         )
-        sdk = await consume(sdk_stream)
-        fast = await consume(raw_stream(client, MODEL, f"{key} go", config()))
-        return sdk, fast
+        return await consume(sdk_stream)
 
-    (sdk_seen, sdk_error), (fast_seen, fast_error) = asyncio.run(run())
+    sdk_seen, sdk_error = asyncio.run(sdk_run())
+    fast_seen = 0
+    fast_error: BaseException | None = None
+    try:
+        for _ in fast_stream(client, f"{key} go"):
+            fast_seen += 1
+    except Exception as error:  # noqa: BLE001 - the error is what is compared
+        fast_error = error
+    assert fast_error is not None, "the stream did not fail"
 
     assert fast_seen == sdk_seen
-    assert type(fast_error) is type(sdk_error)
-    assert getattr(fast_error, "code", None) == getattr(sdk_error, "code", None)
     sdk_failure, fast_failure = _describe_failure(sdk_error), _describe_failure(fast_error)
-    assert (fast_failure.kind, fast_failure.cause) == (sdk_failure.kind, sdk_failure.cause)
+    assert fast_failure.kind == sdk_failure.kind
+    if isinstance(sdk_error, errors.APIError):
+        assert type(fast_error) is type(sdk_error)
+        assert getattr(fast_error, "code", None) == getattr(sdk_error, "code", None)
+        assert (fast_error.status, fast_error.message) == (sdk_error.status, sdk_error.message)
+        assert fast_failure.cause == sdk_failure.cause
+    else:  # a broken connection: the transport's own exception (aiohttp's vs ours)
+        assert isinstance(fast_error, ConnectionError)
 
 
 def test_the_private_sdk_seam_is_there() -> None:
@@ -369,8 +448,8 @@ def test_the_private_sdk_seam_is_there() -> None:
 def test_a_missing_seam_fails_loudly(monkeypatch: pytest.MonkeyPatch) -> None:
     from google.genai import _api_client
 
-    monkeypatch.delattr(_api_client.HttpResponse, "async_segments")
-    with pytest.raises(RuntimeError, match=r"async_segments.*3\.4\.0"):
+    monkeypatch.delattr(_api_client.BaseApiClient, "_access_token")
+    with pytest.raises(RuntimeError, match=r"_access_token.*3\.4\.0"):
         check_seam()
 
 
@@ -392,7 +471,7 @@ def test_a_continued_stream_reads_as_the_sdk_reads_it(
         control.script(responses=first_hop, match=key)
         control.script(responses=second_hop, match=key)
 
-    sdk, fast = asyncio.run(both(client, f"{key} tell me"))
+    sdk, fast = both(client, f"{key} tell me")
 
     assert fast == sdk
     assert [chunk[3] for chunk in fast] == [None, None, "STOP"]  # CONTINUATION is not an end
@@ -418,7 +497,7 @@ def test_a_stream_broken_after_a_checkpoint_resumes_as_the_sdks_does(
         control.script(responses=broken_hop, fail_after_chunks=2, match=key)
         control.script(responses=resumed_hop, match=key)
 
-    sdk, fast = asyncio.run(both(client, f"{key} tell me"))
+    sdk, fast = both(client, f"{key} tell me")
 
     assert fast == sdk
     assert "".join(chunk[0] for chunk in fast) == "Before the checkpoint, after it and the end."

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import http.client
 import json
+import socket
 import subprocess
 import sys
 import time
@@ -512,7 +513,7 @@ async def open_stream(
     body = json.dumps({"contents": [{"role": "user", "parts": [{"text": text}]}]}).encode()
     writer.write(
         f"POST /v1beta/models/{MODEL}:streamGenerateContent?alt=sse HTTP/1.1\r\n"
-        f"Host: {host}\r\nContent-Type: application/json\r\n"
+        f"Host: {host}\r\nContent-Type: application/json\r\nx-goog-api-key: test-key\r\n"
         f"Content-Length: {len(body)}\r\n\r\n".encode()
         + body
     )
@@ -566,7 +567,7 @@ def test_a_client_going_away_does_not_hurt_the_server(
         "POST",
         f"/v1/models/{MODEL}:streamGenerateContent?alt=sse",
         body,
-        {"Content-Type": "application/json"},
+        {"Content-Type": "application/json", "x-goog-api-key": "test-key"},
     )
     response = connection.getresponse()
     assert response.fp is not None
@@ -585,7 +586,7 @@ def test_stream_without_alt_sse_is_one_json_array(base_url: str, control: Standi
     request = urllib.request.Request(
         f"{base_url}/v1beta/models/{MODEL}:streamGenerateContent",
         data=json.dumps({"contents": [{"parts": [{"text": key}]}]}).encode(),
-        headers={"Content-Type": "application/json"},
+        headers={"Content-Type": "application/json", "x-goog-api-key": "test-key"},
     )
     with urllib.request.urlopen(request, timeout=5) as response:
         payload = json.loads(response.read())
@@ -598,11 +599,122 @@ def test_unknown_paths_and_bad_json_use_googles_error_shape(base_url: str) -> No
         ("/v1/models/m:embedContent", b"{}", 404),
         (f"/v1/models/{MODEL}:generateContent", b"not json", 400),
     ]:
-        request = urllib.request.Request(f"{base_url}{path}", data=data, method="POST")
+        request = urllib.request.Request(
+            f"{base_url}{path}",
+            data=data,
+            method="POST",
+            headers={"Content-Type": "application/json", "x-goog-api-key": "test-key"},
+        )
         with pytest.raises(urllib.error.HTTPError) as raised:
             urllib.request.urlopen(request, timeout=5)
         assert raised.value.code == status
         assert json.loads(raised.value.read())["error"]["code"] == status
+
+
+VERTEX_PATH = f"/v1beta1/projects/p/locations/us-central1/publishers/google/models/{MODEL}"
+GOOD_BODY = json.dumps({"contents": [{"role": "user", "parts": [{"text": "hi"}]}]}).encode()
+
+
+@pytest.mark.parametrize(
+    ("path", "headers", "status", "status_name"),
+    [
+        pytest.param(
+            f"/v1/models/{MODEL}:generateContent",
+            {"Content-Type": "application/json"},
+            403,
+            "PERMISSION_DENIED",
+            id="Gemini API without a key",
+        ),
+        pytest.param(
+            f"/v1/models/{MODEL}:generateContent",
+            {"Content-Type": "application/json", "x-goog-api-key": "wrong"},
+            400,
+            "INVALID_ARGUMENT",
+            id="Gemini API with another key than the stand-in's",
+        ),
+        pytest.param(
+            f"{VERTEX_PATH}:generateContent",
+            {"Content-Type": "application/json"},
+            401,
+            "UNAUTHENTICATED",
+            id="Vertex AI without a token",
+        ),
+        pytest.param(
+            f"{VERTEX_PATH}:generateContent",
+            {"Content-Type": "application/json", "Authorization": "Basic abc"},
+            401,
+            "UNAUTHENTICATED",
+            id="Vertex AI without a bearer token",
+        ),
+        pytest.param(
+            f"/v1/models/{MODEL}:streamGenerateContent?alt=sse",
+            {"x-goog-api-key": "right"},
+            400,
+            "INVALID_ARGUMENT",
+            id="no Content-Type",
+        ),
+        pytest.param(
+            f"/v1/models/{MODEL}:streamGenerateContent?alt=sse",
+            {"x-goog-api-key": "right", "Content-Type": "text/plain"},
+            400,
+            "INVALID_ARGUMENT",
+            id="not JSON's Content-Type",
+        ),
+        pytest.param(
+            f"/v1/models/{MODEL}:streamGenerateContent?alt=sse",
+            {"x-goog-api-key": "right", "Content-Type": "application/json", "Host": ""},
+            400,
+            "INVALID_ARGUMENT",
+            id="no Host",
+        ),
+        pytest.param(
+            f"/v1/models/{MODEL}:streamGenerateContent?alt=sse",
+            {"x-goog-api-key": "right", "Content-Type": "application/json", "Length": "none"},
+            411,
+            "INVALID_ARGUMENT",
+            id="no Content-Length",
+        ),
+    ],
+)
+def test_refuses_what_googles_front_refuses(
+    path: str, headers: dict[str, str], status: int, status_name: str
+) -> None:
+    """Requests Google would refuse are refused, before any script or record, so a client
+    of ours that got its headers wrong fails here as it would against Google."""
+    server, base_url = start_standin(port=0, api_key="right")
+    try:
+        control = StandinControl(base_url)
+        control.script(reply="never sent")
+        host, port = base_url.removeprefix("http://").split(":")
+        lines = [f"POST {path} HTTP/1.1"]
+        if headers.get("Host", host):
+            lines.append(f"Host: {host}")
+        if headers.get("Length") != "none":
+            lines.append(f"Content-Length: {len(GOOD_BODY)}")
+        lines += [f"{k}: {v}" for k, v in headers.items() if k not in ("Host", "Length")]
+        with socket.create_connection((host, int(port)), timeout=5) as connection:
+            connection.sendall(("\r\n".join(lines) + "\r\n\r\n").encode() + GOOD_BODY)
+            answer = b""
+            while chunk := connection.recv(65536):
+                answer += chunk  # the stand-in closes the connection after a refusal
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(f"HTTP/1.1 {status} ".encode()), head
+        error = json.loads(body)["error"]
+        assert (error["code"], error["status"]) == (status, status_name)
+        assert control.requests() == []
+        assert len(control.scripts()) == 1  # the script is still there
+        # The same request made right is answered.
+        right = {"Content-Type": "application/json"}
+        right.update(
+            {"Authorization": "Bearer t"} if "publishers" in path else {"x-goog-api-key": "right"}
+        )
+        request = urllib.request.Request(
+            f"{base_url}{path}", data=GOOD_BODY, method="POST", headers=right
+        )
+        with urllib.request.urlopen(request, timeout=5) as response:
+            assert response.status == 200
+    finally:
+        server.stop()
 
 
 # --- control API -------------------------------------------------------------------------
@@ -641,7 +753,9 @@ def test_records_are_bounded() -> None:
         for index in range(5):
             body = {"contents": [{"role": "user", "parts": [{"text": f"request {index}"}]}]}
             request = urllib.request.Request(
-                f"{base_url}/v1/models/{MODEL}:countTokens", data=json.dumps(body).encode()
+                f"{base_url}/v1/models/{MODEL}:countTokens",
+                data=json.dumps(body).encode(),
+                headers={"Content-Type": "application/json", "x-goog-api-key": "test-key"},
             )
             with urllib.request.urlopen(request, timeout=5) as response:
                 assert json.loads(response.read()) == {"totalTokens": 3}

@@ -53,6 +53,7 @@ LAYERS: dict[str, str] = {
     "shared.stream_events": "objects",
     "shared.routes": "objects",
     "shared.stream_framing": "objects",
+    "shared.sse_client": "objects",
     "shared.model_events": "objects",
     "shared.notifications": "objects",
     "shared.telemetry": "objects",
