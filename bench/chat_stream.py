@@ -256,6 +256,63 @@ def process_cpu_seconds(pid: int) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
+# What a worker's first turn costs on top of a turn (the model client and its first
+# connection, the Cloud Tasks client's import when the new chat asks for a title: ~0.7 s of
+# CPU), at the least; a worker that served no turn grows by almost nothing.
+FIRST_TURN_CPU_SECONDS = 0.05
+
+
+def workers_of(overrides: dict[str, str] | None) -> str:
+    return (overrides or {}).get("WORKERS", "1")
+
+
+def own_cpu_seconds(pid: int) -> float:
+    """User + system CPU time of one process, in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def warm_every_worker(
+    pid: int, url: str, token: str, control: StandinControl, workers: int
+) -> None:
+    """Serve a first turn in every worker process of the instance, then wait for it to idle.
+
+    One warm-up turn reaches one worker: with ``WORKERS=2`` the other would pay its first
+    turn's costs inside the measured load, which a one-worker instance does not (a burst on
+    an instance whose workers are all warm is what both settings are compared on). Turns are
+    sent a few at once until each worker's CPU time shows it served one.
+    """
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    deadline = time.monotonic() + 30
+    while len(worker_pids := [int(c) for c in children.read_text().split()]) < workers:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the instance started {len(worker_pids)} of {workers} workers")
+        time.sleep(0.1)
+    before = {worker: own_cpu_seconds(worker) for worker in worker_pids}
+    for _ in range(20):
+        turns = [
+            threading.Thread(target=one_turn, args=(url, token, None, control))
+            for _ in range(2 * workers)
+        ]
+        for each in turns:
+            each.start()
+        for each in turns:
+            each.join()
+        cold = [w for w in worker_pids if own_cpu_seconds(w) - before[w] < FIRST_TURN_CPU_SECONDS]
+        if not cold:
+            break
+    else:
+        raise RuntimeError(f"workers {cold} served none of the warm-up turns")
+    # Until the first turns' after-response work (title requests) is done.
+    last = process_cpu_seconds(pid)
+    for _ in range(40):
+        time.sleep(0.25)
+        now = process_cpu_seconds(pid)
+        if now - last < 0.01:
+            return
+        last = now
+
+
 def stream_load(
     env: dict[str, str],
     token: str | list[str],
@@ -286,7 +343,7 @@ def stream_load(
                 delay_per_chunk=1 / rate,
                 stamp_chunks=True,
             )
-        one_turn(url, tokens[0], None, control)  # warm-up: model client and statements
+        warm_every_worker(process.pid, url, tokens[0], control, int(workers_of(overrides)))
         memory_before = resident_peak_mb(process.pid)
         start_at = time.time() + 1.0
         pairs = list(zip(markers, tokens, strict=False))
