@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -143,17 +144,20 @@ def load_recent(
         if row["kind"] == "summary":
             summary = StoredSummary(row["content"], row["position"], row["token_count"])
         else:
-            messages.append(
-                StoredMessage(
-                    row["position"],
-                    row["role"],
-                    row["content"],
-                    row["parts"],
-                    row["token_count"],
-                    row["status"],
-                )
-            )
+            messages.append(_stored_message(row))
     return summary, messages
+
+
+def _stored_message(row: Mapping[str, Any]) -> StoredMessage:
+    """A message row (or its JSON) as the window holds it."""
+    return StoredMessage(
+        row["position"],
+        row["role"],
+        row["content"],
+        row["parts"],
+        row["token_count"],
+        row["status"],
+    )
 
 
 # The window before the turn's new message, as a scalar subquery giving a JSON array, newest
@@ -184,19 +188,7 @@ def window_from_json(
         if summary is not None
         else None
     )
-    messages = [current]
-    messages += [
-        StoredMessage(
-            row["position"],
-            row["role"],
-            row["content"],
-            row["parts"],
-            row["token_count"],
-            row["status"],
-        )
-        for row in rows
-    ]
-    return stored, messages
+    return stored, [current, *(_stored_message(row) for row in rows)]
 
 
 def _file_part(part: dict[str, Any]) -> dict[str, Any]:

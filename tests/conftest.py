@@ -207,6 +207,16 @@ def standin() -> Iterator[tuple[StandinServer, str]]:
     server.stop()
 
 
+@pytest.fixture
+def control(standin: tuple[StandinServer, str]) -> Iterator[StandinControl]:
+    """The module's own stand-in (:func:`standin`) reset for one test, which must leave it
+    with no unexpected error."""
+    control = StandinControl(standin[1])
+    control.reset()
+    yield control
+    assert control.health()["unexpected_errors"] == 0
+
+
 def unique(label: str) -> str:
     """A label no other test uses, to script and find one test's own model requests."""
     return f"{label}-{uuid.uuid4().hex[:10]}"

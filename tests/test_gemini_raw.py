@@ -148,14 +148,6 @@ SHAPES: dict[str, list[dict[str, Any]]] = {
 }
 
 
-@pytest.fixture
-def control(standin: tuple[StandinServer, str]) -> Iterator[StandinControl]:
-    control = StandinControl(standin[1])
-    control.reset()
-    yield control
-    assert control.health()["unexpected_errors"] == 0
-
-
 @pytest.fixture(scope="module", params=["api-key", "vertex"])
 def client(request: pytest.FixtureRequest, standin: tuple[StandinServer, str]) -> genai.Client:
     options = types.HttpOptions(base_url=standin[1])

@@ -418,14 +418,6 @@ def test_tls_checks_the_host_name(certificate: tuple[Path, Path]) -> None:
 # --- the whole path against the Gemini stand-in ------------------------------------------
 
 
-@pytest.fixture
-def control(standin: tuple[StandinServer, str]) -> Iterator[StandinControl]:
-    control = StandinControl(standin[1])
-    control.reset()
-    yield control
-    assert control.health()["unexpected_errors"] == 0
-
-
 def streamer(base_url: str, **environment: str) -> GeminiStreamer:
     settings = load_settings(
         {
