@@ -54,6 +54,11 @@ class RequestModel(BaseModel):
 
     model_config = ConfigDict(extra="ignore", frozen=True)
 
+    def storable_part(self) -> dict[str, Any]:
+        """What of the body a handler may store: its text must be text PostgreSQL can hold
+        (checked by :func:`shared.web.validate`). Fields never stored may hold anything."""
+        return self.model_dump()
+
 
 # --- errors ------------------------------------------------------------------------------
 
@@ -311,6 +316,15 @@ class ChatRequest(RequestModel):
         "POST .../stop. Without it, a client that leaves stops the model (the partial "
         "answer is kept, incomplete).",
     )
+
+    def storable_part(self) -> dict[str, Any]:
+        """The controls and the last message, at its index: the client's copy of the earlier
+        messages is never stored, so their text may hold anything."""
+        kept = self.model_dump(exclude={"messages"})
+        if self.messages:
+            last = len(self.messages) - 1
+            kept["messages"] = {last: self.messages[last].model_dump()}
+        return kept
 
 
 class ResumeQuery(RequestModel):

@@ -41,6 +41,7 @@ the module, inside its app context) fixes all of these from inside the process:
 from __future__ import annotations
 
 import contextlib
+import gc
 import heapq
 import io
 import logging
@@ -291,6 +292,13 @@ def _worker_class() -> type:
             _app_slots = threading.BoundedSemaphore(self.cfg.threads)
             util.write_error = write_json_error  # what handle_error calls for its answers
             super().init_process()
+
+        def load_wsgi(self) -> None:
+            super().load_wsgi()
+            # Everything imported to serve is kept for the process's life: out of the
+            # collector's sight, a full collection no longer walks it, which a request that
+            # builds many objects (a long chat's body) would otherwise set off mid-request.
+            gc.freeze()
 
         def get_thread_pool(self) -> Any:
             from concurrent import futures

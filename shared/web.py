@@ -15,6 +15,7 @@ A function's entry point hands its request to :meth:`Api.handle`, which
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import logging
@@ -25,6 +26,7 @@ from typing import Any, TypeVar
 
 from flask import Request, Response
 from pydantic import BaseModel, ValidationError
+from pydantic_core import SchemaValidator
 from werkzeug.exceptions import HTTPException
 from werkzeug.exceptions import MethodNotAllowed as WerkzeugMethodNotAllowed
 from werkzeug.routing import Map, Rule
@@ -41,7 +43,7 @@ from shared.errors import (
     UnprocessableEntity,
 )
 from shared.log import bind_trace, trace_from_headers
-from shared.schemas import ErrorBody
+from shared.schemas import ErrorBody, RequestModel
 from shared.text import UNSTORABLE_TEXT, unstorable_path
 
 logger = logging.getLogger("raven.http")
@@ -133,6 +135,10 @@ def load_json(raw: bytes) -> Any:
         data = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise BadRequest(f"Request body is not valid JSON: {error}", code="invalid_json") from None
+    except ValueError:  # an integer longer than Python converts (sys.get_int_max_str_digits)
+        raise BadRequest(
+            "Request body has a number too long to read", code="invalid_json"
+        ) from None
     except RecursionError:
         data = None
         depth = MAX_JSON_DEPTH + 1
@@ -144,6 +150,51 @@ def load_json(raw: bytes) -> Any:
             code="invalid_json",
         )
     return data
+
+
+@functools.cache
+def one_pass_validator(model: type[BaseModel]) -> SchemaValidator:
+    """``model``'s rules for a JSON body in one pass of pydantic's Rust parser, building plain
+    dicts and lists instead of models: for a body most of which is checked but never used
+    (``POST /chat`` carries the client's copy of the whole chat: :mod:`shared.turn_request`).
+
+    Unknown fields are refused below the top level: pydantic would skip them unbuilt, so
+    their depth could not be bounded (:func:`load_json`). Those at the top level are returned
+    with the rest, for the caller to bound. A body this refuses is one for
+    :func:`parse_json`, which names the problem.
+    """
+    schema = _as_typed_dicts(model.__pydantic_core_schema__, extra="forbid")
+    return SchemaValidator({**schema, "extra_behavior": "allow"})
+
+
+def _as_typed_dicts(node: Any, extra: str) -> Any:
+    """A core schema with each model in it turned into a typed dict of the same fields."""
+    if isinstance(node, list):
+        return [_as_typed_dicts(item, extra) for item in node]
+    if not isinstance(node, dict):
+        return node
+    if node.get("type") == "model":
+        fields = node["schema"]
+        if fields["type"] != "model-fields" or fields.get("computed_fields") or "post_init" in node:
+            raise TypeError(f"{node['cls'].__name__}: only plain fields can be read in one pass")
+        return {
+            "type": "typed-dict",
+            "fields": {
+                name: {
+                    "type": "typed-dict-field",
+                    "schema": _as_typed_dicts(field["schema"], extra),
+                    "required": field["schema"]["type"] != "default",
+                }
+                for name, field in fields["fields"].items()
+            },
+            "extra_behavior": extra,
+        }
+    if (
+        node.get("type", "").startswith("function-")
+        and node.get("schema", {}).get("type") == "model"
+    ):
+        raise TypeError("a model-level validator cannot run on a typed dict")
+    return {key: _as_typed_dicts(value, extra) for key, value in node.items() if key != "metadata"}
 
 
 def json_depth(value: Any, stop_at: int) -> int:
@@ -211,7 +262,10 @@ def validate(model: type[ModelT], data: Any, where: str = "", *, strict: bool = 
                     f"{where}{location}: {UNSTORABLE_TEXT}", code="invalid_text"
                 ) from None
         raise UnprocessableEntity(describe_validation_error(error, where)) from None
-    bad_text = unstorable_path(validated.model_dump())
+    kept = (
+        validated.storable_part() if isinstance(validated, RequestModel) else validated.model_dump()
+    )
+    bad_text = unstorable_path(kept)
     if bad_text is not None:
         raise UnprocessableEntity(f"{where}{bad_text}: {UNSTORABLE_TEXT}", code="invalid_text")
     return validated

@@ -28,11 +28,11 @@ from shared.db import connection_factory
 from shared.gemini import GeminiStreamer
 from shared.model_events import AnswerChunk
 from shared.runtime import database, make_api, start_function
-from shared.schemas import AnswerStopped, ChatRequest, ResumeQuery
+from shared.schemas import AnswerStopped, ResumeQuery
 from shared.stream_framing import choose_framing
 from shared.system_instruction import SystemInstruction, personalise
 from shared.telemetry import TurnRecord, received_at
-from shared.web import json_response, parse_json, query_args, validate
+from shared.web import json_response, query_args, validate
 
 settings = start_function()
 SYSTEM_INSTRUCTION = SystemInstruction(
@@ -60,7 +60,7 @@ def send_message(request: Request, user: AuthenticatedUser) -> Response:
 def open_turn(request: Request, user: AuthenticatedUser, record: TurnRecord) -> Response:
     received = time.perf_counter()
     answers.refuse_when_draining()
-    body = parse_json(request, ChatRequest)
+    body = turn_request.parse_body(request)
     asked = turn_request.read_request(body, settings)
     template = SYSTEM_INSTRUCTION.text()
     system_tokens = turn_request.instruction_tokens(template)
