@@ -121,6 +121,18 @@ def seed_chat(db: Database, user_id: str, messages: int) -> str:
     return str(chat_id)
 
 
+def frontend_copy(messages: int) -> list[dict[str, Any]]:
+    """The messages of a chat :func:`seed_chat` made, as the frontend holds and sends them
+    with every new message (the server reads only the new one, but parses them all)."""
+    return [
+        {
+            "role": "user" if n % 2 == 0 else "assistant",
+            "parts": [{"type": "text", "text": f"message {n}" + " lorem ipsum" * 12}],
+        }
+        for n in range(messages)
+    ]
+
+
 def connect(url: str) -> http.client.HTTPConnection:
     target = urllib.parse.urlsplit(url)
     return http.client.HTTPConnection(target.hostname or "127.0.0.1", target.port, timeout=60)
@@ -132,14 +144,12 @@ def send_chat(
     chat_id: str | None,
     text: str,
     accept: str | None = None,
+    history: list[dict[str, Any]] | None = None,
 ) -> http.client.HTTPResponse:
-    """POST /chat as the frontend does (no Accept: the default framing); the streaming response."""
-    body = json.dumps(
-        {
-            "chatId": chat_id,
-            "messages": [{"role": "user", "parts": [{"type": "text", "text": text}]}],
-        }
-    )
+    """POST /chat as the frontend does (its copy of the chat, then the new message; no
+    Accept: the default framing); the streaming response."""
+    new_message = {"role": "user", "parts": [{"type": "text", "text": text}]}
+    body = json.dumps({"chatId": chat_id, "messages": [*(history or []), new_message]})
     headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
     if accept:
         headers["Accept"] = accept
@@ -158,7 +168,11 @@ def read_event(line: bytes) -> dict[str, Any] | None:
 
 
 def one_turn(
-    url: str, token: str, chat_id: str | None, control: StandinControl
+    url: str,
+    token: str,
+    chat_id: str | None,
+    control: StandinControl,
+    history: list[dict[str, Any]] | None = None,
 ) -> tuple[float, float, float]:
     """(request -> model request, model's last chunk -> done, model's last chunk -> end of
     the response) in milliseconds."""
@@ -166,7 +180,7 @@ def one_turn(
     control.script(match=marker, chunks=["a ", "b ", "c"])
     connection = connect(url)
     sent = time.time()
-    response = send_chat(connection, token, chat_id, f"question {marker}")
+    response = send_chat(connection, token, chat_id, f"question {marker}", history=history)
     done_at = None
     while line := response.readline():
         event = read_event(line)
@@ -430,10 +444,14 @@ def run(stream_loads: list[tuple[int, int]] | None = None) -> dict[str, Any]:
                     "10000": [],
                 }
                 cpu_before = process_cpu_seconds(process.pid)
+                # Each turn sends the chat as the frontend holds it (the seeded messages).
+                copies = {size: frontend_copy(size) for size in (10, 60, 10_000)}
                 for index in range(SAMPLES):
-                    overhead["10"].append(one_turn(url, token, small[index], control))
-                    overhead["60"].append(one_turn(url, token, full_window[index], control))
-                    overhead["10000"].append(one_turn(url, token, large, control))
+                    overhead["10"].append(one_turn(url, token, small[index], control, copies[10]))
+                    overhead["60"].append(
+                        one_turn(url, token, full_window[index], control, copies[60])
+                    )
+                    overhead["10000"].append(one_turn(url, token, large, control, copies[10_000]))
                 # The instance's CPU per whole turn (request to end of response, 3 chunks).
                 turn_cpu_ms = (process_cpu_seconds(process.pid) - cpu_before) * 1000 / (3 * SAMPLES)
             finally:
