@@ -88,6 +88,18 @@ class BegunTurn:
     model_context: context.ModelContext
 
 
+def sends_text_only(request: TurnRequest) -> bool:
+    """A new message of text alone: :func:`begin` stores it in one statement whose rows name
+    the user, so for a deleted user it fails (401 ``user_deleted``) or finds no chat (the
+    caller then checks the user: ``shared.web.checks_user_itself``)."""
+    return (
+        request.message is not None
+        and not request.message.media_refs
+        and not request.regenerate
+        and request.edited_id is None
+    )
+
+
 def begin(
     db: Database,
     settings: Settings,
@@ -103,12 +115,7 @@ def begin(
     chat; an edit or a regenerate also removes what it replaces (messages, summaries,
     media links) and refuses a chat whose answer is still streaming (409 ``chat_busy``).
     """
-    if (
-        not request.regenerate
-        and request.edited_id is None
-        and asked is not None
-        and not any("upload_id" in part for part in asked.parts)
-    ):
+    if asked is not None and sends_text_only(request):
         return _begin_send(db, settings, user_id, plan, request, asked, system_tokens)
     released = 0
     with db.transaction() as tx:

@@ -25,7 +25,7 @@ from svix.webhooks import Webhook
 from dev.bundle import REPO_ROOT
 from dev.stack import LocalStack, free_port, http_answers
 from shared.db import Database
-from tests.conftest import ApiClient, assert_error, read_logs, upload_file
+from tests.conftest import ApiClient, assert_error, read_logs, stream_events, upload_file
 from tests.helpers import (
     Svix,
     add_messages,
@@ -344,6 +344,41 @@ def test_the_chat_list_refuses_a_deleted_user_it_has_listed_for(
     assert_error(client.get("/api/chats", params={"limit": "many"}), 401, "user_deleted")
     assert_error(client.get("/api/chats", params={"cursor": "not-ours"}), 401, "user_deleted")
     assert user_row(db, client.user_id) is None
+
+
+def test_a_send_refuses_a_deleted_user_its_instance_has_answered(
+    make_user: Any, svix: Svix, db: Database
+) -> None:
+    # A text send's statement is its user check (web.checks_user_itself): its rows name the
+    # user, and a deleted user's chats are gone with them. Every way through must say 401.
+    client: ApiClient = make_user(email="sender@example.com")
+    chat_id = stream_events(client.send("hello"))[0]["chat_id"]
+    assert client.user_id is not None
+    assert_acknowledged(svix.deliver(deleted_event(client.user_id)), "user deleted")
+    assert_error(client.send("a new chat"), 401, "user_deleted")
+    assert_error(client.send("the old chat", chat_id), 401, "user_deleted")
+    edit = {"chatId": chat_id, "editMessageId": str(uuid.uuid4()), "messages": []}
+    assert_error(client.post("/chat", json=edit), 401, "user_deleted")
+    assert_error(
+        client.post("/chat", json={"chatId": chat_id, "regenerate": True}), 401, "user_deleted"
+    )
+    assert_error(client.post("/chat", json={"messages": []}), 401, "user_deleted")
+    assert user_row(db, client.user_id) is None
+
+
+def test_a_send_brings_back_a_row_gone_without_a_queued_deletion(
+    make_user: Any, db: Database
+) -> None:
+    client: ApiClient = make_user(email="returning-sender@example.com")
+    with client.send("hello") as streamed:
+        assert streamed.status_code == 200
+        streamed.content  # noqa: B018 - read the whole stream
+    assert client.user_id is not None
+    with db.transaction() as tx:
+        tx.execute("DELETE FROM users WHERE id = :id", id=client.user_id)
+    assert stream_events(client.send("hello again"))[-1]["type"] == "done"
+    row = user_row(db, client.user_id)
+    assert row is not None and row["email"] == "returning-sender@example.com"
 
 
 def test_the_chat_list_brings_back_a_row_gone_without_a_queued_deletion(

@@ -22,9 +22,10 @@ import functions_framework
 from flask import Request, Response
 
 from shared import answers, context, serving, turn, turn_request
-from shared.auth import AuthenticatedUser, request_authenticator
+from shared.auth import AuthenticatedUser, check_user, request_authenticator, user_row_missing
 from shared.background import Background
 from shared.db import connection_factory
+from shared.errors import ApiError, Unauthorized
 from shared.gemini import GeminiStreamer
 from shared.model_events import AnswerChunk
 from shared.runtime import database, make_api, start_function
@@ -32,7 +33,7 @@ from shared.schemas import AnswerStopped, ResumeQuery
 from shared.stream_framing import choose_framing
 from shared.system_instruction import SystemInstruction, personalise
 from shared.telemetry import TurnRecord, received_at
-from shared.web import json_response, query_args, validate
+from shared.web import checks_user_itself, json_response, query_args, validate
 
 settings = start_function()
 SYSTEM_INSTRUCTION = SystemInstruction(
@@ -47,6 +48,7 @@ LISTEN_CONNECT = connection_factory(settings)
 AFTER_TURN = Background("after-turn")
 
 
+@checks_user_itself  # a text send's statement is the check: one round trip, not two
 def send_message(request: Request, user: AuthenticatedUser) -> Response:
     """One turn, recorded as one ``chat_turn`` log line however it ends (shared.telemetry)."""
     record = TurnRecord(received_at(request.environ), settings.raven_model)
@@ -60,32 +62,18 @@ def send_message(request: Request, user: AuthenticatedUser) -> Response:
 def open_turn(request: Request, user: AuthenticatedUser, record: TurnRecord) -> Response:
     received = time.perf_counter()
     answers.refuse_when_draining()
-    body = turn_request.parse_body(request)
-    asked = turn_request.read_request(body, settings)
-    template = SYSTEM_INSTRUCTION.text()
-    system_tokens = turn_request.instruction_tokens(template)
-    question = None
-    if asked.message is not None:
-        media_parts: list[dict[str, Any]] = []
-        if asked.message.media_refs:
-            # Storage work (and google-cloud-storage's import) only for messages with media.
-            from shared import media
-            from shared.storage import media_storage
-
-            media_parts = media.resolve_attachments(
-                database(),
-                media_storage(),
-                user.id,
-                asked.message.media_refs,
-                max_images=settings.media_max_images,
-                max_videos=settings.media_max_videos,
-            )
-        question = turn_request.question(asked.message, media_parts, system_tokens, settings)
-    begun = turn.begin(database(), settings, user.id, user.plan, asked, question, system_tokens)
-    if begun.released_media:
-        from shared.storage import schedule_storage_cleanup
-
-        schedule_storage_cleanup()  # off the request path; the queue rows survive any failure
+    try:
+        try:
+            begun, template = begin_turn(request, user)
+        except Unauthorized:
+            # The send's rows named a user whose row is gone: 401 user_deleted while the
+            # deletion is queued, else the row is created again, as on a first request.
+            user_row_missing(user)
+            begun, template = begin_turn(request, user)
+    except ApiError as error:
+        if error.status < 500 and not isinstance(error, Unauthorized):
+            check_user(user)  # a deleted user hears 401 user_deleted first, as on every route
+        raise
     system = context.system_text(
         personalise(template, begun.user_name or user.display_name), begun.model_context.summary
     )
@@ -115,6 +103,40 @@ def open_turn(request: Request, user: AuthenticatedUser, record: TurnRecord) -> 
     response = framing.response(record.observe(events, AnswerChunk))
     response.call_on_close(after_response.release)  # the server closes it once it has ended
     return response
+
+
+def begin_turn(request: Request, user: AuthenticatedUser) -> tuple[turn.BegunTurn, str]:
+    """The turn stored (:func:`shared.turn.begin`) and the instruction's template it was
+    priced with; every refusal of the request is raised from here, before anything streams."""
+    body = turn_request.parse_body(request)
+    asked = turn_request.read_request(body, settings)
+    if not turn.sends_text_only(asked):
+        check_user(user)  # only a text send's statement reads the user's row
+    template = SYSTEM_INSTRUCTION.text()
+    system_tokens = turn_request.instruction_tokens(template)
+    question = None
+    if asked.message is not None:
+        media_parts: list[dict[str, Any]] = []
+        if asked.message.media_refs:
+            # Storage work (and google-cloud-storage's import) only for messages with media.
+            from shared import media
+            from shared.storage import media_storage
+
+            media_parts = media.resolve_attachments(
+                database(),
+                media_storage(),
+                user.id,
+                asked.message.media_refs,
+                max_images=settings.media_max_images,
+                max_videos=settings.media_max_videos,
+            )
+        question = turn_request.question(asked.message, media_parts, system_tokens, settings)
+    begun = turn.begin(database(), settings, user.id, user.plan, asked, question, system_tokens)
+    if begun.released_media:
+        from shared.storage import schedule_storage_cleanup
+
+        schedule_storage_cleanup()  # off the request path; the queue rows survive any failure
+    return begun, template
 
 
 def request_tasks(
