@@ -284,9 +284,10 @@ class KnownUsers:
     in, so a known user costs one primary-key lookup per request, never a write; the check
     itself is never skipped, so a token cached by :class:`TokenVerifier` stops working the
     moment Clerk's ``user.deleted`` is processed. A handler marked
-    :func:`shared.web.checks_user_itself` (the chat list) makes that lookup part of its own
-    query (``users.USER_KNOWN``), in the same statement as the page: one round trip, and
-    the check and the page read one snapshot.
+    :func:`shared.web.checks_user_itself` makes that lookup part of its own statement: the
+    chat list reads ``users.USER_KNOWN`` with the page, and a text send's statement
+    (``shared.turn``) writes rows that name the user, which fails for a deleted one. One
+    round trip, and the check and the work read one snapshot.
     """
 
     def __init__(self, db: Database, ttl: float = 600.0, capacity: int = 10_000) -> None:

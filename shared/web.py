@@ -69,11 +69,12 @@ def checks_user_itself(handler: HandlerT) -> HandlerT:
     """Mark a handler whose own query tells whether the caller's user row still exists.
 
     Authentication then skips its separate existence check for a user it has seen lately
-    (one database round trip less per request): the handler must read the user's row in its
-    query (``shared.users.USER_KNOWN``) and hand the request to
-    ``shared.auth.user_row_missing`` when there is none, which refuses a deleted user with
-    the same 401 ``user_deleted``. An Api calls such a handler's authenticator with
-    ``user_checked_by_handler=True``.
+    (one database round trip less per request): the handler's statement must find out
+    whether the user's row exists (read ``shared.users.USER_KNOWN``, or write rows whose
+    foreign key names the user) and hand the request to ``shared.auth.user_row_missing``
+    when it does not, which refuses a deleted user with the same 401 ``user_deleted``; on
+    its other ways (and before any refusal of its own) it calls ``shared.auth.check_user``.
+    An Api calls such a handler's authenticator with ``user_checked_by_handler=True``.
     """
     setattr(handler, _CHECKS_USER_ITSELF, True)
     return handler
