@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from flask import Request
 from pydantic import BaseModel, model_validator
+from werkzeug.test import EnvironBuilder
 
 from dev.gemini_standin import StandinControl
 from shared.db import Database
@@ -94,9 +95,14 @@ BODIES: dict[str, bytes] = {
 }
 
 
+def json_request(raw: bytes) -> Request:
+    environ = EnvironBuilder(method="POST", data=raw, content_type="application/json")
+    return Request(environ.get_environ())
+
+
 def outcome(read: Any, raw: bytes) -> tuple[Any, ...]:
     """What a reader makes of a body: the request as the turn sees it, or the error."""
-    request = Request.from_values(data=raw, content_type="application/json", method="POST")
+    request = json_request(raw)
     try:
         read_body = read(request)
     except ApiError as error:
@@ -111,7 +117,7 @@ def test_the_one_pass_reads_every_body_as_parse_json_does(raw: bytes) -> None:
 
 def test_the_one_pass_keeps_only_the_new_message() -> None:
     raw = body(message("first"), message("an answer", "assistant"), message("new"))
-    request = Request.from_values(data=raw, content_type="application/json", method="POST")
+    request = json_request(raw)
     assert parse_body(request).messages[0].parts[0].text == "new"
     assert len(parse_body(request).messages) == 1
 
