@@ -336,14 +336,13 @@ class KnownUsers:
         self._sync(user, time.monotonic())
 
     def _sync(self, user: AuthenticatedUser, now: float) -> None:
-        with self._db.transaction() as tx:
-            allowed = users.ensure_user(
-                tx,
-                user.id,
-                email=user.email,
-                first_name=user.first_name,
-                last_name=user.last_name,
-            )
+        allowed = users.ensure_user(
+            self._db,
+            user.id,
+            email=user.email,
+            first_name=user.first_name,
+            last_name=user.last_name,
+        )
         if not allowed:
             raise Unauthorized("This account has been deleted", code="user_deleted")
         with self._lock:

@@ -83,7 +83,7 @@ def user_exists(db: Database, user_id: str) -> bool:
 
 
 def ensure_user(
-    tx: Transaction,
+    db: Database,
     user_id: str,
     *,
     email: str | None,
@@ -94,8 +94,9 @@ def ensure_user(
     nothing written) while the user's deletion is pending.
 
     Only what is missing is filled in: profile data from Clerk's webhook wins over claims.
+    One statement, its own transaction (one round trip); repeating it changes nothing more.
     """
-    row = tx.fetch_one(
+    rows = db.write(
         f"""
         WITH deletion AS ({deletions.FOLDER_QUEUED}), saved AS (
             INSERT INTO users (id, email, first_name, last_name)
@@ -117,7 +118,7 @@ def ensure_user(
         first_name=first_name,
         last_name=last_name,
     )
-    return not (row is not None and row["pending"])
+    return not (rows and rows[0]["pending"])
 
 
 # --- Clerk's events --------------------------------------------------------------------------
