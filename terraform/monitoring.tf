@@ -222,196 +222,162 @@ resource "google_monitoring_notification_channel" "email" {
 locals {
   alert_channels = google_monitoring_notification_channel.email[*].id
 
-  # What each alert means and the first thing to check (README.md, "Operations", says more).
-  alert_runbook = {
-    errors_5xx     = "A function answers more than ${var.alert_5xx_ratio * 100}% of its requests with 5xx. First: Logs Explorer, severity>=ERROR for that service (\"unhandled error\" lines carry the stack trace); then the database (503 database_unavailable) and the last deploy."
-    ttft           = "Users wait more than ${var.alert_ttft_p95_ms} ms for the first token (p95). First: the dashboard's model TTFT (is it Gemini itself?), then chat_stream's instance count and CPU (saturated instances queue chunks), then Cloud SQL CPU."
-    model_errors   = "More than ${var.alert_model_error_ratio * 100}% of the turns that reached Gemini failed. First: the model errors by kind: busy means quota (429: raise it or lower traffic), unavailable means Gemini 5xx/timeouts (check the Vertex AI status page), refused means the requests themselves (a bad model name or setting after a deploy)."
-    queue_delay    = "Summary tasks waited more than ${var.alert_queue_delay_seconds} s in the queue. First: the summaries queue in Cloud Tasks (paused? max dispatches?), then summarize's task outcomes (retry = Gemini busy/unavailable or database down)."
-    db_connections = "Cloud SQL holds more than ${var.alert_database_connections_ratio * 100}% of max_connections (${var.database_max_connections}). First: which functions scaled out (instance count); max_instances x WORKERS x DB_POOL_SIZE must stay under max_connections (database.tf)."
-    storage_oldest = "Bucket objects of deleted chats or users have waited more than ${var.alert_storage_pending_seconds} s to be deleted. First: storage_sweep's logs (\"storage cleanup failed\", its Cloud Scheduler job's last runs), and the storage_deletions rows' attempts (a row that keeps failing backs off exponentially)."
-  }
-}
-
-resource "google_monitoring_alert_policy" "errors_5xx" {
-  display_name          = "${var.name_prefix}: 5xx rate above ${var.alert_5xx_ratio * 100}%"
-  combiner              = "OR"
-  notification_channels = local.alert_channels
-
-  conditions {
-    display_name = "5xx / all requests, per function, over 5 minutes"
-    condition_threshold {
-      filter             = "metric.type = \"run.googleapis.com/request_count\" AND ${local.function_service_filter} AND metric.label.response_code_class = \"5xx\""
-      denominator_filter = "metric.type = \"run.googleapis.com/request_count\" AND ${local.function_service_filter}"
-      comparison         = "COMPARISON_GT"
-      threshold_value    = var.alert_5xx_ratio
-      duration           = "300s"
-      aggregations {
-        alignment_period     = "60s"
-        per_series_aligner   = "ALIGN_RATE"
-        cross_series_reducer = "REDUCE_SUM"
-        group_by_fields      = ["resource.label.service_name"]
-      }
-      denominator_aggregations {
-        alignment_period     = "60s"
-        per_series_aligner   = "ALIGN_RATE"
-        cross_series_reducer = "REDUCE_SUM"
-        group_by_fields      = ["resource.label.service_name"]
-      }
+  # Each alert: a threshold on one metric (or on the ratio of two, with a denominator), and
+  # what it means with the first thing to check (README.md, "Operations", says more). Every
+  # entry names every field, so the map's values share one type.
+  alerts = {
+    errors_5xx = {
+      title       = "5xx rate above ${var.alert_5xx_ratio * 100}%"
+      condition   = "5xx / all requests, per function, over 5 minutes"
+      filter      = "metric.type = \"run.googleapis.com/request_count\" AND ${local.function_service_filter} AND metric.label.response_code_class = \"5xx\""
+      denominator = "metric.type = \"run.googleapis.com/request_count\" AND ${local.function_service_filter}"
+      threshold   = var.alert_5xx_ratio
+      duration    = "300s"
+      period      = "60s"
+      aligner     = "ALIGN_RATE"
+      reducer     = "REDUCE_SUM"
+      group_by    = ["resource.label.service_name"]
+      runbook     = "A function answers more than ${var.alert_5xx_ratio * 100}% of its requests with 5xx. First: Logs Explorer, severity>=ERROR for that service (\"unhandled error\" lines carry the stack trace); then the database (503 database_unavailable) and the last deploy."
     }
-  }
-
-  documentation {
-    content   = local.alert_runbook.errors_5xx
-    mime_type = "text/markdown"
-  }
-
-  depends_on = [google_project_service.monitoring]
-}
-
-resource "google_monitoring_alert_policy" "ttft" {
-  display_name          = "${var.name_prefix}: time to first token p95 above ${var.alert_ttft_p95_ms} ms"
-  combiner              = "OR"
-  notification_channels = local.alert_channels
-
-  conditions {
-    display_name = "TTFT p95 over 10 minutes"
-    condition_threshold {
-      filter          = "metric.type = \"${local.metric_types.turn_ttft}\" AND resource.type = \"cloud_run_revision\""
-      comparison      = "COMPARISON_GT"
-      threshold_value = var.alert_ttft_p95_ms
-      duration        = "600s"
-      aggregations {
-        alignment_period     = "300s"
-        per_series_aligner   = "ALIGN_DELTA"
-        cross_series_reducer = "REDUCE_PERCENTILE_95"
-      }
+    ttft = {
+      title       = "time to first token p95 above ${var.alert_ttft_p95_ms} ms"
+      condition   = "TTFT p95 over 10 minutes"
+      filter      = "metric.type = \"${local.metric_types.turn_ttft}\" AND resource.type = \"cloud_run_revision\""
+      denominator = null
+      threshold   = var.alert_ttft_p95_ms
+      duration    = "600s"
+      period      = "300s"
+      aligner     = "ALIGN_DELTA"
+      reducer     = "REDUCE_PERCENTILE_95"
+      group_by    = []
+      runbook     = "Users wait more than ${var.alert_ttft_p95_ms} ms for the first token (p95). First: the dashboard's model TTFT (is it Gemini itself?), then chat_stream's instance count and CPU (saturated instances queue chunks), then Cloud SQL CPU."
     }
-  }
-
-  documentation {
-    content   = local.alert_runbook.ttft
-    mime_type = "text/markdown"
-  }
-
-  depends_on = [google_project_service.monitoring, google_logging_metric.event]
-}
-
-resource "google_monitoring_alert_policy" "model_errors" {
-  display_name          = "${var.name_prefix}: model errors above ${var.alert_model_error_ratio * 100}% of turns"
-  combiner              = "OR"
-  notification_channels = local.alert_channels
-
-  conditions {
-    display_name = "model errors / turns that reached the model, over 5 minutes"
-    condition_threshold {
-      filter = "metric.type = \"${local.metric_types.model_errors}\" AND resource.type = \"cloud_run_revision\""
+    model_errors = {
+      title     = "model errors above ${var.alert_model_error_ratio * 100}% of turns"
+      condition = "model errors / turns that reached the model, over 5 minutes"
+      filter    = "metric.type = \"${local.metric_types.model_errors}\" AND resource.type = \"cloud_run_revision\""
       # Turns refused before the model was called (rate limits, bad input) are not counted.
-      denominator_filter = "metric.type = \"${local.metric_types.chat_turns}\" AND resource.type = \"cloud_run_revision\" AND NOT metric.label.outcome = one_of(\"rate_limited\", \"rejected\", \"unavailable\")"
+      denominator = "metric.type = \"${local.metric_types.chat_turns}\" AND resource.type = \"cloud_run_revision\" AND NOT metric.label.outcome = one_of(\"rate_limited\", \"rejected\", \"unavailable\")"
+      threshold   = var.alert_model_error_ratio
+      duration    = "300s"
+      period      = "60s"
+      aligner     = "ALIGN_RATE"
+      reducer     = "REDUCE_SUM"
+      group_by    = []
+      runbook     = "More than ${var.alert_model_error_ratio * 100}% of the turns that reached Gemini failed. First: the model errors by kind: busy means quota (429: raise it or lower traffic), unavailable means Gemini 5xx/timeouts (check the Vertex AI status page), refused means the requests themselves (a bad model name or setting after a deploy)."
+    }
+    queue_delay = {
+      title       = "summary tasks waiting over ${var.alert_queue_delay_seconds} s"
+      condition   = "oldest summary task's wait (p99 of queue delays)"
+      filter      = "metric.type = \"${local.metric_types.task_queue_delay}\" AND resource.type = \"cloud_run_revision\""
+      denominator = null
+      threshold   = var.alert_queue_delay_seconds
+      duration    = "0s"
+      period      = "300s"
+      aligner     = "ALIGN_DELTA"
+      reducer     = "REDUCE_PERCENTILE_99"
+      group_by    = []
+      runbook     = "Summary tasks waited more than ${var.alert_queue_delay_seconds} s in the queue. First: the summaries queue in Cloud Tasks (paused? max dispatches?), then summarize's task outcomes (retry = Gemini busy/unavailable or database down)."
+    }
+    db_connections = {
+      title       = "Cloud SQL connections above ${var.alert_database_connections_ratio * 100}% of max_connections"
+      condition   = "connections (all databases of the instance)"
+      filter      = "metric.type = \"cloudsql.googleapis.com/database/postgresql/num_backends\" AND resource.type = \"cloudsql_database\" AND resource.label.database_id = \"${local.database_id}\""
+      denominator = null
+      threshold   = floor(var.alert_database_connections_ratio * var.database_max_connections)
+      duration    = "300s"
+      period      = "60s"
+      aligner     = "ALIGN_MEAN"
+      reducer     = "REDUCE_SUM"
+      group_by    = []
+      runbook     = "Cloud SQL holds more than ${var.alert_database_connections_ratio * 100}% of max_connections (${var.database_max_connections}). First: which functions scaled out (instance count); max_instances x WORKERS x DB_POOL_SIZE must stay under max_connections (database.tf)."
+    }
+    storage_oldest = {
+      title       = "storage deletions pending over ${var.alert_storage_pending_seconds} s"
+      condition   = "oldest queued deletion after each sweep"
+      filter      = "metric.type = \"${local.metric_types.storage_deletions_oldest}\" AND resource.type = \"cloud_run_revision\""
+      denominator = null
+      threshold   = var.alert_storage_pending_seconds
+      duration    = "0s"
+      period      = "900s" # the sweep runs every 10 minutes
+      aligner     = "ALIGN_DELTA"
+      reducer     = "REDUCE_PERCENTILE_99"
+      group_by    = []
+      runbook     = "Bucket objects of deleted chats or users have waited more than ${var.alert_storage_pending_seconds} s to be deleted. First: storage_sweep's logs (\"storage cleanup failed\", its Cloud Scheduler job's last runs), and the storage_deletions rows' attempts (a row that keeps failing backs off exponentially)."
+    }
+  }
+}
+
+resource "google_monitoring_alert_policy" "alert" {
+  for_each = local.alerts
+
+  display_name          = "${var.name_prefix}: ${each.value.title}"
+  combiner              = "OR"
+  notification_channels = local.alert_channels
+
+  conditions {
+    display_name = each.value.condition
+    condition_threshold {
+      filter             = each.value.filter
+      denominator_filter = each.value.denominator
       comparison         = "COMPARISON_GT"
-      threshold_value    = var.alert_model_error_ratio
-      duration           = "300s"
+      threshold_value    = each.value.threshold
+      duration           = each.value.duration
       aggregations {
-        alignment_period     = "60s"
-        per_series_aligner   = "ALIGN_RATE"
-        cross_series_reducer = "REDUCE_SUM"
+        alignment_period     = each.value.period
+        per_series_aligner   = each.value.aligner
+        cross_series_reducer = each.value.reducer
+        group_by_fields      = length(each.value.group_by) > 0 ? each.value.group_by : null
       }
-      denominator_aggregations {
-        alignment_period     = "60s"
-        per_series_aligner   = "ALIGN_RATE"
-        cross_series_reducer = "REDUCE_SUM"
+      # A ratio's denominator is aligned and reduced as its numerator is.
+      dynamic "denominator_aggregations" {
+        for_each = each.value.denominator == null ? [] : [each.value]
+        content {
+          alignment_period     = denominator_aggregations.value.period
+          per_series_aligner   = denominator_aggregations.value.aligner
+          cross_series_reducer = denominator_aggregations.value.reducer
+          group_by_fields      = length(denominator_aggregations.value.group_by) > 0 ? denominator_aggregations.value.group_by : null
+        }
       }
     }
   }
 
   documentation {
-    content   = local.alert_runbook.model_errors
+    content   = each.value.runbook
     mime_type = "text/markdown"
   }
 
+  # The log-based metrics some alerts read must exist first.
   depends_on = [google_project_service.monitoring, google_logging_metric.event]
 }
 
-resource "google_monitoring_alert_policy" "queue_delay" {
-  display_name          = "${var.name_prefix}: summary tasks waiting over ${var.alert_queue_delay_seconds} s"
-  combiner              = "OR"
-  notification_channels = local.alert_channels
-
-  conditions {
-    display_name = "oldest summary task's wait (p99 of queue delays)"
-    condition_threshold {
-      filter          = "metric.type = \"${local.metric_types.task_queue_delay}\" AND resource.type = \"cloud_run_revision\""
-      comparison      = "COMPARISON_GT"
-      threshold_value = var.alert_queue_delay_seconds
-      duration        = "0s"
-      aggregations {
-        alignment_period     = "300s"
-        per_series_aligner   = "ALIGN_DELTA"
-        cross_series_reducer = "REDUCE_PERCENTILE_99"
-      }
-    }
-  }
-
-  documentation {
-    content   = local.alert_runbook.queue_delay
-    mime_type = "text/markdown"
-  }
-
-  depends_on = [google_project_service.monitoring, google_logging_metric.event]
+# The alerts were one resource each before; their state moves to the map's keys, not recreated.
+moved {
+  from = google_monitoring_alert_policy.errors_5xx
+  to   = google_monitoring_alert_policy.alert["errors_5xx"]
 }
 
-resource "google_monitoring_alert_policy" "db_connections" {
-  display_name          = "${var.name_prefix}: Cloud SQL connections above ${var.alert_database_connections_ratio * 100}% of max_connections"
-  combiner              = "OR"
-  notification_channels = local.alert_channels
-
-  conditions {
-    display_name = "connections (all databases of the instance)"
-    condition_threshold {
-      filter          = "metric.type = \"cloudsql.googleapis.com/database/postgresql/num_backends\" AND resource.type = \"cloudsql_database\" AND resource.label.database_id = \"${local.database_id}\""
-      comparison      = "COMPARISON_GT"
-      threshold_value = floor(var.alert_database_connections_ratio * var.database_max_connections)
-      duration        = "300s"
-      aggregations {
-        alignment_period     = "60s"
-        per_series_aligner   = "ALIGN_MEAN"
-        cross_series_reducer = "REDUCE_SUM"
-      }
-    }
-  }
-
-  documentation {
-    content   = local.alert_runbook.db_connections
-    mime_type = "text/markdown"
-  }
-
-  depends_on = [google_project_service.monitoring]
+moved {
+  from = google_monitoring_alert_policy.ttft
+  to   = google_monitoring_alert_policy.alert["ttft"]
 }
 
-resource "google_monitoring_alert_policy" "storage_oldest" {
-  display_name          = "${var.name_prefix}: storage deletions pending over ${var.alert_storage_pending_seconds} s"
-  combiner              = "OR"
-  notification_channels = local.alert_channels
+moved {
+  from = google_monitoring_alert_policy.model_errors
+  to   = google_monitoring_alert_policy.alert["model_errors"]
+}
 
-  conditions {
-    display_name = "oldest queued deletion after each sweep"
-    condition_threshold {
-      filter          = "metric.type = \"${local.metric_types.storage_deletions_oldest}\" AND resource.type = \"cloud_run_revision\""
-      comparison      = "COMPARISON_GT"
-      threshold_value = var.alert_storage_pending_seconds
-      duration        = "0s"
-      aggregations {
-        alignment_period     = "900s" # the sweep runs every 10 minutes
-        per_series_aligner   = "ALIGN_DELTA"
-        cross_series_reducer = "REDUCE_PERCENTILE_99"
-      }
-    }
-  }
+moved {
+  from = google_monitoring_alert_policy.queue_delay
+  to   = google_monitoring_alert_policy.alert["queue_delay"]
+}
 
-  documentation {
-    content   = local.alert_runbook.storage_oldest
-    mime_type = "text/markdown"
-  }
+moved {
+  from = google_monitoring_alert_policy.db_connections
+  to   = google_monitoring_alert_policy.alert["db_connections"]
+}
 
-  depends_on = [google_project_service.monitoring, google_logging_metric.event]
+moved {
+  from = google_monitoring_alert_policy.storage_oldest
+  to   = google_monitoring_alert_policy.alert["storage_oldest"]
 }

@@ -456,4 +456,6 @@ def test_each_alert_has_a_threshold_variable_with_the_issue_default() -> None:
     monitoring = (TERRAFORM / "monitoring.tf").read_text()
     for name in defaults:
         assert f"var.{name}" in monitoring, name
-    assert monitoring.count('resource "google_monitoring_alert_policy"') == 6
+    [alerts] = [block["alerts"] for block in hcl2.loads(monitoring)["locals"] if "alerts" in block]
+    assert len(alerts) == 6
+    assert all(alert["runbook"] and alert["threshold"] for alert in alerts.values())
