@@ -98,8 +98,10 @@ def seed_chat(db: Database, user_id: str, messages: int) -> str:
     chat_id = uuid.uuid4()
     with db.transaction() as tx:
         tx.execute("INSERT INTO users (id) VALUES (:id) ON CONFLICT DO NOTHING", id=user_id)
+        # Titled, as a chat past its first answer is: no title task at the end of its turns.
         tx.execute(
-            "INSERT INTO chats (id, user_id, message_count) VALUES (:id, :user, :n)",
+            "INSERT INTO chats (id, user_id, message_count, title, title_source) "
+            "VALUES (:id, :user, :n, 'Seeded chat', 'generated')",
             id=chat_id,
             user=user_id,
             n=messages,

@@ -23,8 +23,8 @@ A turn (see docs/api.md, "Sending a message"):
    resumable turn (``"resumable": true``) stores its text as it grows and is not stopped by
    the client leaving: a thread takes it over (:func:`outliving_its_client`);
 6. after ``done``: a rolling summary when enough is unsummarised (:func:`summary_due`), a
-   title for a chat that still has the default one (asked for by the entry point once the
-   response has ended, on a background thread: :mod:`shared.background`).
+   title for a chat that still has the default one (asked for by the entry point before the
+   response ends: Cloud Run's CPU is there for work done while a request is open).
 
 This module owns the rules and calls the domain modules; the model, storage and Cloud Tasks
 adapters are handed in by the entry point (functions/chat_stream/main.py), so nothing here

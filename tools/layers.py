@@ -44,7 +44,6 @@ LAYERS: dict[str, str] = {
     "shared.token_estimate": "base",
     "shared.file_types": "base",
     "shared.object_names": "base",
-    "shared.background": "base",
     # objects
     "shared.db": "objects",
     "shared.web": "objects",

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable
 from typing import Any
 
 import functions_framework
@@ -23,7 +22,6 @@ from flask import Request, Response
 
 from shared import answers, context, serving, turn, turn_request
 from shared.auth import AuthenticatedUser, check_user, request_authenticator, user_row_missing
-from shared.background import Background
 from shared.db import connection_factory
 from shared.errors import ApiError, Unauthorized
 from shared.gemini import GeminiStreamer
@@ -44,8 +42,6 @@ MODEL = GeminiStreamer(settings)
 MODEL.preload()
 # The answers listener's own connection (one per process, opened on first use).
 LISTEN_CONNECT = connection_factory(settings)
-# What a turn asks for after its ``done`` (summary and title tasks), off the response's path.
-AFTER_TURN = Background("after-turn")
 
 
 @checks_user_itself  # a text send's statement is the check: one round trip, not two
@@ -86,8 +82,6 @@ def open_turn(request: Request, user: AuthenticatedUser, record: TurnRecord) -> 
         # Ticks, so the turn can stop while the model is silent; it sends heartbeats itself.
         heartbeat_seconds=min(settings.sse_heartbeat_seconds, answers.TICK_SECONDS),
     )
-    # Summary and title tasks: asked for once the response has ended (shared.background).
-    after_response = AFTER_TURN.held()
     events = turn.stream_answer(
         database(),
         settings,
@@ -95,14 +89,12 @@ def open_turn(request: Request, user: AuthenticatedUser, record: TurnRecord) -> 
         begun,
         model_events,
         record,
-        lambda chat_id, cut, title: request_tasks(after_response.submit, chat_id, cut, title),
+        request_tasks,
     )
     if begun.resumable:
         events = turn.outliving_its_client(events, name=f"answer-{begun.assistant_message_id}")
     framing = choose_framing(request.headers.get("Accept"), settings.chat_stream_format)
-    response = framing.response(record.observe(events, AnswerChunk))
-    response.call_on_close(after_response.release)  # the server closes it once it has ended
-    return response
+    return framing.response(record.observe(events, AnswerChunk))
 
 
 def begin_turn(request: Request, user: AuthenticatedUser) -> tuple[turn.BegunTurn, str]:
@@ -139,22 +131,14 @@ def begin_turn(request: Request, user: AuthenticatedUser) -> tuple[turn.BegunTur
     return begun, template
 
 
-def request_tasks(
-    submit: Callable[[Callable[[], None]], None],
-    chat_id: uuid.UUID,
-    summary_cut: int | None,
-    title: bool,
-) -> None:
-    """After ``done``: Cloud Tasks for a due summary and a wanted title (failures logged),
-    run by this process's background thread once the response has ended, so the client
-    never waits for them (a SIGTERM'd process still creates them before it exits:
-    shared.background)."""
+def request_tasks(chat_id: uuid.UUID, summary_cut: int | None, title: bool) -> None:
+    """After ``done``, before the response ends: Cloud Tasks for a due summary and a wanted
+    title (failures logged). Not after the response: with request-based billing Cloud Run
+    gives an instance CPU only while it serves a request, so work left for later could wait
+    for the instance's next request (a new chat's title with it). Only the turns that ask
+    for a task wait for it (~4 ms): a chat's first answer, then each summary's."""
     if summary_cut is None and not title:
         return
-    submit(lambda: _request_tasks(chat_id, summary_cut, title))
-
-
-def _request_tasks(chat_id: uuid.UUID, summary_cut: int | None, title: bool) -> None:
     from shared import tasks  # the first turn that needs it pays for the import
 
     tasks.request_after_turn(chat_id, summary_cut, title)
@@ -195,7 +179,6 @@ API = make_api(
 )
 # SIGTERM (Cloud Run's scale-in or redeploy): take no new turns, stop the open ones.
 serving.on_shutdown(answers.begin_shutdown)
-serving.on_shutdown(AFTER_TURN.drain)
 
 
 @functions_framework.http
