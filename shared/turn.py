@@ -40,9 +40,16 @@ import time
 import uuid
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from shared import answer_progress, answers, chats, context, usage, users
-from shared.db import UNIQUE_VIOLATION, Database, DatabaseUnavailable, sqlstate
+from shared.db import (
+    UNIQUE_VIOLATION,
+    Database,
+    DatabaseUnavailable,
+    is_connection_lost,
+    sqlstate,
+)
 from shared.model_events import (
     AnswerChunk,
     Finished,
@@ -215,12 +222,21 @@ def _begin_send(
     try:
         [row] = db.write(sql, **params, **usage.count_params(user_id, limits))
     except Exception as error:
-        # Database.write repeats a statement whose connection broke; had the first run
-        # committed (its reply lost), the repeat meets its own ids: say so as the database
-        # failing (503, retry), which is what it was, not as a bug.
-        if sqlstate(error) == UNIQUE_VIOLATION:
+        # The reply was lost: the statement may have committed. Database.write repeats it
+        # on a fresh connection when the pooled one broke, and the repeat then meets the ids
+        # its first run stored (a unique violation); a fresh connection that broke is not
+        # repeated (DatabaseUnavailable). Either way the turn the first run stored, if it
+        # did, is the one to carry on with: answering 503 over it would leave its chat busy
+        # until the turn's lease lapsed.
+        if sqlstate(error) != UNIQUE_VIOLATION and not _reply_lost(error):
+            raise
+        stored = db.fetch_one(
+            _SENT_BEFORE, **_sent_before_params(params, user_id, settings, new_chat)
+        )
+        if stored is None:
             raise DatabaseUnavailable() from error
-        raise
+        logger.info("send stored before its reply was lost", extra={"chat": str(params["chat_id"])})
+        row = stored
     if row["position"] is None:
         if not new_chat and not row["chat_found"]:
             raise chats.chat_not_found()
@@ -242,6 +258,46 @@ def _begin_send(
         resumable=request.resumable,
         model_context=context.build_context(summary, recent, settings, system_tokens),
     )
+
+
+# A send's start as its statement stored it, read back by the ids the send chose before
+# its first run (shared.chats.send_params): the question, its answer's place right after it,
+# in the user's chat; with what the send's statement returns (the name, the newest summary
+# and the window before the question).
+_SENT_BEFORE = f"""
+    WITH allocated AS (
+             SELECT q.position, c.title_source FROM messages q
+             JOIN chats c ON c.id = q.chat_id AND c.user_id = :user_id
+             JOIN messages answer ON answer.id = :answer_id AND answer.chat_id = q.chat_id
+                                 AND answer.position = q.position + 1
+             WHERE q.id = :question_id AND q.chat_id = :chat_id),
+         summary AS ({NEWEST_SUMMARY})
+    SELECT a.position, a.title_source, u.first_name, u.last_name,
+           {context.SUMMARY_JSON} AS summary,
+           {context.WINDOW_BEFORE.format(before="a.position")} AS recent
+    FROM allocated a LEFT JOIN ({users.USER_NAME}) u ON true
+"""
+
+
+def _sent_before_params(
+    params: dict[str, Any], user_id: str, settings: Settings, new_chat: bool
+) -> dict[str, Any]:
+    return {
+        "chat_id": params["chat_id"],
+        "question_id": params["question_id"],
+        "answer_id": params["answer_id"],
+        "user_id": user_id,
+        # A new chat has nothing before its question (the send's own statement reads none).
+        "window_rows": 0 if new_chat else max(0, settings.chat_window_size - 1),
+    }
+
+
+def _reply_lost(error: BaseException) -> bool:
+    """Whether the database failed after the statement may have reached it: a connection
+    that broke (not a pool with no free connection, which sent nothing)."""
+    cause = error.__cause__
+    lost = cause is not None and is_connection_lost(cause)
+    return isinstance(error, DatabaseUnavailable) and lost
 
 
 def note_context(turn: BegunTurn, record: TurnRecord, prepare_started: float) -> None:
