@@ -337,12 +337,14 @@ def stream_answer(
     ``model_events`` is the model's stream for this turn (not started yet), asked for with
     heartbeats every :data:`shared.answers.TICK_SECONDS` at most, so a turn told to stop
     (:mod:`shared.answers`) stops within a tick even while the model is silent; heartbeats
-    are passed on every ``SSE_HEARTBEAT_SECONDS`` of silence. ``after_done`` runs once
-    ``done`` has been written, with the chat, where a rolling summary is due to end (None:
-    not yet, :func:`summary_due`) and whether the chat wants a generated title (it still
-    has the default one and the answer is complete): the summary and title requests add
-    nothing to the turn's latency. A ``resumable`` turn stores its text as it grows
-    (:class:`shared.answer_progress.ProgressWriter`).
+    are passed on every ``SSE_HEARTBEAT_SECONDS`` of silence. ``after_done`` is called once
+    the answer is stored, just before ``done`` is written, with the chat, where a rolling
+    summary is due to end (None: not yet, :func:`summary_due`) and whether the chat wants a
+    generated title (it still has the default one and the answer is complete); it must not
+    block: chat_stream holds the summary and title requests until the response has ended,
+    so they add nothing to the turn's latency. Nothing of the turn's runs after ``done``
+    (or ``error``) is yielded: the response's end follows it at once. A ``resumable`` turn
+    stores its text as it grows (:class:`shared.answer_progress.ProgressWriter`).
     """
     chat_id = str(turn.chat_id)
     answer_id = turn.assistant_message_id
@@ -413,6 +415,8 @@ def stream_answer(
             progress.forget(live)
         try:
             saved = save_answer(db, settings, user_id, turn, answer, length, finished, ending)
+            if saved:
+                record.answer_stored()
         finally:
             answers.unregister(live)
     kept = str(answer_id) if answer and saved else None
@@ -441,6 +445,11 @@ def stream_answer(
             event_id=length,
         )
     elif finished is not None and saved:
+        after_done(
+            turn.chat_id,
+            summary_due(turn, finished.output_tokens, settings),
+            finished.finish_reason == "stop" and turn.default_title,
+        )
         yield DoneEvent(
             message_id=str(answer_id),
             usage=Usage(
@@ -450,11 +459,6 @@ def stream_answer(
             ),
             finish_reason=finished.finish_reason,
             event_id=length,
-        )
-        after_done(
-            turn.chat_id,
-            summary_due(turn, finished.output_tokens, settings),
-            finished.finish_reason == "stop" and turn.default_title,
         )
     else:
         yield ErrorEvent(

@@ -113,7 +113,10 @@ def open_turn(request: Request, user: AuthenticatedUser, record: TurnRecord) -> 
         events = turn.outliving_its_client(events, name=f"answer-{begun.assistant_message_id}")
     framing = choose_framing(request.headers.get("Accept"), settings.chat_stream_format)
     response = framing.response(record.observe(events, AnswerChunk))
-    response.call_on_close(after_response.release)  # the server closes it once it has ended
+    # The server closes the response once its body's last bytes are written: what the client
+    # does not wait for runs then (the after-turn tasks, the turn's log line).
+    response.call_on_close(after_response.release)
+    response.call_on_close(record.log)
     return response
 
 
@@ -169,7 +172,6 @@ API = make_api(
     {"sendMessage": send_message, "resumeAnswer": follow_answer, "stopAnswer": stop_answer},
     authenticate=request_authenticator(),
     max_body_bytes=settings.chat_max_request_bytes,
-    flask_context=True,  # the stream is written with Flask's stream_with_context
 )
 # SIGTERM (Cloud Run's scale-in or redeploy): take no new turns, stop the open ones.
 serving.on_shutdown(answers.begin_shutdown)
