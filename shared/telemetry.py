@@ -70,7 +70,8 @@ class TurnRecord:
     (the error code) when the turn failed. The turn's end, from the model's end of the
     answer (its stream read to the end): ``stored_ms`` (-> the answer and usage stored, their
     commit confirmed), ``done_ms`` (-> the ending event written to the client) and
-    ``end_ms`` (-> the response ended: its last bytes written).
+    ``end_ms`` (-> the response ended: taken as the line is written, just after the server
+    wrote the body's last bytes).
     """
 
     __slots__ = (
