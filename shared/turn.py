@@ -117,36 +117,24 @@ def begin(
         and not any("upload_id" in part for part in asked.parts)
     ):
         return _begin_send(db, settings, user_id, plan, request, asked, system_tokens)
-    released = 0
-    with db.transaction() as tx:
-        usage.check_and_count_message(tx, user_id, usage.plan_for(settings, plan))
-        if request.regenerate:
-            assert request.chat_id is not None
-            turn = chats.start_regenerate(tx, user_id, request.chat_id)
-        else:
-            assert asked is not None
-            if request.edited_id is not None and request.chat_id is not None:
-                turn = chats.start_edit(
-                    tx,
-                    user_id,
-                    request.chat_id,
-                    request.edited_id,
-                    asked.text,
-                    asked.parts,
-                    asked.tokens,
-                )
-            else:
-                turn = chats.start_turn(
-                    tx, user_id, request.chat_id, asked.text, asked.parts, asked.tokens
-                )
-            media_ids = [uuid.UUID(p["upload_id"]) for p in asked.parts if "upload_id" in p]
-            if media_ids:
-                from shared import media
-
-                media.link_media_to_chat(tx, turn["chat_id"], media_ids)
-            if request.edited_id is not None:
-                released = chats.release_unused_media(tx, turn["chat_id"])
-        user_name = users.user_display_name(tx, user_id)
+    # Chosen before the transaction: if the reply to its COMMIT is lost, the turn it may have
+    # stored is found by this id (see _begin_send).
+    answer_id = uuid.uuid4()
+    try:
+        turn, released, user_name = _start_in_transaction(
+            db, settings, user_id, plan, request, asked, answer_id
+        )
+    except DatabaseUnavailable as error:
+        if not _reply_lost(error):
+            raise
+        stored = db.fetch_one(_STARTED_BEFORE, answer_id=answer_id, user_id=user_id)
+        if stored is None:
+            raise  # it did not commit: nothing to carry on with
+        logger.info("turn stored before its reply was lost", extra={"chat": str(stored["chat_id"])})
+        turn = {**stored, "assistant_message_id": answer_id}
+        # An edit's released uploads stay queued for deletion: the storage sweep takes them.
+        released = 0
+        user_name = users.display_name(stored["first_name"], stored["last_name"])
 
     summary, recent = context.load_recent(
         db, turn["chat_id"], turn["user_position"], settings.chat_window_size
@@ -162,6 +150,65 @@ def begin(
         resumable=request.resumable,
         model_context=context.build_context(summary, recent, settings, system_tokens),
     )
+
+
+def _start_in_transaction(
+    db: Database,
+    settings: Settings,
+    user_id: str,
+    plan: str | None,
+    request: TurnRequest,
+    asked: Question | None,
+    answer_id: uuid.UUID,
+) -> tuple[dict[str, Any], int, str | None]:
+    """An edit's, a regenerate's or a send with media's start, in one transaction: the turn
+    (as :func:`shared.chats.start_turn` returns it), the uploads an edit released, the
+    user's name."""
+    released = 0
+    with db.transaction() as tx:
+        usage.check_and_count_message(tx, user_id, usage.plan_for(settings, plan))
+        if request.regenerate:
+            assert request.chat_id is not None
+            turn = chats.start_regenerate(tx, user_id, request.chat_id, answer_id=answer_id)
+        else:
+            assert asked is not None
+            if request.edited_id is not None and request.chat_id is not None:
+                turn = chats.start_edit(
+                    tx,
+                    user_id,
+                    request.chat_id,
+                    request.edited_id,
+                    asked.text,
+                    asked.parts,
+                    asked.tokens,
+                    answer_id=answer_id,
+                )
+            else:
+                turn = chats.start_turn(
+                    tx,
+                    user_id,
+                    request.chat_id,
+                    asked.text,
+                    asked.parts,
+                    asked.tokens,
+                    answer_id=answer_id,
+                )
+            media_ids = [uuid.UUID(p["upload_id"]) for p in asked.parts if "upload_id" in p]
+            if media_ids:
+                from shared import media
+
+                media.link_media_to_chat(tx, turn["chat_id"], media_ids)
+            if request.edited_id is not None:
+                released = chats.release_unused_media(tx, turn["chat_id"])
+        user_name = users.user_display_name(tx, user_id)
+    return turn, released, user_name
+
+
+# A turn's start read back by its answer's id, with the user's name (see begin).
+_STARTED_BEFORE = f"""
+    SELECT s.*, u.first_name, u.last_name
+    FROM ({chats.STARTED_TURN}) s LEFT JOIN ({users.USER_NAME}) u ON true
+"""
 
 
 def _begin_send(

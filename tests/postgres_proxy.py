@@ -4,11 +4,12 @@ which no real component here can be asked to do.
 
 Everything passes through unchanged, PostgreSQL's wire protocol (v3) is only read: each
 client's ``Parse`` messages name their statement's text, its ``Bind`` messages the statement
-they run. Armed with :meth:`PostgresProxy.lose_reply_after_commit`, the next run of a
-statement whose text contains a marker goes to the server as sent, but its reply is held
-until the server says ``ReadyForQuery`` (sent only once that statement's implicit
-transaction has committed), then the client's connection is cut without a byte of it:
-the client sees its connection break, not knowing that the statement committed.
+they run, a simple ``Query`` (``COMMIT``) carries its text. Armed with
+:meth:`PostgresProxy.lose_reply_after_commit`, the next run of a statement whose text
+contains a marker goes to the server as sent, but its reply is held until the server says
+``ReadyForQuery`` (sent only once that statement's implicit transaction, or the ``COMMIT``,
+has committed), then the client's connection is cut without a byte of it: the client sees
+its connection break, not knowing that the statement committed.
 """
 
 from __future__ import annotations
@@ -86,6 +87,10 @@ class _Link:
         elif kind == b"B":  # Bind: portal, statement name
             _, name = _cstrings(body, 2)
             if self.proxy.takes_reply_of(self.statements.get(name, "")):
+                self.losing = True
+        elif kind == b"Q":  # a simple query (BEGIN, COMMIT): its text
+            [text] = _cstrings(body, 1)
+            if self.proxy.takes_reply_of(text):
                 self.losing = True
 
     def _from_server(self) -> None:

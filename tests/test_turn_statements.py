@@ -219,3 +219,52 @@ def test_a_send_not_repeated_after_its_reply_was_lost_carries_on_with_its_turn(
     window = sorted(begun.model_context.window_positions)
     assert window == [r["position"] for r in rows[:-1]]  # the chat before it, and the question
     assert counters(db, frank.user_id)["counted"] == before["counted"] + 1
+
+
+@pytest.mark.parametrize("rewrite", ["regenerate", "edit"])
+def test_a_rewrite_whose_commit_reply_was_lost_carries_on_with_its_turn(
+    stack: LocalStack,
+    lossy_database: PostgresProxy,
+    lossy_chat_stream: str,
+    db: Database,
+    model: StandinControl,
+    rewrite: str,
+) -> None:
+    """A regenerate or an edit starts in a transaction (shared.turn.begin): when the reply
+    to its COMMIT is lost, the turn it stored is found by the answer id chosen before it,
+    rather than answering 503 over a chat its turn's lease keeps busy (409 to the retry)."""
+    user_id = "user_" + uuid.uuid4().hex[:20]
+    token = stack.signer.token(user_id)
+    client = ApiClient(lossy_chat_stream, token, user_id)
+    # A chat with a title of its own: no title task reads the first answer meanwhile (its
+    # model call would take this test's scripted reply).
+    chat_id = ApiClient(stack.base_url, token, user_id).create_chat("titled")["chatId"]
+    asked = unique("asked")
+    first = stream_events(client.send(asked, chat_id))
+    question_id = first[0]["message_id"]
+    before = counters(db, user_id)
+
+    text = unique("rewritten") if rewrite == "edit" else asked
+    model.script(match=text, reply="Rewritten.")
+    body: dict[str, Any] = {"chatId": chat_id, "regenerate": True}
+    if rewrite == "edit":
+        message = {"role": "user", "parts": [{"type": "text", "text": text}]}
+        body = {"chatId": chat_id, "editMessageId": question_id, "messages": [message]}
+    lossy_database.lose_reply_after_commit("COMMIT")
+    response = client.post("/chat", json=body, stream=True)
+    assert lossy_database.lost.is_set()
+    assert response.status_code == 200, response.text
+    events = stream_events(response)
+    start, done = events[0], events[-1]
+    assert done["type"] == "done" and done["message_id"] == start["answer_id"]
+    rows = chat_rows(db, chat_id)
+    assert [(r["role"], r["content"], r["busy"]) for r in rows] == [
+        ("user", text, False),
+        ("assistant", "Rewritten.", False),
+    ]
+    assert rows[1]["id"] == start["answer_id"]
+    assert counters(db, user_id)["counted"] == before["counted"] + 1
+    # Not busy: the next regenerate is taken at once.
+    model.script(match=text, reply="Again.")
+    again = client.post("/chat", json={"chatId": chat_id, "regenerate": True}, stream=True)
+    assert stream_events(again)[-1]["type"] == "done"
