@@ -392,8 +392,18 @@ def backend_prepare_ms(log_path: Path, chats: set[str]) -> dict[str, list[float]
     """The instance's own share of the way to the model, from its log lines: ``prepare``
     (authenticated -> context ready, the ``turn context`` line's ``prepare_ms``),
     ``since_received`` (request received -> context ready) and ``to_model`` (request
-    received -> the model call starting, the ``chat turn`` line's ``to_model_ms``)."""
-    values: dict[str, list[float]] = {"prepare": [], "since_received": [], "to_model": []}
+    received -> the model call starting, the ``chat turn`` line's ``to_model_ms``); and the
+    turn's end from the model's end of the answer (the ``chat turn`` line's ``stored_ms``,
+    ``done_ms``, ``end_ms``: the answer stored, ``done`` written, the events over, after-turn
+    tasks included, just before the body's end)."""
+    values: dict[str, list[float]] = {
+        "prepare": [],
+        "since_received": [],
+        "to_model": [],
+        "stored": [],
+        "done": [],
+        "end": [],
+    }
     for line in log_path.read_text().splitlines():
         if line.startswith("{"):
             entry = json.loads(line)
@@ -403,8 +413,10 @@ def backend_prepare_ms(log_path: Path, chats: set[str]) -> dict[str, list[float]
                 values["prepare"].append(float(entry["prepare_ms"]))
                 if "since_received_ms" in entry:
                     values["since_received"].append(float(entry["since_received_ms"]))
-            elif entry.get("event") == "chat_turn" and "to_model_ms" in entry:
-                values["to_model"].append(float(entry["to_model_ms"]))
+            elif entry.get("event") == "chat_turn":
+                for name in ("to_model", "stored", "done", "end"):
+                    if f"{name}_ms" in entry:  # an older checkout's line has fewer
+                        values[name].append(float(entry[f"{name}_ms"]))
     return values
 
 
@@ -492,6 +504,9 @@ def run(stream_loads: list[tuple[int, int]] | None = None) -> dict[str, Any]:
             "to_done_p95_ms": percentile(after, 0.95),
             "to_end_p50_ms": statistics.median(ended),
             "to_end_p95_ms": percentile(ended, 0.95),
+            "backend_model_end_to_stored_p50_ms": median(own["stored"]),
+            "backend_model_end_to_done_p50_ms": median(own["done"]),
+            "backend_model_end_to_end_p50_ms": median(own["end"]),
         }
 
     results: dict[str, Any] = {
@@ -525,6 +540,17 @@ def run(stream_loads: list[tuple[int, int]] | None = None) -> dict[str, Any]:
             f"(p95 {row['to_done_p95_ms']:.1f}), last chunk->end of response p50 "
             f"{row['to_end_p50_ms']:.1f} ms (p95 {row['to_end_p95_ms']:.1f})"
         )
+        ending = ", ".join(
+            f"{label} {row[key]:.2f}"
+            for label, key in (
+                ("stored", "backend_model_end_to_stored_p50_ms"),
+                ("done written", "backend_model_end_to_done_p50_ms"),
+                ("response ended", "backend_model_end_to_end_p50_ms"),
+            )
+            if row[key] is not None
+        )
+        if ending:
+            print(f"      in the instance, from the model's end p50 (ms): {ending}")
     for load in loads:
         print(
             f"  {load['streams']:>3} streams x {load['chunks_per_second_each']:>2} chunks/s: "

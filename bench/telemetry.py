@@ -76,6 +76,9 @@ def per_turn_ms(chunks: int) -> dict[str, float]:
         for event in record.observe(iter(events), TextChunk):
             if type(event) is DoneEvent:
                 record.model_finished(812, 240, "STOP")
+                record.answer_stored()
+        # observe wrote the line as the events ended (log() writes it exactly once)
+        record.log()
 
     try:
         # CPU time of this process: what the event costs a turn on a core of its own, without

@@ -102,6 +102,8 @@ def start_turn(
     content: str,
     parts: list[dict[str, Any]],
     token_count: int,
+    *,
+    answer_id: uuid.UUID | None = None,
 ) -> Row:
     """Store a user's message and reserve its answer's place, in the caller's transaction.
 
@@ -109,7 +111,9 @@ def start_turn(
     assistant's answer right after it, so two sends to one chat at the same time keep a
     clean order (question, answer, question, answer) whichever answer finishes first. The
     answer is stored now as an empty ``incomplete`` placeholder and completed at the end of
-    the turn: a crash mid-stream leaves it marked incomplete, as it should.
+    the turn: a crash mid-stream leaves it marked incomplete, as it should. ``answer_id``:
+    the answer's id, chosen by the caller (so it can find the turn again if the commit's
+    reply is lost), or a new one.
 
     Returns:
         ``chat_id``, ``created`` (a new chat), ``user_message_id``, ``user_position`` and
@@ -138,7 +142,7 @@ def start_turn(
         "created": created,
         "user_message_id": user_message_id,
         "user_position": position,
-        "assistant_message_id": _insert_placeholder(tx, chat_id, position + 1),
+        "assistant_message_id": _insert_placeholder(tx, chat_id, position + 1, answer_id),
         "title_source": allocated["title_source"],
     }
 
@@ -176,6 +180,18 @@ ALLOCATE_NEW_CHAT = """
     INSERT INTO chats (id, user_id, title, title_source, message_count)
     SELECT :chat_id, :user_id, :default_title, 'default', 2 WHERE EXISTS (SELECT 1 FROM counted)
     RETURNING id, 0 AS position, title_source
+"""
+
+# A turn's start read back by its answer's id (the question just before it, the chat's
+# title source), when the reply to the statement or COMMIT that stored it was lost
+# (shared.turn). Parameters: ``:answer_id``, ``:user_id``.
+STARTED_TURN = """
+    SELECT answer.chat_id, q.id AS user_message_id, q.position AS user_position,
+           c.title_source
+    FROM messages answer
+    JOIN chats c ON c.id = answer.chat_id AND c.user_id = :user_id
+    JOIN messages q ON q.chat_id = answer.chat_id AND q.position = answer.position - 1
+    WHERE answer.id = :answer_id AND answer.role = 'assistant'
 """
 
 # An existing chat of the user's: the condition under which its send is counted.
@@ -240,9 +256,11 @@ def _insert_question(
     return message_id
 
 
-def _insert_placeholder(tx: Transaction, chat_id: uuid.UUID, position: int) -> uuid.UUID:
+def _insert_placeholder(
+    tx: Transaction, chat_id: uuid.UUID, position: int, answer_id: uuid.UUID | None
+) -> uuid.UUID:
     """The answer's row, empty and ``incomplete`` until the turn stores it, with its lease."""
-    message_id = uuid.uuid4()
+    message_id = answer_id or uuid.uuid4()
     tx.execute(
         "INSERT INTO messages (id, chat_id, position, role, content, parts, token_count, "
         "status, streaming_until) "
@@ -316,8 +334,11 @@ _UNREFERENCED_LINKS = """
 """
 
 
-def start_regenerate(tx: Transaction, user_id: str, chat_id: uuid.UUID) -> dict[str, Any]:
-    """Replace the chat's last answer: remove it and reserve the new one's place.
+def start_regenerate(
+    tx: Transaction, user_id: str, chat_id: uuid.UUID, *, answer_id: uuid.UUID | None = None
+) -> dict[str, Any]:
+    """Replace the chat's last answer: remove it and reserve the new one's place (with the id
+    ``answer_id``, as :func:`start_turn`).
 
     The question stays as it is (no new user message). A chat whose last question has no
     answer (the model failed before writing one) gets that answer now.
@@ -342,7 +363,7 @@ def start_regenerate(tx: Transaction, user_id: str, chat_id: uuid.UUID) -> dict[
         )
     answer_position = question["position"] + 1
     _remove_from(tx, chat_id, answer_position)  # an answer, so no media to release
-    assistant_message_id = _insert_placeholder(tx, chat_id, answer_position)
+    assistant_message_id = _insert_placeholder(tx, chat_id, answer_position, answer_id)
     tx.execute(
         "UPDATE chats SET message_count = :count WHERE id = :chat_id",
         chat_id=chat_id,
@@ -366,9 +387,12 @@ def start_edit(
     content: str,
     parts: list[dict[str, Any]],
     token_count: int,
+    *,
+    answer_id: uuid.UUID | None = None,
 ) -> dict[str, Any]:
     """Replace a question with a new text and remove everything after it, then reserve the
-    answer's place. The caller links the new message's media, then calls
+    answer's place (with the id ``answer_id``, as :func:`start_turn`). The caller links the
+    new message's media, then calls
     :func:`release_unused_media` in the same transaction.
 
     Returns:
@@ -395,7 +419,7 @@ def start_edit(
     position = target["position"]
     _remove_from(tx, chat_id, position)
     user_message_id = _insert_question(tx, chat_id, position, content, parts, token_count)
-    assistant_message_id = _insert_placeholder(tx, chat_id, position + 1)
+    assistant_message_id = _insert_placeholder(tx, chat_id, position + 1, answer_id)
     tx.execute(
         "UPDATE chats SET message_count = :count WHERE id = :chat_id",
         chat_id=chat_id,

@@ -322,7 +322,9 @@ class Database:
 
         Like a read, it is retried once on a fresh connection when the pooled one turns out
         broken, so the statement must be safe to repeat: a reply lost after the commit runs
-        it twice (see :func:`shared.answers.store_ending` for how a turn's is).
+        it twice (see :func:`shared.answers.store_ending` for how a turn's end is; a turn's
+        start, whose repeat meets the ids its first run stored, reads that run's turn back:
+        ``shared.turn._begin_send``).
 
         Raises:
             DatabaseUnavailable: the database cannot be reached.

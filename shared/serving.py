@@ -28,9 +28,10 @@ the module, inside its app context) fixes all of these from inside the process:
    for slow bodies in beyond the ``THREADS`` that run the app: a request takes one of the
    ``THREADS`` app slots only once its body is in, so stalled bodies never delay a request
    whose body has arrived (bench/hostile.py measures it);
-4. unless the function's handlers need Flask's request context (chat_stream's
-   ``stream_with_context``), requests skip Flask's dispatch: :class:`DirectApp` hands them to
-   the Api, which routes, answers errors and logs by itself (bench/README.md, "The chat list").
+4. unless the function's handlers need Flask's request context (none does now: chat_stream's
+   streams no longer use ``stream_with_context``), requests skip Flask's dispatch:
+   :class:`DirectApp` hands them to the Api, which routes, answers errors and logs by itself
+   (bench/README.md, "The chat list" and "The end of a turn").
 5. on SIGTERM (Cloud Run's scale-in or redeploy: SIGKILL follows 10 s later) the worker runs
    the hooks registered with :func:`on_shutdown` (chat_stream stops its turns and ends their
    streams) and waits at most :data:`GRACEFUL_TIMEOUT_SECONDS` for open requests.
@@ -373,7 +374,8 @@ class DirectApp:
     (bench/README.md, "The chat list"), all of it spent before and after our own pipeline,
     which routes, answers errors and logs by itself. The one thing it lacks is Flask's
     request context, which only ``flask.stream_with_context`` needs: a function that streams
-    with it keeps Flask's dispatch (``make_api(..., flask_context=True)``).
+    with it would keep Flask's dispatch (``make_api(..., flask_context=True)``); none does
+    (a streamed response popping that context ran between its last event and its end).
     """
 
     def __init__(self, api_handle: Callable[[Any], Any], request_class: type) -> None:

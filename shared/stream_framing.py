@@ -29,7 +29,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from flask import Response, stream_with_context
+from flask import Response
 from werkzeug.datastructures import MIMEAccept
 from werkzeug.http import parse_accept_header
 
@@ -100,10 +100,13 @@ class Framing:
     media_type: str
 
     def response(self, events: Iterable[AnswerChunk | Heartbeat | StreamEvent]) -> Response:
-        """The events as a streamed response, each written as it comes (in the request's
-        context: Flask's ``stream_with_context``)."""
+        """The events as a streamed response, each written as it comes.
+
+        Not in Flask's request context (``stream_with_context``): nothing a stream runs
+        reads it (the log lines' trace id is a context variable of the request's thread),
+        and popping it ran between the last event and the body's end."""
         return Response(
-            stream_with_context(self.write(events)),
+            self.write(events),
             mimetype=self.media_type,
             headers=STREAM_HEADERS,
         )

@@ -53,9 +53,11 @@ class TurnRecord:
 
     ``chat_stream`` creates it when the request arrives, passes the turn's events through
     :meth:`observe` (which times the first chunk and classifies how the stream ended) and
-    reports what only it knows (the model's finish, the window, retries). The line is
-    written exactly once: when the stream ends however it ends, or when the request is
-    refused before a stream starts (:meth:`refused`).
+    reports what only it knows (the model's finish, the window, retries, when the answer was
+    stored). The line is written exactly once: when the stream's events are over however
+    they end (before the server writes the body's end: on Cloud Run nothing after a response
+    can count on CPU, a log line included), or when the request is refused before a stream
+    starts (:meth:`refused`).
 
     Fields of the line: ``outcome`` (``ok``, ``truncated``, ``blocked``, ``empty``,
     ``client_left``, ``model_error:<busy|unavailable|refused>``, ``not_saved``,
@@ -65,7 +67,11 @@ class TurnRecord:
     authentication included), ``model_ttft_ms`` (model call ->
     first chunk from the model), ``turn_ms``, ``input_tokens``, ``output_tokens``,
     ``finish_reason``, ``retries``, ``window_messages``, ``chunks``, ``chat``, and ``code``
-    (the error code) when the turn failed.
+    (the error code) when the turn failed. The turn's end, from the model's end of the
+    answer (its stream read to the end): ``stored_ms`` (-> the answer and usage stored, their
+    commit confirmed), ``done_ms`` (-> the ending event written to the client) and
+    ``end_ms`` (-> the stream's events over, the after-turn tasks included: taken as the
+    line is written, just before the server writes the body's end).
     """
 
     __slots__ = (
@@ -73,16 +79,19 @@ class TurnRecord:
         "chat",
         "chunks",
         "code",
+        "ending_sent",
         "finish_reason",
         "first_chunk_sent",
         "first_model_chunk",
         "input_tokens",
         "model",
         "model_called",
+        "model_ended",
         "outcome",
         "output_tokens",
         "received",
         "retries",
+        "stored",
         "window_messages",
     )
 
@@ -98,6 +107,9 @@ class TurnRecord:
         self.model_called: float | None = None
         self.first_model_chunk: float | None = None
         self.first_chunk_sent: float | None = None
+        self.model_ended: float | None = None
+        self.stored: float | None = None
+        self.ending_sent: float | None = None
         self.chunks = 0
         self.outcome = "error"
         self.code: str | None = None
@@ -107,9 +119,14 @@ class TurnRecord:
         self, input_tokens: int, output_tokens: int, finish_reason: str | None
     ) -> None:
         """The model's own end of the answer: its usage and finish reason."""
+        self.model_ended = time.perf_counter()
         self.input_tokens = input_tokens
         self.output_tokens = output_tokens
         self.finish_reason = finish_reason
+
+    def answer_stored(self) -> None:
+        """The turn's ending is stored (its commit confirmed)."""
+        self.stored = time.perf_counter()
 
     def observe(self, events: Iterator[Any], text_chunk: type) -> Iterator[Any]:
         """Pass the turn's events through, timing them; log the turn when the stream ends.
@@ -138,6 +155,8 @@ class TurnRecord:
                 yield event
                 if kind == "start":
                     self.model_called = clock()
+                elif kind in ("done", "error"):
+                    self.ending_sent = clock()
         except GeneratorExit:
             self.outcome = "client_left"
             close = getattr(events, "close", None)
@@ -188,6 +207,13 @@ class TurnRecord:
             entry["to_model_ms"] = _ms(self.model_called - self.received)
         if self.first_model_chunk is not None and self.model_called is not None:
             entry["model_ttft_ms"] = _ms(self.first_model_chunk - self.model_called)
+        ended = self.model_ended
+        if ended is not None:
+            if self.stored is not None:
+                entry["stored_ms"] = _ms(self.stored - ended)
+            if self.ending_sent is not None:
+                entry["done_ms"] = _ms(self.ending_sent - ended)
+            entry["end_ms"] = _ms(now - ended)
         if self.input_tokens is not None:
             entry["input_tokens"] = self.input_tokens
         if self.output_tokens is not None:

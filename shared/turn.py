@@ -40,9 +40,16 @@ import time
 import uuid
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from shared import answer_progress, answers, chats, context, usage, users
-from shared.db import UNIQUE_VIOLATION, Database, DatabaseUnavailable, sqlstate
+from shared.db import (
+    UNIQUE_VIOLATION,
+    Database,
+    DatabaseUnavailable,
+    is_connection_lost,
+    sqlstate,
+)
 from shared.model_events import (
     AnswerChunk,
     Finished,
@@ -117,36 +124,24 @@ def begin(
     """
     if asked is not None and sends_text_only(request):
         return _begin_send(db, settings, user_id, plan, request, asked, system_tokens)
-    released = 0
-    with db.transaction() as tx:
-        usage.check_and_count_message(tx, user_id, usage.plan_for(settings, plan))
-        if request.regenerate:
-            assert request.chat_id is not None
-            turn = chats.start_regenerate(tx, user_id, request.chat_id)
-        else:
-            assert asked is not None
-            if request.edited_id is not None and request.chat_id is not None:
-                turn = chats.start_edit(
-                    tx,
-                    user_id,
-                    request.chat_id,
-                    request.edited_id,
-                    asked.text,
-                    asked.parts,
-                    asked.tokens,
-                )
-            else:
-                turn = chats.start_turn(
-                    tx, user_id, request.chat_id, asked.text, asked.parts, asked.tokens
-                )
-            media_ids = [uuid.UUID(p["upload_id"]) for p in asked.parts if "upload_id" in p]
-            if media_ids:
-                from shared import media
-
-                media.link_media_to_chat(tx, turn["chat_id"], media_ids)
-            if request.edited_id is not None:
-                released = chats.release_unused_media(tx, turn["chat_id"])
-        user_name = users.user_display_name(tx, user_id)
+    # Chosen before the transaction: if the reply to its COMMIT is lost, the turn it may have
+    # stored is found by this id (see _begin_send).
+    answer_id = uuid.uuid4()
+    try:
+        turn, released, user_name = _start_in_transaction(
+            db, settings, user_id, plan, request, asked, answer_id
+        )
+    except DatabaseUnavailable as error:
+        if not _reply_lost(error):
+            raise
+        stored = db.fetch_one(_STARTED_BEFORE, answer_id=answer_id, user_id=user_id)
+        if stored is None:
+            raise  # it did not commit: nothing to carry on with
+        logger.info("turn stored before its reply was lost", extra={"chat": str(stored["chat_id"])})
+        turn = {**stored, "assistant_message_id": answer_id}
+        # An edit's released uploads stay queued for deletion: the storage sweep takes them.
+        released = 0
+        user_name = users.display_name(stored["first_name"], stored["last_name"])
 
     summary, recent = context.load_recent(
         db, turn["chat_id"], turn["user_position"], settings.chat_window_size
@@ -162,6 +157,65 @@ def begin(
         resumable=request.resumable,
         model_context=context.build_context(summary, recent, settings, system_tokens),
     )
+
+
+def _start_in_transaction(
+    db: Database,
+    settings: Settings,
+    user_id: str,
+    plan: str | None,
+    request: TurnRequest,
+    asked: Question | None,
+    answer_id: uuid.UUID,
+) -> tuple[dict[str, Any], int, str | None]:
+    """An edit's, a regenerate's or a send with media's start, in one transaction: the turn
+    (as :func:`shared.chats.start_turn` returns it), the uploads an edit released, the
+    user's name."""
+    released = 0
+    with db.transaction() as tx:
+        usage.check_and_count_message(tx, user_id, usage.plan_for(settings, plan))
+        if request.regenerate:
+            assert request.chat_id is not None
+            turn = chats.start_regenerate(tx, user_id, request.chat_id, answer_id=answer_id)
+        else:
+            assert asked is not None
+            if request.edited_id is not None and request.chat_id is not None:
+                turn = chats.start_edit(
+                    tx,
+                    user_id,
+                    request.chat_id,
+                    request.edited_id,
+                    asked.text,
+                    asked.parts,
+                    asked.tokens,
+                    answer_id=answer_id,
+                )
+            else:
+                turn = chats.start_turn(
+                    tx,
+                    user_id,
+                    request.chat_id,
+                    asked.text,
+                    asked.parts,
+                    asked.tokens,
+                    answer_id=answer_id,
+                )
+            media_ids = [uuid.UUID(p["upload_id"]) for p in asked.parts if "upload_id" in p]
+            if media_ids:
+                from shared import media
+
+                media.link_media_to_chat(tx, turn["chat_id"], media_ids)
+            if request.edited_id is not None:
+                released = chats.release_unused_media(tx, turn["chat_id"])
+        user_name = users.user_display_name(tx, user_id)
+    return turn, released, user_name
+
+
+# A turn's start read back by its answer's id, with the user's name (see begin).
+_STARTED_BEFORE = f"""
+    SELECT s.*, u.first_name, u.last_name
+    FROM ({chats.STARTED_TURN}) s LEFT JOIN ({users.USER_NAME}) u ON true
+"""
 
 
 def _begin_send(
@@ -222,12 +276,21 @@ def _begin_send(
     try:
         [row] = db.write(sql, **params, **usage.count_params(user_id, limits))
     except Exception as error:
-        # Database.write repeats a statement whose connection broke; had the first run
-        # committed (its reply lost), the repeat meets its own ids: say so as the database
-        # failing (503, retry), which is what it was, not as a bug.
-        if sqlstate(error) == UNIQUE_VIOLATION:
+        # The reply was lost: the statement may have committed. Database.write repeats it
+        # on a fresh connection when the pooled one broke, and the repeat then meets the ids
+        # its first run stored (a unique violation); a fresh connection that broke is not
+        # repeated (DatabaseUnavailable). Either way the turn the first run stored, if it
+        # did, is the one to carry on with: answering 503 over it would leave its chat busy
+        # until the turn's lease lapsed.
+        if sqlstate(error) != UNIQUE_VIOLATION and not _reply_lost(error):
+            raise
+        stored = db.fetch_one(
+            _SENT_BEFORE, **_sent_before_params(params, user_id, settings, new_chat)
+        )
+        if stored is None:
             raise DatabaseUnavailable() from error
-        raise
+        logger.info("send stored before its reply was lost", extra={"chat": str(params["chat_id"])})
+        row = stored
     if row["position"] is None:
         if not new_chat and not row["chat_found"]:
             raise chats.chat_not_found()
@@ -249,6 +312,46 @@ def _begin_send(
         resumable=request.resumable,
         model_context=context.build_context(summary, recent, settings, system_tokens),
     )
+
+
+# A send's start as its statement stored it, read back by the ids the send chose before
+# its first run (shared.chats.send_params): the question, its answer's place right after it,
+# in the user's chat; with what the send's statement returns (the name, the newest summary
+# and the window before the question).
+_SENT_BEFORE = f"""
+    WITH allocated AS (
+             SELECT q.position, c.title_source FROM messages q
+             JOIN chats c ON c.id = q.chat_id AND c.user_id = :user_id
+             JOIN messages answer ON answer.id = :answer_id AND answer.chat_id = q.chat_id
+                                 AND answer.position = q.position + 1
+             WHERE q.id = :question_id AND q.chat_id = :chat_id),
+         summary AS ({NEWEST_SUMMARY})
+    SELECT a.position, a.title_source, u.first_name, u.last_name,
+           {context.SUMMARY_JSON} AS summary,
+           {context.WINDOW_BEFORE.format(before="a.position")} AS recent
+    FROM allocated a LEFT JOIN ({users.USER_NAME}) u ON true
+"""
+
+
+def _sent_before_params(
+    params: dict[str, Any], user_id: str, settings: Settings, new_chat: bool
+) -> dict[str, Any]:
+    return {
+        "chat_id": params["chat_id"],
+        "question_id": params["question_id"],
+        "answer_id": params["answer_id"],
+        "user_id": user_id,
+        # A new chat has nothing before its question (the send's own statement reads none).
+        "window_rows": 0 if new_chat else max(0, settings.chat_window_size - 1),
+    }
+
+
+def _reply_lost(error: BaseException) -> bool:
+    """Whether the database failed after the statement may have reached it: a connection
+    that broke (not a pool with no free connection, which sent nothing)."""
+    cause = error.__cause__
+    lost = cause is not None and is_connection_lost(cause)
+    return isinstance(error, DatabaseUnavailable) and lost
 
 
 def note_context(turn: BegunTurn, record: TurnRecord, prepare_started: float) -> None:
@@ -288,12 +391,13 @@ def stream_answer(
     ``model_events`` is the model's stream for this turn (not started yet), asked for with
     heartbeats every :data:`shared.answers.TICK_SECONDS` at most, so a turn told to stop
     (:mod:`shared.answers`) stops within a tick even while the model is silent; heartbeats
-    are passed on every ``SSE_HEARTBEAT_SECONDS`` of silence. ``after_done`` runs once
-    ``done`` has been written, with the chat, where a rolling summary is due to end (None:
-    not yet, :func:`summary_due`) and whether the chat wants a generated title (it still
-    has the default one and the answer is complete): the summary and title requests add
-    nothing to the turn's latency. A ``resumable`` turn stores its text as it grows
-    (:class:`shared.answer_progress.ProgressWriter`).
+    are passed on every ``SSE_HEARTBEAT_SECONDS`` of silence. ``after_done`` is called once
+    ``done`` is written (the answer stored), before the stream ends, with the chat, where a
+    rolling summary is due to end (None: not yet, :func:`summary_due`) and whether the chat
+    wants a generated title (it still has the default one and the answer is complete):
+    chat_stream asks Cloud Tasks for them there, inside the response, where Cloud Run's CPU
+    is (only the turns that ask for a task wait for it). A ``resumable`` turn
+    stores its text as it grows (:class:`shared.answer_progress.ProgressWriter`).
     """
     chat_id = str(turn.chat_id)
     answer_id = turn.assistant_message_id
@@ -364,6 +468,8 @@ def stream_answer(
             progress.forget(live)
         try:
             saved = save_answer(db, settings, user_id, turn, answer, length, finished, ending)
+            if saved:
+                record.answer_stored()
         finally:
             answers.unregister(live)
     kept = str(answer_id) if answer and saved else None

@@ -345,6 +345,9 @@ def test_turn_events_carry_the_numbers_and_no_text(logged: list[Any]) -> None:
     for turn in ok:
         assert 0 < turn["model_ttft_ms"] <= turn["ttft_ms"] <= turn["turn_ms"]
         assert 0 < turn["to_model_ms"] < turn["ttft_ms"]
+        # The turn's end, in its order: stored, then done written, then the response ended
+        # (the line is written after that, so within the turn).
+        assert 0 < turn["stored_ms"] <= turn["done_ms"] <= turn["end_ms"] < turn["turn_ms"]
         assert turn["input_tokens"] > 0 and turn["output_tokens"] > 0
         # Other tests' turns share the log: retried ones are checked in tests/test_retries.py.
         assert turn["finish_reason"] in {"stop", "max_tokens", "other"}
@@ -353,6 +356,7 @@ def test_turn_events_carry_the_numbers_and_no_text(logged: list[Any]) -> None:
     assert any(t["finish_reason"] == "stop" and t["retries"] == 0 for t in ok)
     failed = [t for t in turns if t["outcome"] == "model_error:unavailable"]
     assert failed and all(t["code"] == "model_unavailable" for t in failed)
+    assert all("stored_ms" not in t for t in failed)  # no model end: no end fields
     for entry in logged:
         assert "what is this" not in json.dumps(entry)  # ids and numbers only, never text
 

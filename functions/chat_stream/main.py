@@ -175,7 +175,6 @@ API = make_api(
     {"sendMessage": send_message, "resumeAnswer": follow_answer, "stopAnswer": stop_answer},
     authenticate=request_authenticator(),
     max_body_bytes=settings.chat_max_request_bytes,
-    flask_context=True,  # the stream is written with Flask's stream_with_context
 )
 # SIGTERM (Cloud Run's scale-in or redeploy): take no new turns, stop the open ones.
 serving.on_shutdown(answers.begin_shutdown)
