@@ -15,6 +15,7 @@ from typing import Any
 from bench import (
     chat_stream,
     chats_crud,
+    chunk_cost,
     clerk_webhook,
     controls,
     hostile,
@@ -37,6 +38,7 @@ BENCHMARKS: dict[str, Callable[[], dict[str, Any]]] = {
     "chat_stream": chat_stream.run,
     "chat_stream_turn": chat_stream.run_turn,
     "stream_framing": stream_framing.run,
+    "chunk_cost": chunk_cost.run,
     "stream_parse": stream_parse.run,
     "summaries": summaries.run,
     "clerk_webhook": clerk_webhook.run,
