@@ -15,7 +15,7 @@ import time
 import uuid
 from typing import Any
 
-from shared.answers import CHANNEL, LiveAnswer
+from shared.answers import PROGRESS_CHANNEL, LiveAnswer
 from shared.db import Database
 
 logger = logging.getLogger("raven.answers")
@@ -30,7 +30,8 @@ def record_progress(db: Database, answers: list[dict[str, Any]]) -> dict[uuid.UU
 
     ``answers``: ``{"id", "content", "length"}`` each. The whole text is written (a retry on
     a fresh connection is harmless), only while the answer is still streaming (a late write
-    never undoes the final one), and followers are notified when it commits.
+    never undoes the final one), and followers are notified when it commits (on
+    :data:`shared.answers.PROGRESS_CHANNEL`, which only processes with a follower hear).
 
     Returns:
         Each updated answer's stop flag; an answer missing from it has ended or is gone.
@@ -49,7 +50,7 @@ def record_progress(db: Database, answers: list[dict[str, Any]]) -> dict[uuid.UU
         FROM updated
         """,
         answers=answers,
-        channel=CHANNEL,
+        channel=PROGRESS_CHANNEL,
     )
     return {uuid.UUID(str(row["id"])): bool(row["stop_requested"]) for row in rows}
 
