@@ -3,7 +3,8 @@
 A resumable turn (:mod:`shared.turn`) only notes its text here (:meth:`ProgressWriter.note`:
 a dict entry, no I/O); one thread per process stores what changed at most every
 :data:`PROGRESS_INTERVAL_SECONDS`, every answer in one ``UPDATE`` (:func:`record_progress`)
-that also ``NOTIFY``s followers (:mod:`shared.answers`) and reads the rows' stop flags.
+that appends each answer's new text, ``NOTIFY``s followers (:mod:`shared.answers`) and reads
+the rows' stop flags.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import os
 import threading
 import time
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 from shared.answers import PROGRESS_CHANNEL, LiveAnswer
@@ -25,34 +27,53 @@ logger = logging.getLogger("raven.answers")
 PROGRESS_INTERVAL_SECONDS = 0.2
 
 
-def record_progress(db: Database, answers: list[dict[str, Any]]) -> dict[uuid.UUID, bool]:
-    """Store resumable answers' text so far and tell their followers, in one statement.
+@dataclass(frozen=True)
+class Progress:
+    """What one progress write found: whether the answer was asked to stop, and whether
+    its stored text now has the length the writer expected (else the next write sends the
+    whole text again)."""
 
-    ``answers``: ``{"id", "content", "length"}`` each. The whole text is written (a retry on
-    a fresh connection is harmless), only while the answer is still streaming (a late write
-    never undoes the final one), and followers are notified when it commits (on
-    :data:`shared.answers.PROGRESS_CHANNEL`, which only processes with a follower hear).
+    stop_requested: bool
+    whole: bool
+
+
+def record_progress(db: Database, answers: list[dict[str, Any]]) -> dict[uuid.UUID, Progress]:
+    """Store resumable answers' new text and tell their followers, in one statement.
+
+    ``answers``: ``{"id", "start", "text", "length"}`` each: the answer's first ``start``
+    characters are already stored, ``text`` follows them and makes ``length`` characters.
+    Only the new text travels (a whole text rewritten every interval costs a long answer
+    its square); the stored text is cut at ``start`` before ``text`` is added, so a retry
+    of the same write on a fresh connection stores the same text. Only while the answer
+    is still streaming (a late write never undoes the final one); followers are notified
+    when it commits (on :data:`shared.answers.PROGRESS_CHANNEL`, which only processes with
+    a follower hear).
 
     Returns:
-        Each updated answer's stop flag; an answer missing from it has ended or is gone.
+        Each updated answer's :class:`Progress`; an answer missing from it has ended or
+        is gone.
     """
     rows = db.fetch_all(
         """
         WITH updated AS (
-            UPDATE messages m SET content = u.content
-            FROM jsonb_to_recordset(CAST(:answers AS jsonb)) AS u(id uuid, content text,
-                                                                  length integer)
+            UPDATE messages m SET content = left(m.content, u.start) || u.text
+            FROM jsonb_to_recordset(CAST(:answers AS jsonb))
+                 AS u(id uuid, start integer, text text, length integer)
             WHERE m.id = u.id AND m.streaming_until IS NOT NULL
-            RETURNING m.id, m.stop_requested, u.length
+            RETURNING m.id, m.stop_requested, char_length(m.content) = u.length AS whole,
+                      u.length
         )
-        SELECT id, stop_requested,
+        SELECT id, stop_requested, whole,
                pg_notify(:channel, 'p ' || id::text || ' ' || length::text) AS notified
         FROM updated
         """,
         answers=answers,
         channel=PROGRESS_CHANNEL,
     )
-    return {uuid.UUID(str(row["id"])): bool(row["stop_requested"]) for row in rows}
+    return {
+        uuid.UUID(str(row["id"])): Progress(bool(row["stop_requested"]), bool(row["whole"]))
+        for row in rows
+    }
 
 
 class ProgressWriter:
@@ -60,15 +81,18 @@ class ProgressWriter:
 
     A turn only notes its text (:meth:`note`: a dict entry, no I/O); one thread writes what
     changed at most every :data:`PROGRESS_INTERVAL_SECONDS`, every answer in one statement,
-    so a slow database never delays a chunk and many streams cost one round trip. A turn
-    told by the row to stop (``POST .../stop`` from an instance that missed the NOTIFY) or
-    whose row is gone is stopped.
+    so a slow database never delays a chunk and many streams cost one round trip. Each
+    write sends only the text after what the last successful one stored. A turn told by the
+    row to stop (``POST .../stop`` from an instance that missed the NOTIFY) or whose row is
+    gone is stopped.
     """
 
     def __init__(self, db: Database) -> None:
         self._db = db
         self._lock = threading.Lock()
         self._pending: dict[uuid.UUID, tuple[LiveAnswer, list[str], int, int]] = {}
+        # Per answer noted and not forgotten: (pieces, characters) known to be stored.
+        self._stored: dict[uuid.UUID, tuple[int, int]] = {}
         self._changed = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -76,16 +100,20 @@ class ProgressWriter:
         """The answer is ``pieces`` (a list the turn appends to), ``length`` characters."""
         with self._lock:
             self._pending[live.answer_id] = (live, pieces, len(pieces), length)
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._run, name="answers-progress")
-                self._thread.daemon = True
-                self._thread.start()
-        self._changed.set()
+            if live.answer_id not in self._stored:
+                self._stored[live.answer_id] = (0, 0)
+                if self._thread is None or not self._thread.is_alive():
+                    self._thread = threading.Thread(target=self._run, name="answers-progress")
+                    self._thread.daemon = True
+                    self._thread.start()
+        if not self._changed.is_set():  # set already while the writer sleeps: no wake-up
+            self._changed.set()
 
     def forget(self, live: LiveAnswer) -> None:
         """The turn is storing its answer itself: nothing more to write for it."""
         with self._lock:
             self._pending.pop(live.answer_id, None)
+            self._stored.pop(live.answer_id, None)
 
     def _run(self) -> None:
         while True:
@@ -93,23 +121,40 @@ class ProgressWriter:
             self._changed.clear()
             with self._lock:
                 batch, self._pending = self._pending, {}
+                stored = {answer_id: self._stored.get(answer_id, (0, 0)) for answer_id in batch}
             if batch:
-                self._write(batch)
+                self._write(batch, stored)
             time.sleep(PROGRESS_INTERVAL_SECONDS)
 
-    def _write(self, batch: dict[uuid.UUID, tuple[LiveAnswer, list[str], int, int]]) -> None:
-        answers = [
-            {"id": str(answer_id), "content": "".join(pieces[:count]), "length": length}
-            for answer_id, (_, pieces, count, length) in batch.items()
-        ]
+    def _write(
+        self,
+        batch: dict[uuid.UUID, tuple[LiveAnswer, list[str], int, int]],
+        stored: dict[uuid.UUID, tuple[int, int]],
+    ) -> None:
+        answers = []
+        for answer_id, (_, pieces, count, length) in batch.items():
+            stored_count, stored_length = stored[answer_id]
+            answers.append(
+                {
+                    "id": str(answer_id),
+                    "start": stored_length,
+                    "text": "".join(pieces[stored_count:count]),
+                    "length": length,
+                }
+            )
         try:
-            flags = record_progress(self._db, answers)
-        except Exception:  # the next write, or the turn's own final one, stores it
+            written = record_progress(self._db, answers)
+        except Exception:  # the next write (from what is known stored), or the turn's own
             logger.warning("could not store progress", exc_info=True)
             return
-        for answer_id, (live, _, _, _) in batch.items():
-            if flags.get(answer_id, True):
-                live.stop("stopped")
+        with self._lock:
+            for answer_id, (live, _, count, length) in batch.items():
+                progress = written.get(answer_id)
+                if progress is None or progress.stop_requested:
+                    live.stop("stopped")
+                if progress is not None and answer_id in self._stored:
+                    # Not what was expected (never seen): the next write sends it all again.
+                    self._stored[answer_id] = (count, length) if progress.whole else (0, 0)
 
 
 _writer: ProgressWriter | None = None

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import Iterator
 
 import pg8000.dbapi
 import pytest
@@ -27,7 +26,7 @@ def channels() -> tuple[str, str]:
 @pytest.fixture
 def heard(
     stack: LocalStack, channels: tuple[str, str]
-) -> Iterator[tuple[Listener, list[tuple[str, uuid.UUID]]]]:
+) -> tuple[Listener, list[tuple[str, uuid.UUID]]]:
     """A started listener on fresh channels, and every notice it dispatched (kind, key)."""
     kwargs = connect_kwargs_from_url(stack.env["DATABASE_URL"])
     dispatched: list[tuple[str, uuid.UUID]] = []
