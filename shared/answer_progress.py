@@ -28,16 +28,17 @@ PROGRESS_INTERVAL_SECONDS = 0.2
 
 
 @dataclass(frozen=True)
-class Progress:
-    """What one progress write found: whether the answer was asked to stop, and whether
-    its stored text now has the length the writer expected (else the next write sends the
-    whole text again)."""
+class Written:
+    """What one progress write found among its answers (most writes find nothing)."""
 
-    stop_requested: bool
-    whole: bool
+    stop: frozenset[uuid.UUID]  # asked to stop (``POST .../stop``, its NOTIFY missed)
+    gone: frozenset[uuid.UUID]  # ended or deleted: not written
+    # Written, but its stored text is not the length the writer expected (never seen):
+    # the next write sends the whole text again.
+    partial: frozenset[uuid.UUID]
 
 
-def record_progress(db: Database, answers: list[dict[str, Any]]) -> dict[uuid.UUID, Progress]:
+def record_progress(db: Database, answers: list[dict[str, Any]]) -> Written:
     """Store resumable answers' new text and tell their followers, in one statement.
 
     ``answers``: ``{"id", "start", "text", "length"}`` each: the answer's first ``start``
@@ -47,13 +48,10 @@ def record_progress(db: Database, answers: list[dict[str, Any]]) -> dict[uuid.UU
     of the same write on a fresh connection stores the same text. Only while the answer
     is still streaming (a late write never undoes the final one); followers are notified
     when it commits (on :data:`shared.answers.PROGRESS_CHANNEL`, which only processes with
-    a follower hear).
-
-    Returns:
-        Each updated answer's :class:`Progress`; an answer missing from it has ended or
-        is gone.
+    a follower hear). One row comes back, naming only the answers that need more than
+    their next write (a row per answer cost pg8000 more than the rest of the write).
     """
-    rows = db.fetch_all(
+    row = db.fetch_one(
         """
         WITH updated AS (
             UPDATE messages m SET content = left(m.content, u.start) || u.text
@@ -61,19 +59,29 @@ def record_progress(db: Database, answers: list[dict[str, Any]]) -> dict[uuid.UU
                  AS u(id uuid, start integer, text text, length integer)
             WHERE m.id = u.id AND m.streaming_until IS NOT NULL
             RETURNING m.id, m.stop_requested, char_length(m.content) = u.length AS whole,
-                      u.length
+                      pg_notify(:channel, 'p ' || m.id::text || ' ' || u.length::text)
+        ),
+        found AS (
+            SELECT array_agg(id) AS written,
+                   array_agg(id::text) FILTER (WHERE stop_requested) AS stop,
+                   array_agg(id::text) FILTER (WHERE NOT whole) AS partial
+            FROM updated
         )
-        SELECT id, stop_requested, whole,
-               pg_notify(:channel, 'p ' || id::text || ' ' || length::text) AS notified
-        FROM updated
+        SELECT stop, partial,
+               ARRAY(SELECT asked.id::text
+                     FROM jsonb_to_recordset(CAST(:answers AS jsonb)) AS asked(id uuid)
+                     WHERE asked.id <> ALL(coalesce(found.written, '{}'))) AS gone
+        FROM found
         """,
         answers=answers,
         channel=PROGRESS_CHANNEL,
     )
-    return {
-        uuid.UUID(str(row["id"])): Progress(bool(row["stop_requested"]), bool(row["whole"]))
-        for row in rows
-    }
+    assert row is not None  # an aggregate's one row
+
+    def ids(column: str) -> frozenset[uuid.UUID]:
+        return frozenset(uuid.UUID(text) for text in row[column] or ())
+
+    return Written(stop=ids("stop"), gone=ids("gone"), partial=ids("partial"))
 
 
 class ProgressWriter:
@@ -149,12 +157,11 @@ class ProgressWriter:
             return
         with self._lock:
             for answer_id, (live, _, count, length) in batch.items():
-                progress = written.get(answer_id)
-                if progress is None or progress.stop_requested:
+                if answer_id in written.stop or answer_id in written.gone:
                     live.stop("stopped")
-                if progress is not None and answer_id in self._stored:
-                    # Not what was expected (never seen): the next write sends it all again.
-                    self._stored[answer_id] = (count, length) if progress.whole else (0, 0)
+                elif answer_id in self._stored:
+                    partial = answer_id in written.partial
+                    self._stored[answer_id] = (0, 0) if partial else (count, length)
 
 
 _writer: ProgressWriter | None = None

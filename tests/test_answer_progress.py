@@ -9,7 +9,6 @@ what is known stored, and an unexpected stored length makes the next write send 
 from __future__ import annotations
 
 import uuid
-from typing import Any
 
 import pytest
 
@@ -48,20 +47,23 @@ def stored(db: Database, answer_id: uuid.UUID) -> str:
     return str(row["content"])
 
 
-def write(db: Database, answer_id: uuid.UUID, start: int, text: str, length: int) -> Any:
+def write(db: Database, answer_id: uuid.UUID, start: int, text: str, length: int) -> bool:
+    """One answer's progress write; whether its stored text has the expected length."""
     answers = [{"id": str(answer_id), "start": start, "text": text, "length": length}]
-    return record_progress(db, answers)[answer_id]
+    written = record_progress(db, answers)
+    assert answer_id not in written.gone and answer_id not in written.stop
+    return answer_id not in written.partial
 
 
 def test_new_text_is_appended_and_a_repeated_write_stores_the_same(
     db: Database, answer_id: uuid.UUID
 ) -> None:
-    assert write(db, answer_id, 0, "Héllo ", 6).whole
-    assert write(db, answer_id, 6, "wörld 😀", 13).whole
-    assert write(db, answer_id, 6, "wörld 😀", 13).whole  # the same write, retried
+    assert write(db, answer_id, 0, "Héllo ", 6)
+    assert write(db, answer_id, 6, "wörld 😀", 13)
+    assert write(db, answer_id, 6, "wörld 😀", 13)  # the same write, retried
     assert stored(db, answer_id) == "Héllo wörld 😀"
     # A write that re-sends from an earlier point (the one before it failed on our side).
-    assert write(db, answer_id, 6, "wörld 😀!", 14).whole
+    assert write(db, answer_id, 6, "wörld 😀!", 14)
     assert stored(db, answer_id) == "Héllo wörld 😀!"
 
 
@@ -69,9 +71,8 @@ def test_a_stored_length_not_the_expected_one_is_reported(
     db: Database, answer_id: uuid.UUID
 ) -> None:
     write(db, answer_id, 0, "abc", 3)
-    progress = write(db, answer_id, 5, "fg", 7)  # the writer believed 5 were stored
-    assert not progress.whole
-    assert write(db, answer_id, 0, "abcdefg", 7).whole
+    assert not write(db, answer_id, 5, "fg", 7)  # the writer believed 5 were stored
+    assert write(db, answer_id, 0, "abcdefg", 7)
     assert stored(db, answer_id) == "abcdefg"
 
 
@@ -83,9 +84,22 @@ def test_an_ended_answer_is_not_written_and_reads_as_gone(
         "UPDATE messages SET content = 'final', streaming_until = NULL WHERE id = :id",
         id=answer_id,
     )
-    answers = [{"id": str(answer_id), "start": 7, "text": " more", "length": 12}]
-    assert record_progress(db, answers) == {}
+    other = uuid.uuid4()  # an answer that never was (deleted with its chat)
+    answers = [
+        {"id": str(answer_id), "start": 7, "text": " more", "length": 12},
+        {"id": str(other), "start": 0, "text": "x", "length": 1},
+    ]
+    written = record_progress(db, answers)
+    assert written.gone == {answer_id, other}
+    assert not written.stop and not written.partial
     assert stored(db, answer_id) == "final"
+
+
+def test_a_stop_asked_in_the_row_is_reported(db: Database, answer_id: uuid.UUID) -> None:
+    db.write("UPDATE messages SET stop_requested = true WHERE id = :id", id=answer_id)
+    written = record_progress(db, [{"id": str(answer_id), "start": 0, "text": "a", "length": 1}])
+    assert written.stop == {answer_id}
+    assert not written.gone and not written.partial
 
 
 def test_the_writer_stores_the_growing_answer_in_pieces(
@@ -112,4 +126,16 @@ def test_the_writer_stores_the_growing_answer_in_pieces(
     writer.note(live, pieces, length + 6)
     wait_for(lambda: stored(db, answer_id) == "one two three four five!")
     assert live.stop_reason is None
+    writer.forget(live)
+
+
+def test_the_writer_stops_a_turn_whose_row_asks_it_to(
+    db: Database, answer_id: uuid.UUID, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(answer_progress, "PROGRESS_INTERVAL_SECONDS", 0.01)
+    writer = ProgressWriter(db)
+    live = LiveAnswer(answer_id, deadline=float("inf"))
+    db.write("UPDATE messages SET stop_requested = true WHERE id = :id", id=answer_id)
+    writer.note(live, ["text"], 4)
+    wait_for(lambda: live.stop_reason == "stopped")
     writer.forget(live)
