@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import multiprocessing
@@ -26,6 +27,8 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -259,17 +262,24 @@ def _stream_worker(
     return latencies, errors, first_chunks
 
 
-def process_cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process and its children (gunicorn's worker), in seconds."""
+def process_cpu_split(pid: int) -> tuple[float, float]:
+    """User and system CPU time of a process and its children (gunicorn's worker), in seconds."""
     pids = [pid]
     children = Path(f"/proc/{pid}/task/{pid}/children")
     if children.exists():
         pids += [int(child) for child in children.read_text().split()]
-    ticks = 0
+    user = system = 0
     for each in pids:
         fields = Path(f"/proc/{each}/stat").read_text().rsplit(")", 1)[1].split()
-        ticks += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
-    return ticks / os.sysconf("SC_CLK_TCK")
+        user += int(fields[11])  # utime, stime: fields 14 and 15 of stat
+        system += int(fields[12])
+    ticks_per_second = os.sysconf("SC_CLK_TCK")
+    return user / ticks_per_second, system / ticks_per_second
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process and its children (gunicorn's worker), in seconds."""
+    return sum(process_cpu_split(pid))
 
 
 # What a worker's first turn costs on top of a turn (the model client and its first
@@ -339,9 +349,12 @@ def stream_load(
     overrides: dict[str, str] | None = None,
     seconds: float = STREAM_SECONDS,
     log_path: Path | None = None,
+    probe: Callable[[int], AbstractContextManager[dict[str, float]]] | None = None,
 ) -> dict[str, Any]:
     """``streams`` concurrent turns on one fresh instance, the model sending ``rate`` chunks/s
     for ``seconds``; ``overrides`` are the instance's extra environment (``WORKERS``...).
+    ``probe(pid)``, if given, runs around the load (its dict's counts are divided by the
+    chunks delivered and returned as ``<name>_per_chunk``).
 
     ``token`` is one user's for every stream, or one per stream (``streams`` users: what an
     instance carries in production; one user's turns all update that user's rate-limit and
@@ -361,17 +374,27 @@ def stream_load(
             )
         warm_every_worker(process.pid, url, tokens[0], control, int(workers_of(overrides)))
         memory_before = resident_peak_mb(process.pid)
-        start_at = time.time() + 1.0
         pairs = list(zip(markers, tokens, strict=False))
         halves = [pairs[: streams // 2], pairs[streams // 2 :]]
-        with multiprocessing.get_context("spawn").Pool(2) as pool:
-            cpu_before = process_cpu_seconds(process.pid)
-            parts = pool.map(_stream_worker, [(url, half, start_at, accept) for half in halves])
-            cpu_seconds = process_cpu_seconds(process.pid) - cpu_before
+        counts: dict[str, float] = {}
+        with (
+            multiprocessing.get_context("spawn").Pool(2) as pool,
+            probe(process.pid) if probe else contextlib.nullcontext(counts) as counts,
+        ):
+            start_at = time.time() + 1.0
+            user_before, system_before = process_cpu_split(process.pid)
+            jobs = [(url, half, start_at, accept) for half in halves]
+            parts = pool.map(_stream_worker, jobs)
+            user_after, system_after = process_cpu_split(process.pid)
+        user_seconds, system_seconds = user_after - user_before, system_after - system_before
         latencies = [latency for part, _, _ in parts for latency in part]
         first_chunks = [value for _, _, part in parts for value in part]
+        chunks = max(len(latencies), 1)
         return {
-            "cpu_us_per_chunk": cpu_seconds * 1e6 / max(len(latencies), 1),
+            "cpu_us_per_chunk": (user_seconds + system_seconds) * 1e6 / chunks,
+            "user_us_per_chunk": user_seconds * 1e6 / chunks,
+            "system_us_per_chunk": system_seconds * 1e6 / chunks,
+            **{f"{name}_per_chunk": count / chunks for name, count in counts.items()},
             "streams": streams,
             "chunks_per_second_each": rate,
             "errors": sum(errors for _, errors, _ in parts),

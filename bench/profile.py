@@ -19,6 +19,7 @@ under bench/results/ for a flame graph (``flamegraph.pl`` or speedscope read the
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import shutil
 import subprocess
@@ -26,6 +27,7 @@ import sys
 import threading
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -154,27 +156,21 @@ def profile_streams(stack: LocalStack, control: StandinControl, token: str) -> d
     """Sample the worker while it carries the stream load."""
     result: dict[str, Any] = {}
     out = RESULTS / f"profile-chat_stream-{time.strftime('%Y%m%d-%H%M%S')}.txt"
-    original = stream_bench.process_cpu_seconds
-    recorder: list[Any] = []
 
-    def cpu_and_record(pid: int) -> float:
-        # stream_load reads the CPU once when the clients start: sample from that moment.
-        if not recorder:
-            workers = worker_pids(pid)
-            timer = threading.Timer(
-                2.0, lambda: recorder.append(record(workers[0] if workers else pid, 3, out))
-            )
-            recorder.append(timer)
-            timer.start()
-        return original(pid)
+    @contextlib.contextmanager
+    def sampled(pid: int) -> Iterator[dict[str, float]]:
+        # Around the load: sample from 2 s into it, for 3 s.
+        workers = worker_pids(pid)
+        recorder: list[subprocess.Popen[bytes]] = []
+        timer = threading.Timer(
+            2.0, lambda: recorder.append(record(workers[0] if workers else pid, 3, out))
+        )
+        timer.start()
+        yield {}
+        timer.join()
+        recorder[0].wait(timeout=60)
 
-    stream_bench.process_cpu_seconds = cpu_and_record
-    try:
-        load = stream_bench.stream_load(stack.env, token, control, STREAMS, RATE)
-    finally:
-        stream_bench.process_cpu_seconds = original
-    recorder[0].join()
-    recorder[1].wait(timeout=60)
+    load = stream_bench.stream_load(stack.env, token, control, STREAMS, RATE, probe=sampled)
     result["load"] = load
     result["profile"] = summarise(out)
     result["raw"] = str(out)

@@ -14,8 +14,10 @@ This module owns what lets that answer outlive the request that started it (see 
   then follows it live until it ends, from any instance. Each worker process has one
   ``LISTEN`` connection (:func:`listener`, a :class:`shared.notifications.Listener`) fanning
   notifications out to its followers and generations (a stop notice stops the generation
-  at once); a follower also polls every :data:`POLL_SECONDS` in case a notification was
-  missed (the listener reconnecting, a notification queue overflowing).
+  at once); progress notices go on a channel of their own (:data:`PROGRESS_CHANNEL`),
+  listened on only while the process has a follower. A follower also polls every
+  :data:`POLL_SECONDS` in case a notification was missed (the listener reconnecting, a
+  notification queue overflowing).
 
 Offsets (``event_id``) count the stored answer's characters (Unicode code points, which
 PostgreSQL's ``substr`` and ``char_length`` count too): the text a client has after the event
@@ -39,7 +41,11 @@ from shared.model_events import AnswerChunk, Heartbeat
 from shared.notifications import Listener
 from shared.stream_events import DoneEvent, ErrorEvent, StreamEvent
 
+# Stops and endings: every process listens (a stop must reach its generation).
 CHANNEL = "raven_answers"
+# Progress (several a second per growing answer): listened on only by a process with a
+# follower, so the generating instance's listener does not wake for its own answers' writes.
+PROGRESS_CHANNEL = "raven_answer_progress"
 # How often a follower reads the row when no notification woke it.
 POLL_SECONDS = 1.0
 # How often a turn looks at its stop reason while the model is silent.
@@ -298,12 +304,19 @@ def _on_notice(kind: str, answer_id: uuid.UUID) -> None:
 
 
 def listener(connect: Callable[[], Any]) -> Listener:
-    """This process's listener (one ``LISTEN`` connection on :data:`CHANNEL`), started on
-    first use: it wakes followers and stops generations asked to stop."""
+    """This process's listener (one ``LISTEN`` connection on :data:`CHANNEL`, and on
+    :data:`PROGRESS_CHANNEL` while it has followers), started on first use: it wakes
+    followers and stops generations asked to stop."""
     global _listener
     with _listener_lock:
         if _listener is None:
-            _listener = Listener(connect, CHANNEL, _on_notice, thread_name="answers-listener")
+            _listener = Listener(
+                connect,
+                CHANNEL,
+                _on_notice,
+                follow_channel=PROGRESS_CHANNEL,
+                thread_name="answers-listener",
+            )
         _listener.start()
         return _listener
 

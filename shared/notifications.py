@@ -4,6 +4,9 @@ A :class:`Listener` holds one ``LISTEN`` connection on one channel and wakes who
 subscribed to the key a notice names, so many waiters in a process cost one connection.
 It only moves notices: what they mean belongs to the module that sends them (resumable
 answers, :mod:`shared.answers`, which hands in a callback for notices that must act at once).
+A second, *follow* channel is listened on only while someone subscribed: notices only a
+waiter needs (an answer's progress, several a second per answer) then cost nothing to a
+process that has no waiter (each notice read is a wake-up and a round trip).
 
 A notice's payload is ASCII (as pg8000 reads payloads): ``<kind> <key> [<rest>]``, the key a
 UUID. The connection is checked (and late notices read) at least every
@@ -16,6 +19,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import logging
+import os
 import select
 import threading
 import time
@@ -35,7 +39,8 @@ NoticeHandler = Callable[[str, uuid.UUID], None]
 
 
 class Listener:
-    """One ``LISTEN`` connection on ``channel``; wakes the subscribers of each notice's key."""
+    """One ``LISTEN`` connection on ``channel`` (and on ``follow_channel`` while anyone
+    subscribed); wakes the subscribers of each notice's key."""
 
     def __init__(
         self,
@@ -43,16 +48,23 @@ class Listener:
         channel: str,
         on_notice: NoticeHandler | None = None,
         *,
+        follow_channel: str | None = None,
         thread_name: str = "listener",
     ) -> None:
         self._connect = connect
         self._channel = channel
+        self._follow_channel = follow_channel
         self._on_notice = on_notice
         self._thread_name = thread_name
         self._lock = threading.Lock()
         self._waiters: dict[uuid.UUID, set[threading.Event]] = collections.defaultdict(set)
         self._thread: threading.Thread | None = None
         self.listening = threading.Event()  # set while the connection listens
+        self.following = threading.Event()  # set while it listens on the follow channel
+        # Written to wake the listener's thread (a first subscriber wants the follow channel).
+        self._poke_read, self._poke_write = os.pipe()
+        os.set_blocking(self._poke_read, False)
+        os.set_blocking(self._poke_write, False)
 
     def start(self) -> None:
         with self._lock:
@@ -62,11 +74,21 @@ class Listener:
                 self._thread.start()
 
     def subscribe(self, key: uuid.UUID) -> threading.Event:
-        """An event set whenever a notice names ``key`` (or :meth:`wake_all` is called)."""
+        """An event set whenever a notice names ``key`` (or :meth:`wake_all` is called).
+
+        With a follow channel not listened on yet, waits (at most
+        :data:`LISTEN_CHECK_SECONDS`) until it is, so a subscriber misses no more of its
+        notices than of the main channel's.
+        """
         self.start()
         wake = threading.Event()
         with self._lock:
             self._waiters[key].add(wake)
+            following = self.following.is_set()
+        if self._follow_channel is not None and not following:
+            with contextlib.suppress(BlockingIOError):  # a poke is pending already
+                os.write(self._poke_write, b"!")
+            self.following.wait(LISTEN_CHECK_SECONDS)
         return wake
 
     def unsubscribe(self, key: uuid.UUID, wake: threading.Event) -> None:
@@ -112,6 +134,7 @@ class Listener:
                 )
             finally:
                 self.listening.clear()
+                self.following.clear()
                 if connection is not None:
                     with contextlib.suppress(Exception):
                         connection.close()
@@ -121,13 +144,33 @@ class Listener:
     def _listen(self, connection: Any) -> None:
         sock = connection._usock  # pg8000 reads notifications only while running a statement
         last_check = time.monotonic()
+        channels = {self._channel, self._follow_channel}
         while True:
-            readable, _, _ = select.select([sock], [], [], LISTEN_CHECK_SECONDS)
-            if readable or time.monotonic() - last_check >= LISTEN_CHECK_SECONDS:
-                connection.execute_simple("SELECT 1")  # reads what arrived, checks the link
-                last_check = time.monotonic()
+            self._follow_as_needed(connection)
             notifications = connection.notifications
             while notifications:
                 _, channel, payload = notifications.popleft()
-                if channel == self._channel:
+                if channel in channels:
                     self.dispatch(payload)
+            readable, _, _ = select.select([sock, self._poke_read], [], [], LISTEN_CHECK_SECONDS)
+            if self._poke_read in readable:
+                with contextlib.suppress(BlockingIOError):
+                    os.read(self._poke_read, 4096)
+            if sock in readable or time.monotonic() - last_check >= LISTEN_CHECK_SECONDS:
+                connection.execute_simple("SELECT 1")  # reads what arrived, checks the link
+                last_check = time.monotonic()
+
+    def _follow_as_needed(self, connection: Any) -> None:
+        """LISTEN on the follow channel while anyone subscribed, UNLISTEN when nobody is."""
+        if self._follow_channel is None:
+            return
+        with self._lock:  # decided with the subscribers' view of ``following``
+            wanted = bool(self._waiters)
+            was_following = self.following.is_set()
+            if was_following and not wanted:
+                self.following.clear()
+        if wanted and not was_following:
+            connection.execute_simple(f"LISTEN {self._follow_channel}")
+            self.following.set()
+        elif was_following and not wanted:
+            connection.execute_simple(f"UNLISTEN {self._follow_channel}")
