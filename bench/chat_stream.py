@@ -443,6 +443,12 @@ def backend_prepare_ms(log_path: Path, chats: set[str]) -> dict[str, list[float]
     return values
 
 
+def _present(row: dict[str, Any], *fields: tuple[str, str]) -> str:
+    """``label value`` for each (label, key) of ``row`` that was measured, comma-separated
+    (an older checkout's log lacks some)."""
+    return ", ".join(f"{label} {row[key]:.2f}" for label, key in fields if row[key] is not None)
+
+
 def run_turn() -> dict[str, Any]:
     """Only (a), the backend's own cost of a turn (``python -m bench chat_stream_turn``)."""
     return run(stream_loads=[])
@@ -547,14 +553,11 @@ def run(stream_loads: list[tuple[int, int]] | None = None) -> dict[str, Any]:
     )
     for size in ("10", "60", "10000"):
         row = results[f"overhead_chat_{size}"]
-        own = ", ".join(
-            f"{label} {row[key]:.2f}"
-            for label, key in (
-                ("prepare", "backend_prepare_p50_ms"),
-                ("received->context", "backend_since_received_p50_ms"),
-                ("received->model call", "backend_to_model_p50_ms"),
-            )
-            if row[key] is not None
+        own = _present(
+            row,
+            ("prepare", "backend_prepare_p50_ms"),
+            ("received->context", "backend_since_received_p50_ms"),
+            ("received->model call", "backend_to_model_p50_ms"),
         )
         print(
             f"  chat of {size:>5} messages: request->model request p50 "
@@ -563,14 +566,11 @@ def run(stream_loads: list[tuple[int, int]] | None = None) -> dict[str, Any]:
             f"(p95 {row['to_done_p95_ms']:.1f}), last chunk->end of response p50 "
             f"{row['to_end_p50_ms']:.1f} ms (p95 {row['to_end_p95_ms']:.1f})"
         )
-        ending = ", ".join(
-            f"{label} {row[key]:.2f}"
-            for label, key in (
-                ("stored", "backend_model_end_to_stored_p50_ms"),
-                ("done written", "backend_model_end_to_done_p50_ms"),
-                ("response ended", "backend_model_end_to_end_p50_ms"),
-            )
-            if row[key] is not None
+        ending = _present(
+            row,
+            ("stored", "backend_model_end_to_stored_p50_ms"),
+            ("done written", "backend_model_end_to_done_p50_ms"),
+            ("events over", "backend_model_end_to_end_p50_ms"),
         )
         if ending:
             print(f"      in the instance, from the model's end p50 (ms): {ending}")

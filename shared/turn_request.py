@@ -70,8 +70,9 @@ def parse_body(request: Request) -> ChatRequest:
     names the problem.
     """
     body = _read_in_one_pass(request.get_data(cache=True))
-    if body is None:
-        body = parse_json(request, ChatRequest)
+    if body is not None:
+        return body  # it built the last message only
+    body = parse_json(request, ChatRequest)
     return body.model_copy(update={"messages": body.messages[-1:]})
 
 
