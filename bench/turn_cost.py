@@ -10,6 +10,12 @@ first use costs one more, so the counts are taken after a warm-up). CPU is this 
 samples; the machine is shared, so CPU and round trips are what to compare, not the wall
 time. Runs unchanged against an older checkout (the functions' signatures are the same):
 that is how the before numbers in bench/README.md were taken.
+
+Also a user's first request on an instance (``KnownUsers``: every user, on every new
+instance): :func:`shared.users.ensure_user` for a row that lacks nothing, its wall time at a
+turn's pace (one every 10 ms, so each commit is a flush of its own, not one shared by a
+batch) and the WAL it writes (``pg_current_wal_insert_lsn`` before and after; the stack is
+otherwise quiet, so a few bytes of noise at most).
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ import pg8000.dbapi
 
 from bench.chat_stream import seed_chat
 from bench.harness import stack_with_model
-from shared import turn, turn_request
+from shared import turn, turn_request, users
 from shared.db import Database, connect_kwargs_from_url
 from shared.model_events import Finished
 from shared.schemas import ChatRequest
@@ -130,6 +136,7 @@ def run() -> dict[str, Any]:
                 row["save_cpu"].append(cpu)
                 row["save_wall"].append(wall)
                 row["save_trips"].append(count)
+        known = _known_user_check(db)
         db.close()
     load = os.getloadavg()[0]
     results: dict[str, Any] = {"load_average": load}
@@ -143,7 +150,32 @@ def run() -> dict[str, Any]:
             f"{summary['save_trips']:.0f} round trips, CPU {summary['save_cpu']:.2f} ms, wall "
             f"{summary['save_wall']:.2f} ms"
         )
+    results["known_user_first_request"] = known
+    print(
+        f"  a known user's first request on an instance (ensure_user, a complete row): wall "
+        f"{known['wall_ms']:.2f} ms p50, WAL {known['wal_bytes']:.0f} bytes per call (median)"
+    )
     return results
+
+
+def _known_user_check(db: Database) -> dict[str, float]:
+    user = "user_bench_known"
+    profile = {"email": "known@example.com", "first_name": "Kay", "last_name": "Known"}
+    users.ensure_user(db, user, **profile)
+    walls: list[float] = []
+    wal: list[float] = []
+    for _ in range(SAMPLES):
+        time.sleep(0.01)
+        before = db.fetch_one("SELECT pg_current_wal_insert_lsn()::text AS lsn")
+        started = time.perf_counter()
+        users.ensure_user(db, user, **profile)
+        walls.append((time.perf_counter() - started) * 1000)
+        written = db.fetch_one(
+            "SELECT pg_wal_lsn_diff(pg_current_wal_insert_lsn(), CAST(:lsn AS pg_lsn)) AS n",
+            lsn=before["lsn"] if before else "0/0",
+        )
+        wal.append(float(written["n"]) if written else 0.0)
+    return {"wall_ms": statistics.median(walls), "wal_bytes": statistics.median(wal)}
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from svix.webhooks import Webhook
 
 from dev.bundle import REPO_ROOT
 from dev.stack import LocalStack, free_port, http_answers
+from shared import users
 from shared.db import Database
 from tests.conftest import ApiClient, assert_error, read_logs, stream_events, upload_file
 from tests.helpers import (
@@ -155,6 +156,49 @@ def test_a_user_first_seen_by_token_merges_with_the_webhook(
     }
     # The same user, nothing lost: the chat made before the webhook is still theirs.
     assert [c["chatId"] for c in client.get("/api/chats").json()] == [chat["chatId"]]
+
+
+# --- a token's user (users.ensure_user) ----------------------------------------------------------
+
+
+def row_version(db: Database, user_id: str) -> tuple[str, str]:
+    """The row's ``xmin`` and ``xmax``: a new version, or a lock (``xmax``), changes them."""
+    row = db.fetch_one(
+        "SELECT xmin::text AS xmin, xmax::text AS xmax FROM users WHERE id = :id", id=user_id
+    )
+    assert row is not None
+    return row["xmin"], row["xmax"]
+
+
+def test_a_complete_user_seen_again_is_neither_written_nor_locked(db: Database) -> None:
+    """Every user's first request on each instance ensures their row: for a row that lacks
+    nothing, that must not lock it (a lock takes a transaction id, so the commit flushes WAL)."""
+    user_id = f"user_{uuid.uuid4().hex}"
+    profile = {"email": "a@example.com", "first_name": "Ada", "last_name": "L"}
+    assert users.ensure_user(db, user_id, **profile)
+    created = row_version(db, user_id)
+    assert created[1] == "0"
+    assert users.ensure_user(db, user_id, **profile)
+    assert users.ensure_user(db, user_id, email=None, first_name=None, last_name=None)
+    assert row_version(db, user_id) == created
+    assert user_row(db, user_id) == {**profile, "image_url": None, "clerk_updated_at": None}
+
+
+def test_a_row_is_completed_from_the_claims_only_where_it_is_empty(db: Database) -> None:
+    user_id = f"user_{uuid.uuid4().hex}"
+    assert users.ensure_user(
+        db, user_id, email="first@example.com", first_name=None, last_name=None
+    )
+    assert users.ensure_user(
+        db, user_id, email="other@example.com", first_name="Bo", last_name=None
+    )
+    assert user_row(db, user_id) == {
+        "email": "first@example.com",
+        "first_name": "Bo",
+        "last_name": None,
+        "image_url": None,
+        "clerk_updated_at": None,
+    }
 
 
 # --- user.deleted -------------------------------------------------------------------------------
