@@ -12,8 +12,9 @@ A chat turn asks for both at once with :func:`request_after_turn`, which only lo
 failure.
 
 google.cloud.tasks_v2 costs ~0.7 s to import, so it is imported on the first enqueue only,
-and the client is created once per instance. Locally ``TASKS_EMULATOR_HOST`` points it at
-the Cloud Tasks emulator over a plaintext gRPC channel.
+and the client is created once per instance: ahead of time, in the background, by
+:func:`warm_client` when a turn that will ask for a title starts. Locally
+``TASKS_EMULATOR_HOST`` points it at the Cloud Tasks emulator over a plaintext gRPC channel.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ logger = logging.getLogger(__name__)
 
 _client: Any = None
 _client_lock = threading.Lock()
+_warming = False
+_warm_lock = threading.Lock()
 
 
 def summary_task_id(chat_id: uuid.UUID, cut: int) -> str:
@@ -70,6 +73,36 @@ def _tasks_client() -> Any:
             else:
                 _client = tasks_v2.CloudTasksClient()
         return _client
+
+
+def warm_client() -> threading.Thread | None:
+    """Create the client in a background thread, unless it exists or is being created; the
+    thread, or None when there was nothing to start.
+
+    Called as a turn that will ask for a task when it ends (a new chat's title) starts, so
+    the import (~0.7 s of CPU) and the client's creation overlap the wait for the model. Left
+    to the enqueue, they held each worker's first new chat open between ``done`` and the
+    response's end (290-370 ms measured: bench/README.md, "Where issue 17 stands: fourth
+    round"). A failure here is logged; the enqueue then tries again and logs its own.
+    """
+    global _warming
+    with _warm_lock:
+        if _client is not None or _warming:
+            return None
+        _warming = True
+    thread = threading.Thread(target=_warm, name="tasks-client", daemon=True)
+    thread.start()
+    return thread
+
+
+def _warm() -> None:
+    global _warming
+    try:
+        _tasks_client()
+    except Exception:
+        logger.warning("the Cloud Tasks client could not be created ahead", exc_info=True)
+        with _warm_lock:
+            _warming = False
 
 
 def request_summary(chat_id: uuid.UUID, cut: int) -> bool:

@@ -165,6 +165,26 @@ def test_one_title_task_per_chat_however_often_asked(
     assert len(model.requests(match="dedup title")) == 1
 
 
+def test_the_client_is_created_ahead_once_and_then_used(
+    task_settings: None, alice: ApiClient, db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A new chat's turn creates the client as it starts (its import is ~0.7 s): in the
+    background, once however many turns start meanwhile, and the enqueue then uses it."""
+    from shared import tasks
+
+    monkeypatch.setattr(tasks, "_client", None)
+    monkeypatch.setattr(tasks, "_warming", False)
+    warming = tasks.warm_client()
+    assert warming is not None
+    assert tasks.warm_client() is None  # already being created: nothing more started
+    warming.join(timeout=60)
+    client = tasks._client
+    assert client is not None
+    assert tasks.warm_client() is None  # created: nothing to start
+    assert tasks.request_title(uuid.UUID(chat_with_history(alice, db))) is True
+    assert tasks._client is client
+
+
 # --- asked for by chat_stream after the first complete answer ---------------------------------
 
 

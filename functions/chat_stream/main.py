@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import functions_framework
 from flask import Request, Response
 
-from shared import answers, context, serving, turn, turn_request
+from shared import answers, context, serving, tasks, turn, turn_request
 from shared.auth import AuthenticatedUser, check_user, request_authenticator, user_row_missing
 from shared.db import connection_factory
 from shared.errors import ApiError, Unauthorized
@@ -93,8 +94,29 @@ def open_turn(request: Request, user: AuthenticatedUser, record: TurnRecord) -> 
     )
     if begun.resumable:
         events = turn.outliving_its_client(events, name=f"answer-{begun.assistant_message_id}")
+    events = record.observe(events, AnswerChunk)
+    if begun.default_title:
+        events = tasks_client_ready_by_the_end(events)
     framing = choose_framing(request.headers.get("Accept"), settings.chat_stream_format)
-    return framing.response(record.observe(events, AnswerChunk))
+    return framing.response(events)
+
+
+def tasks_client_ready_by_the_end(events: Iterator[Any]) -> Iterator[Any]:
+    """The events, and once the first chunk is out, the Cloud Tasks client created in the
+    background (``tasks.warm_client``): this turn asks for a title after ``done``, and on a
+    worker that has not enqueued yet the client's import (~0.7 s) would otherwise hold the
+    response open after ``done``. Not before the first chunk: the import would delay it."""
+    try:
+        for event in events:
+            yield event
+            if isinstance(event, AnswerChunk):
+                tasks.warm_client()
+                break
+        yield from events
+    finally:
+        close = getattr(events, "close", None)
+        if close is not None:
+            close()  # a client gone mid-stream: the turn ends as it would unwrapped
 
 
 def begin_turn(request: Request, user: AuthenticatedUser) -> tuple[turn.BegunTurn, str]:
@@ -136,11 +158,10 @@ def request_tasks(chat_id: uuid.UUID, summary_cut: int | None, title: bool) -> N
     title (failures logged). Not after the response: with request-based billing Cloud Run
     gives an instance CPU only while it serves a request, so work left for later could wait
     for the instance's next request (a new chat's title with it). Only the turns that ask
-    for a task wait for it (~4 ms): a chat's first answer, then each summary's."""
+    for a task wait for it (~4 ms): a chat's first answer, then each summary's. A new chat's
+    turn had the client created while the model answered (:func:`tasks_client_ready_by_the_end`)."""
     if summary_cut is None and not title:
         return
-    from shared import tasks  # the first turn that needs it pays for the import
-
     tasks.request_after_turn(chat_id, summary_cut, title)
 
 
