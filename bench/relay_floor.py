@@ -46,7 +46,8 @@ designs interleaved): the relay process's user and system CPU and context switch
 ``chunk_cost``; left out without perf), model chunks per client write (how much the relay
 batched), and the chunks' latency p50/p99 (latency is the loaded machine's: compare CPU).
 The **hot-loop floor** is the same decode, parse and framing on pre-made bytes, one stream
-in one thread, no socket (best of 5 x ``FLOOR_CHUNKS``).
+in one thread, no socket (best of 5 x ``FLOOR_CHUNKS``), and beside it a loopback ``send`` +
+``recv`` of one model frame in one thread, the data always waiting (the syscalls, hot).
 
 Not in any design: TLS (Gemini is HTTPS: one more ``SSL_read`` per recv), the turn's
 bookkeeping (``TurnRecord.observe``, the answer's accumulation, heartbeats, progress notes),
@@ -483,7 +484,8 @@ def one_round(
 def floor_us() -> dict[str, float]:
     """The same per-chunk work on pre-made bytes, one thread, no socket: µs of CPU per chunk
     for the decoding (chunked, SSE, ``json.loads``) and for all of it (with ``read_chunk``,
-    the SSE chunk event and the chunked framing)."""
+    the SSE chunk event and the chunked framing); and the syscalls' floor: one model frame
+    ``send`` and ``recv`` over loopback TCP in the same thread (the data always there)."""
     from shared.sse_client import _events, _Reader
 
     frame = model_frame(0, 0)
@@ -509,14 +511,28 @@ def floor_us() -> dict[str, float]:
         for batch in events():
             stream.frame(batch)
 
+    listener = socket.create_server(("127.0.0.1", 0))
+    sender = socket.create_connection(listener.getsockname())
+    receiver = listener.accept()[0]
+    listener.close()
+    for sock in (sender, receiver):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def send_recv() -> None:
+        for _ in range(FLOOR_CHUNKS):
+            sender.send(frame)
+            receiver.recv(RECV_BYTES)
+
     results = {}
-    for name, work in (("decode", decode), ("whole", whole)):
+    for name, work in (("decode", decode), ("whole", whole), ("send_recv", send_recv)):
         best = float("inf")
         for _ in range(5):
             start = time.process_time()
             work()
             best = min(best, (time.process_time() - start) / FLOOR_CHUNKS * 1e6)
         results[f"{name}_us_per_chunk"] = best
+    sender.close()
+    receiver.close()
     return results
 
 
@@ -598,7 +614,8 @@ def run() -> dict[str, Any]:
     print(
         f"  hot-loop floor (pre-made bytes, one thread, no socket): decoding "
         f"{results['floor']['decode_us_per_chunk']:.1f} µs, decoding + read_chunk + framing "
-        f"{results['floor']['whole_us_per_chunk']:.1f} µs per chunk"
+        f"{results['floor']['whole_us_per_chunk']:.1f} µs per chunk; a loopback TCP send + recv "
+        f"of one model frame, hot: {results['floor']['send_recv_us_per_chunk']:.1f} µs"
     )
     return results
 
