@@ -22,6 +22,7 @@ from bench import (
     list_baseline,
     profile,
     progress_cost,
+    relay_floor,
     request_build,
     request_path,
     resume,
@@ -54,6 +55,7 @@ BENCHMARKS: dict[str, Callable[[], dict[str, Any]]] = {
     "workers": workers.run,
     "turn_cost": turn_cost.run,
     "burst": workers.run_burst,
+    "relay_floor": relay_floor.run,
 }
 
 
