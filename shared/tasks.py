@@ -13,7 +13,7 @@ failure.
 
 google.cloud.tasks_v2 costs ~0.7 s to import, so it is imported on the first enqueue only,
 and the client is created once per instance: ahead of time, in the background, by
-:func:`warm_client` when a turn that will ask for a title starts. Locally
+:func:`warm_client` once a turn that will ask for a title has its first chunk out. Locally
 ``TASKS_EMULATOR_HOST`` points it at the Cloud Tasks emulator over a plaintext gRPC channel.
 """
 
@@ -79,8 +79,9 @@ def warm_client() -> threading.Thread | None:
     """Create the client in a background thread, unless it exists or is being created; the
     thread, or None when there was nothing to start.
 
-    Called as a turn that will ask for a task when it ends (a new chat's title) starts, so
-    the import (~0.7 s of CPU) and the client's creation overlap the wait for the model. Left
+    Called once a turn that will ask for a task when it ends (a new chat's title) has its
+    first chunk out, so the import (~0.7 s of CPU) and the client's creation overlap the rest
+    of the answer (started earlier, they delayed that first chunk by ~0.1 s). Left
     to the enqueue, they held each worker's first new chat open between ``done`` and the
     response's end (290-370 ms measured: bench/README.md, "Where issue 17 stands: fourth
     round"). A failure here is logged; the enqueue then tries again and logs its own.

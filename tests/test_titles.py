@@ -168,8 +168,9 @@ def test_one_title_task_per_chat_however_often_asked(
 def test_the_client_is_created_ahead_once_and_then_used(
     task_settings: None, alice: ApiClient, db: Database, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A new chat's turn creates the client as it starts (its import is ~0.7 s): in the
-    background, once however many turns start meanwhile, and the enqueue then uses it."""
+    """A new chat's turn has the client created once its first chunk is out (the import is
+    ~0.7 s): in the background, once however many turns ask meanwhile, and the enqueue then
+    uses it."""
     from shared import tasks
 
     monkeypatch.setattr(tasks, "_client", None)
