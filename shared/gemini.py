@@ -109,7 +109,9 @@ class GeminiStreamer:
                 from google.genai import types
 
                 settings = self._settings
-                options = types.HttpOptions(base_url=settings.gemini_base_url)
+                options = types.HttpOptions(
+                    base_url=settings.gemini_base_url, **self._shared_tls_args()
+                )
                 if settings.gemini_api_key:
                     self._client = genai.Client(
                         api_key=settings.gemini_api_key, http_options=options
@@ -122,6 +124,20 @@ class GeminiStreamer:
                         http_options=options,
                     )
             return self._client
+
+    def _shared_tls_args(self) -> dict[str, Any]:
+        """The SDK's HTTP clients on the stream pool's TLS context: left to itself,
+        google-genai builds three (httpx, aiohttp, websockets), each loading the CA bundle,
+        0.15-0.18 s of each worker's first turn (bench/README.md, "Where issue 17 stands:
+        fourth round"), for clients our streams never use. Not with client certificates
+        (mTLS), which the SDK sets up itself from google-auth."""
+        if os.environ.get("GOOGLE_API_USE_CLIENT_CERTIFICATE", "").lower() == "true":
+            return {}
+        context = self.pool.ssl_context()
+        return {
+            "client_args": {"verify": context},  # httpx
+            "async_client_args": {"verify": context, "ssl": context},  # httpx, aiohttp
+        }
 
     def generation_config(self, system_instruction: str, max_output_tokens: int | None) -> Any:
         from google.genai import types

@@ -82,9 +82,11 @@ class ConnectionPool:
         self._idle = {}
         self._ssl_context = self._given_context
 
-    def _context(self) -> ssl.SSLContext:
-        if self._ssl_context is None:
-            self._ssl_context = ssl.create_default_context()  # ~10 ms: once per process
+    def ssl_context(self) -> ssl.SSLContext:
+        """This process's TLS context for the pool's connections, created on first use
+        (loading the CA bundle: ~10-60 ms, once per process); others may share it."""
+        if self._ssl_context is None:  # two threads at once: one context wasted, no harm
+            self._ssl_context = ssl.create_default_context()
         return self._ssl_context
 
     def take(self, key: Key) -> socket.socket | None:
@@ -109,7 +111,7 @@ class ConnectionPool:
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if scheme == "https":
-                sock = self._context().wrap_socket(sock, server_hostname=host)
+                sock = self.ssl_context().wrap_socket(sock, server_hostname=host)
         except BaseException:
             sock.close()
             raise
