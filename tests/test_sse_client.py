@@ -415,6 +415,62 @@ def test_tls_checks_the_host_name(certificate: tuple[Path, Path]) -> None:
         pool.close()
 
 
+GENERATED = json.dumps(
+    {
+        "candidates": [
+            {"content": {"parts": [{"text": "A title"}], "role": "model"}, "finishReason": "STOP"}
+        ],
+        "usageMetadata": {"promptTokenCount": 3, "candidatesTokenCount": 2},
+    }
+).encode()
+
+
+def whole_generation(gemini: GeminiStreamer) -> str:
+    text, _ = gemini.generate(
+        model="gemini-2.5-flash",
+        system_instruction="Title it.",
+        contents=[{"role": "user", "parts": [{"text": "hi"}]}],
+    )
+    return text
+
+
+def test_the_sdks_own_requests_trust_what_the_stream_pool_trusts(
+    certificate: tuple[Path, Path],
+) -> None:
+    """google-genai's HTTP clients (whole generations: summaries, titles) use the stream
+    pool's one TLS context, not three of their own (each loading the CA bundle): a
+    certificate only that context trusts is accepted by them too."""
+    answer = sized_head(GENERATED, kind=b"application/json") + GENERATED
+    server = tls_server(certificate, [Answer([answer])])
+    gemini = streamer(f"https://localhost:{server.port}")
+    trusting = ssl.create_default_context(cafile=str(certificate[0]))
+    gemini.pool = ConnectionPool(ssl_context=trusting, connect_timeout=5)
+    try:
+        assert whole_generation(gemini) == "A title"
+    finally:
+        server.close()
+        gemini.pool.close()
+
+
+def test_with_client_certificates_the_sdk_builds_its_own_tls(
+    certificate: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """mTLS is google-auth's to set up: the pool's context is not imposed then (so the
+    self-signed certificate only the pool trusts is refused)."""
+    monkeypatch.setenv("GOOGLE_API_USE_CLIENT_CERTIFICATE", "true")
+    answer = sized_head(GENERATED, kind=b"application/json") + GENERATED
+    server = tls_server(certificate, [Answer([answer])])
+    gemini = streamer(f"https://localhost:{server.port}")
+    trusting = ssl.create_default_context(cafile=str(certificate[0]))
+    gemini.pool = ConnectionPool(ssl_context=trusting, connect_timeout=5)
+    try:
+        with pytest.raises(ModelError):
+            whole_generation(gemini)
+    finally:
+        server.close()
+        gemini.pool.close()
+
+
 # --- the whole path against the Gemini stand-in ------------------------------------------
 
 
