@@ -129,9 +129,11 @@ class GeminiStreamer:
         """The SDK's HTTP clients on the stream pool's TLS context: left to itself,
         google-genai builds three (httpx, aiohttp, websockets), each loading the CA bundle,
         0.15-0.18 s of each worker's first turn (bench/README.md, "Where issue 17 stands:
-        fourth round"), for clients our streams never use. Not with client certificates
-        (mTLS), which the SDK sets up itself from google-auth."""
-        if os.environ.get("GOOGLE_API_USE_CLIENT_CERTIFICATE", "").lower() == "true":
+        fourth round"), for clients our streams never use. Not where google-auth says to
+        use a client certificate (mTLS): the SDK then loads it into contexts of its own."""
+        from google.auth.transport import mtls  # already imported by google-genai
+
+        if mtls.should_use_client_cert():  # type: ignore[no-untyped-call]
             return {}
         context = self.pool.ssl_context()
         return {
