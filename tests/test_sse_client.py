@@ -18,6 +18,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -425,6 +426,22 @@ GENERATED = json.dumps(
 ).encode()
 
 
+@contextmanager
+def pool_trusting_only(certificate: tuple[Path, Path]) -> Iterator[GeminiStreamer]:
+    """A streamer whose stream pool alone trusts the self-signed ``certificate``, pointed
+    at a TLS server that answers one whole generation ("A title")."""
+    answer = sized_head(GENERATED, kind=b"application/json") + GENERATED
+    server = tls_server(certificate, [Answer([answer])])
+    gemini = streamer(f"https://localhost:{server.port}")
+    trusting = ssl.create_default_context(cafile=str(certificate[0]))
+    gemini.pool = ConnectionPool(ssl_context=trusting, connect_timeout=5)
+    try:
+        yield gemini
+    finally:
+        server.close()
+        gemini.pool.close()
+
+
 def whole_generation(gemini: GeminiStreamer) -> str:
     text, _ = gemini.generate(
         model="gemini-2.5-flash",
@@ -440,16 +457,8 @@ def test_the_sdks_own_requests_trust_what_the_stream_pool_trusts(
     """google-genai's HTTP clients (whole generations: summaries, titles) use the stream
     pool's one TLS context, not three of their own (each loading the CA bundle): a
     certificate only that context trusts is accepted by them too."""
-    answer = sized_head(GENERATED, kind=b"application/json") + GENERATED
-    server = tls_server(certificate, [Answer([answer])])
-    gemini = streamer(f"https://localhost:{server.port}")
-    trusting = ssl.create_default_context(cafile=str(certificate[0]))
-    gemini.pool = ConnectionPool(ssl_context=trusting, connect_timeout=5)
-    try:
+    with pool_trusting_only(certificate) as gemini:
         assert whole_generation(gemini) == "A title"
-    finally:
-        server.close()
-        gemini.pool.close()
 
 
 def test_with_client_certificates_the_sdk_builds_its_own_tls(
@@ -458,17 +467,8 @@ def test_with_client_certificates_the_sdk_builds_its_own_tls(
     """mTLS is google-auth's to set up: the pool's context is not imposed then (so the
     self-signed certificate only the pool trusts is refused)."""
     monkeypatch.setenv("GOOGLE_API_USE_CLIENT_CERTIFICATE", "true")
-    answer = sized_head(GENERATED, kind=b"application/json") + GENERATED
-    server = tls_server(certificate, [Answer([answer])])
-    gemini = streamer(f"https://localhost:{server.port}")
-    trusting = ssl.create_default_context(cafile=str(certificate[0]))
-    gemini.pool = ConnectionPool(ssl_context=trusting, connect_timeout=5)
-    try:
-        with pytest.raises(ModelError):
-            whole_generation(gemini)
-    finally:
-        server.close()
-        gemini.pool.close()
+    with pool_trusting_only(certificate) as gemini, pytest.raises(ModelError):
+        whole_generation(gemini)
 
 
 # --- the whole path against the Gemini stand-in ------------------------------------------
