@@ -19,6 +19,10 @@ Also the serving floor: the same gunicorn worker and pipeline (functions-framewo
 check or a query (bench/request_path.py's function, here under load). Its CPU per request is
 what chats_crud spends before and after its own work: the part no handler change can cut.
 
+And chats_crud under functions-framework's other server (``asgi``: its ``--asgi`` mode, gunicorn
+with uvicorn's worker, uvloop and httptools, around the same module and Api; see
+bench/asgi_serving.py): what changing the server, not the handlers, would save.
+
 Targets (issue 17): chats_crud >= 2x the baseline's throughput, <= 0.5x its p99.
 """
 
@@ -133,9 +137,43 @@ def start_floor(env: dict[str, str], folder: Path) -> tuple[subprocess.Popen[byt
             time.sleep(0.05)
 
 
+def start_asgi(env: dict[str, str], token: str) -> tuple[subprocess.Popen[bytes], str]:
+    """chats_crud's module and Api under functions-framework's ASGI server (asgi_serving.py)."""
+    port = free_port()
+    process = subprocess.Popen(
+        [*function_command("chats_crud", port, ROOT / "bench" / "asgi_serving.py"), "--asgi"],
+        cwd=ROOT,
+        env={**env, "PORT": str(port), "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    request = urllib.request.Request(
+        url + "/api/chats", headers={"Authorization": f"Bearer {token}"}
+    )
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            with urllib.request.urlopen(request, timeout=5) as response:
+                if len(json.load(response)) != CHATS:
+                    raise RuntimeError("chats_crud under the ASGI server listed other chats")
+                return process, url
+        except urllib.error.HTTPError as error:
+            process.terminate()
+            raise RuntimeError(f"chats_crud under the ASGI server answered {error.code}") from error
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.terminate()
+                raise RuntimeError("chats_crud under the ASGI server did not start") from None
+            time.sleep(0.05)
+
+
+CONTENDERS = ("raven", "asgi", "baseline", "floor")
+
+
 def run() -> dict[str, Any]:
-    per_round: dict[str, list[LoadResult]] = {"raven": [], "baseline": [], "floor": []}
-    cpu_per_request: dict[str, list[float]] = {"raven": [], "baseline": [], "floor": []}
+    per_round: dict[str, list[LoadResult]] = {name: [] for name in CONTENDERS}
+    cpu_per_request: dict[str, list[float]] = {name: [] for name in CONTENDERS}
     with tempfile.TemporaryDirectory() as data_dir:
         stack = LocalStack(Path(data_dir), free_port(), log_to_files=True)
         stack.start()
@@ -153,9 +191,20 @@ def run() -> dict[str, Any]:
                     urllib.request.urlopen(request).read()
                 baseline, baseline_url = start_baseline(stack.env, token)
                 floor, floor_url = start_floor(stack.env, Path(data_dir))
+                asgi, asgi_url = start_asgi(stack.env, token)
                 try:
-                    urls = {"raven": our_url, "baseline": baseline_url, "floor": floor_url}
-                    pids = {"raven": ours.pid, "baseline": baseline.pid, "floor": floor.pid}
+                    urls = {
+                        "raven": our_url,
+                        "asgi": asgi_url,
+                        "baseline": baseline_url,
+                        "floor": floor_url,
+                    }
+                    pids = {
+                        "raven": ours.pid,
+                        "asgi": asgi.pid,
+                        "baseline": baseline.pid,
+                        "floor": floor.pid,
+                    }
                     for url in urls.values():  # warm-up: statements prepared, pools filled
                         run_load(url, "GET", "/api/chats", headers=auth, duration=1.0)
                     for _ in range(ROUNDS):
@@ -168,7 +217,7 @@ def run() -> dict[str, Any]:
                             per_round[name].append(load)
                             cpu_per_request[name].append(cpu * 1e6 / max(load.requests, 1))
                 finally:
-                    for process in (baseline, floor):
+                    for process in (baseline, floor, asgi):
                         process.terminate()
                         process.wait()
             finally:
@@ -191,6 +240,7 @@ def run() -> dict[str, Any]:
         }
 
     raven_row, baseline_row, floor_row = summary("raven"), summary("baseline"), summary("floor")
+    asgi_row = summary("asgi")
     throughput_ratios = [
         ours.per_second / theirs.per_second
         for ours, theirs in zip(per_round["raven"], per_round["baseline"], strict=True)
@@ -205,12 +255,30 @@ def run() -> dict[str, Any]:
         "throughput_ratio": statistics.median(throughput_ratios),
         "p99_ratio": statistics.median(p99_ratios),
         "floor": floor_row,
+        "asgi": asgi_row,
         "cpu_ratio": raven_row["cpu_us_per_request"] / baseline_row["cpu_us_per_request"],
+        "asgi_cpu_ratio": asgi_row["cpu_us_per_request"] / baseline_row["cpu_us_per_request"],
+        # Per round: the ASGI server's CPU per request over gunicorn's threaded worker's.
+        "rounds_asgi_over_gthread_cpu": [
+            under_asgi / under_gthread
+            for under_asgi, under_gthread in zip(
+                cpu_per_request["asgi"], cpu_per_request["raven"], strict=True
+            )
+        ],
+        "rounds_asgi_throughput_ratio": [
+            under_asgi.per_second / theirs.per_second
+            for under_asgi, theirs in zip(per_round["asgi"], per_round["baseline"], strict=True)
+        ],
         "rounds_throughput_ratio": throughput_ratios,
         "rounds_p99_ratio": p99_ratios,
     }
     print(f"GET /api/chats, {CHATS} chats, 8 keep-alive clients, {ROUNDS} interleaved rounds")
-    rows = (("chats_crud", raven_row), ("FastAPI+asyncpg", baseline_row), ("floor", floor_row))
+    rows = (
+        ("chats_crud", raven_row),
+        ("chats_crud, ASGI", asgi_row),
+        ("FastAPI+asyncpg", baseline_row),
+        ("floor", floor_row),
+    )
     for name, row in rows:
         rounds = ", ".join(f"{value:.0f}" for value in row["rounds_per_second"])
         print(
@@ -231,5 +299,12 @@ def run() -> dict[str, Any]:
         f"  serving floor (same server and pipeline, handlers answering [] with no token check "
         f"nor query): {floor_row['cpu_us_per_request']:.0f} µs, "
         f"{floor_row['cpu_us_per_request'] / raven_row['cpu_us_per_request']:.0%} of chats_crud's"
+    )
+    print(
+        "  chats_crud under functions-framework's ASGI server: CPU per request "
+        f"{results['asgi_cpu_ratio']:.2f}x the baseline's, "
+        f"{', '.join(f'{r:.2f}' for r in results['rounds_asgi_over_gthread_cpu'])}x gunicorn "
+        "gthread's (rounds); throughput "
+        f"{', '.join(f'{r:.2f}' for r in results['rounds_asgi_throughput_ratio'])}x the baseline's"
     )
     return results
