@@ -61,6 +61,7 @@ class Listener:
         self._thread: threading.Thread | None = None
         self.listening = threading.Event()  # set while the connection listens
         self.following = threading.Event()  # set while it listens on the follow channel
+        self._stopped = threading.Event()  # set by stop(): the thread closes and ends
         # Written to wake the listener's thread (a first subscriber wants the follow channel).
         self._poke_read, self._poke_write = os.pipe()
         os.set_blocking(self._poke_read, False)
@@ -72,6 +73,16 @@ class Listener:
                 self._thread = threading.Thread(target=self._run, name=self._thread_name)
                 self._thread.daemon = True
                 self._thread.start()
+
+    def stop(self, timeout: float = LISTEN_CHECK_SECONDS + 1) -> None:
+        """Stop listening: the thread closes its connection and ends (waited for at most
+        ``timeout``). A stopped listener does not start again."""
+        self._stopped.set()
+        with contextlib.suppress(BlockingIOError):  # a poke is pending already
+            os.write(self._poke_write, b"!")
+        thread = self._thread
+        if thread is not None:
+            thread.join(timeout)
 
     def subscribe(self, key: uuid.UUID) -> threading.Event:
         """An event set whenever a notice names ``key`` (or :meth:`wake_all` is called).
@@ -118,7 +129,7 @@ class Listener:
             wake.set()
 
     def _run(self) -> None:
-        while True:
+        while not self._stopped.is_set():
             connection = None
             try:
                 connection = self._connect()
@@ -129,9 +140,10 @@ class Listener:
                 self.listening.set()
                 self._listen(connection)
             except Exception:  # subscribers poll meanwhile; reconnect shortly
-                logger.warning(
-                    "the listener on %s lost its connection", self._channel, exc_info=True
-                )
+                if not self._stopped.is_set():
+                    logger.warning(
+                        "the listener on %s lost its connection", self._channel, exc_info=True
+                    )
             finally:
                 self.listening.clear()
                 self.following.clear()
@@ -139,13 +151,13 @@ class Listener:
                     with contextlib.suppress(Exception):
                         connection.close()
             self.wake_all()  # what was missed meanwhile: subscribers read the rows again
-            time.sleep(RECONNECT_SECONDS)
+            self._stopped.wait(RECONNECT_SECONDS)
 
     def _listen(self, connection: Any) -> None:
         sock = connection._usock  # pg8000 reads notifications only while running a statement
         last_check = time.monotonic()
         channels = {self._channel, self._follow_channel}
-        while True:
+        while not self._stopped.is_set():
             self._follow_as_needed(connection)
             notifications = connection.notifications
             while notifications:
@@ -156,6 +168,8 @@ class Listener:
             if self._poke_read in readable:
                 with contextlib.suppress(BlockingIOError):
                     os.read(self._poke_read, 4096)
+            if self._stopped.is_set():
+                return
             if sock in readable or time.monotonic() - last_check >= LISTEN_CHECK_SECONDS:
                 connection.execute_simple("SELECT 1")  # reads what arrived, checks the link
                 last_check = time.monotonic()

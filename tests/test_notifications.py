@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 import uuid
+from collections.abc import Iterator
 
 import pg8000.dbapi
 import pytest
@@ -26,8 +27,9 @@ def channels() -> tuple[str, str]:
 @pytest.fixture
 def heard(
     stack: LocalStack, channels: tuple[str, str]
-) -> tuple[Listener, list[tuple[str, uuid.UUID]]]:
-    """A started listener on fresh channels, and every notice it dispatched (kind, key)."""
+) -> Iterator[tuple[Listener, list[tuple[str, uuid.UUID]]]]:
+    """A started listener on fresh channels, and every notice it dispatched (kind, key);
+    stopped after the test, before the stack's PostgreSQL is."""
     kwargs = connect_kwargs_from_url(stack.env["DATABASE_URL"])
     dispatched: list[tuple[str, uuid.UUID]] = []
     main, follow = channels
@@ -39,7 +41,8 @@ def heard(
     )
     listener.start()
     assert listener.listening.wait(20)
-    return listener, dispatched
+    yield listener, dispatched
+    listener.stop()
 
 
 def notify(db: Database, channel: str, kind: str, key: uuid.UUID) -> None:
@@ -101,3 +104,42 @@ def test_many_subscribers_at_once_all_hear_the_follow_channel(
     for key in keys:
         notify(db, follow, "p", key)
     assert all(wakes[key].wait(20) for key in keys)
+
+
+def test_a_stopped_listener_closes_its_connection_quietly_and_hears_nothing_more(
+    stack: LocalStack,
+    db: Database,
+    channels: tuple[str, str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    kwargs = connect_kwargs_from_url(stack.env["DATABASE_URL"])
+    name = unique("listener")
+    dispatched: list[tuple[str, uuid.UUID]] = []
+    main, follow = channels
+    listener = Listener(
+        lambda: pg8000.dbapi.connect(**kwargs, application_name=name),
+        main,
+        lambda kind, key: dispatched.append((kind, key)),
+        follow_channel=follow,
+        thread_name=name,
+    )
+    listener.start()
+    assert listener.listening.wait(20)
+
+    def sessions() -> int:
+        row = db.fetch_one(
+            "SELECT count(*) AS n FROM pg_stat_activity WHERE application_name = :name", name=name
+        )
+        assert row is not None
+        return int(row["n"])
+
+    assert sessions() == 1
+    listener.stop()
+    assert name not in {thread.name for thread in threading.enumerate()}
+    assert not listener.listening.is_set()
+    wait_for(lambda: sessions() == 0)
+    listener.start()  # a stopped listener stays stopped
+    assert not listener.listening.wait(1.5)
+    notify(db, main, "s", uuid.uuid4())
+    assert dispatched == []
+    assert not [r for r in caplog.records if r.name == "raven.notifications"]
