@@ -28,6 +28,7 @@ Targets (issue 17): chats_crud >= 2x the baseline's throughput, <= 0.5x its p99.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import statistics
 import subprocess
@@ -124,17 +125,20 @@ def start_floor(env: dict[str, str], folder: Path) -> tuple[subprocess.Popen[byt
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
-    while True:
-        try:
-            with urllib.request.urlopen(url + "/api/chats", timeout=5) as response:
-                if response.read() != b"[]":
-                    raise RuntimeError("the floor function answered something else")
-                return process, url
-        except OSError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                process.terminate()
-                raise RuntimeError("the floor function did not start") from None
-            time.sleep(0.05)
+    try:
+        while True:
+            try:
+                with urllib.request.urlopen(url + "/api/chats", timeout=5) as response:
+                    if response.read() != b"[]":
+                        raise RuntimeError("the floor function answered something else")
+                    return process, url
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("the floor function did not start") from None
+                time.sleep(0.05)
+    except BaseException:
+        stop(process)
+        raise
 
 
 def start_asgi(env: dict[str, str], token: str) -> tuple[subprocess.Popen[bytes], str]:
@@ -143,7 +147,7 @@ def start_asgi(env: dict[str, str], token: str) -> tuple[subprocess.Popen[bytes]
     process = subprocess.Popen(
         [*function_command("chats_crud", port, ROOT / "bench" / "asgi_serving.py"), "--asgi"],
         cwd=ROOT,
-        env={**env, "PORT": str(port), "PYTHONPATH": str(ROOT)},
+        env={**env, "PORT": str(port), "THREADS": THREADS, "PYTHONPATH": str(ROOT)},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -152,20 +156,29 @@ def start_asgi(env: dict[str, str], token: str) -> tuple[subprocess.Popen[bytes]
         url + "/api/chats", headers={"Authorization": f"Bearer {token}"}
     )
     deadline = time.monotonic() + 30
-    while True:
-        try:
-            with urllib.request.urlopen(request, timeout=5) as response:
-                if len(json.load(response)) != CHATS:
-                    raise RuntimeError("chats_crud under the ASGI server listed other chats")
-                return process, url
-        except urllib.error.HTTPError as error:
-            process.terminate()
-            raise RuntimeError(f"chats_crud under the ASGI server answered {error.code}") from error
-        except OSError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                process.terminate()
-                raise RuntimeError("chats_crud under the ASGI server did not start") from None
-            time.sleep(0.05)
+    try:
+        while True:
+            try:
+                with urllib.request.urlopen(request, timeout=5) as response:
+                    if len(json.load(response)) != CHATS:
+                        raise RuntimeError("chats_crud under the ASGI server listed other chats")
+                    return process, url
+            except urllib.error.HTTPError as error:
+                raise RuntimeError(
+                    f"chats_crud under the ASGI server answered {error.code}"
+                ) from error
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("chats_crud under the ASGI server did not start") from None
+                time.sleep(0.05)
+    except BaseException:
+        stop(process)
+        raise
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()
+    process.wait()
 
 
 CONTENDERS = ("raven", "asgi", "baseline", "floor")
@@ -189,10 +202,13 @@ def run() -> dict[str, Any]:
                         headers={**auth, "Content-Type": "application/json"},
                     )
                     urllib.request.urlopen(request).read()
-                baseline, baseline_url = start_baseline(stack.env, token)
-                floor, floor_url = start_floor(stack.env, Path(data_dir))
-                asgi, asgi_url = start_asgi(stack.env, token)
-                try:
+                with contextlib.ExitStack() as servers:  # each stopped, whatever fails
+                    baseline, baseline_url = start_baseline(stack.env, token)
+                    servers.callback(stop, baseline)
+                    floor, floor_url = start_floor(stack.env, Path(data_dir))
+                    servers.callback(stop, floor)
+                    asgi, asgi_url = start_asgi(stack.env, token)
+                    servers.callback(stop, asgi)
                     urls = {
                         "raven": our_url,
                         "asgi": asgi_url,
@@ -216,13 +232,8 @@ def run() -> dict[str, Any]:
                             cpu = process_cpu_seconds(pids[name]) - cpu_before
                             per_round[name].append(load)
                             cpu_per_request[name].append(cpu * 1e6 / max(load.requests, 1))
-                finally:
-                    for process in (baseline, floor, asgi):
-                        process.terminate()
-                        process.wait()
             finally:
-                ours.terminate()
-                ours.wait()
+                stop(ours)
         finally:
             stack.stop()
 
