@@ -66,9 +66,13 @@ class Listener:
         self._poke_read, self._poke_write = os.pipe()
         os.set_blocking(self._poke_read, False)
         os.set_blocking(self._poke_write, False)
+        self._pipe_lock = threading.Lock()  # a poke never writes to a pipe stop() closed
+        self._pipe_open = True
 
     def start(self) -> None:
         with self._lock:
+            if self._stopped.is_set():
+                return
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name=self._thread_name)
                 self._thread.daemon = True
@@ -76,13 +80,20 @@ class Listener:
 
     def stop(self, timeout: float = LISTEN_CHECK_SECONDS + 1) -> None:
         """Stop listening: the thread closes its connection and ends (waited for at most
-        ``timeout``). A stopped listener does not start again."""
-        self._stopped.set()
-        with contextlib.suppress(BlockingIOError):  # a poke is pending already
-            os.write(self._poke_write, b"!")
-        thread = self._thread
+        ``timeout``). A stopped listener does not start again; its subscribers are woken."""
+        with self._lock:
+            self._stopped.set()
+            thread = self._thread
+        self._poke()
         if thread is not None:
             thread.join(timeout)
+            if thread.is_alive():
+                return  # still closing its connection: it may yet read the pipe
+        with self._pipe_lock:
+            if self._pipe_open:
+                self._pipe_open = False
+                os.close(self._poke_read)
+                os.close(self._poke_write)
 
     def subscribe(self, key: uuid.UUID) -> threading.Event:
         """An event set whenever a notice names ``key`` (or :meth:`wake_all` is called).
@@ -96,9 +107,8 @@ class Listener:
         with self._lock:
             self._waiters[key].add(wake)
             following = self.following.is_set()
-        if self._follow_channel is not None and not following:
-            with contextlib.suppress(BlockingIOError):  # a poke is pending already
-                os.write(self._poke_write, b"!")
+        if self._follow_channel is not None and not following and not self._stopped.is_set():
+            self._poke()
             self.following.wait(LISTEN_CHECK_SECONDS)
         return wake
 
@@ -109,6 +119,13 @@ class Listener:
                 waiters.discard(wake)
                 if not waiters:
                     del self._waiters[key]
+
+    def _poke(self) -> None:
+        """Wake the listener's thread from its ``select``."""
+        with self._pipe_lock:
+            if self._pipe_open:
+                with contextlib.suppress(BlockingIOError):  # a poke is pending already
+                    os.write(self._poke_write, b"!")
 
     def wake_all(self) -> None:
         for waiters in list(self._waiters.values()):
@@ -137,6 +154,8 @@ class Listener:
                 # pg8000 keeps the last 100 by default; a burst must not push any out.
                 connection.notifications = collections.deque(maxlen=100_000)
                 connection.execute_simple(f"LISTEN {self._channel}")
+                if self._stopped.is_set():  # stopped while connecting
+                    continue
                 self.listening.set()
                 self._listen(connection)
             except Exception:  # subscribers poll meanwhile; reconnect shortly
@@ -152,6 +171,7 @@ class Listener:
                         connection.close()
             self.wake_all()  # what was missed meanwhile: subscribers read the rows again
             self._stopped.wait(RECONNECT_SECONDS)
+        self.wake_all()  # stopped: the subscribers read the rows themselves from now on
 
     def _listen(self, connection: Any) -> None:
         sock = connection._usock  # pg8000 reads notifications only while running a statement

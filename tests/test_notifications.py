@@ -110,8 +110,10 @@ def test_a_stopped_listener_closes_its_connection_quietly_and_hears_nothing_more
     stack: LocalStack,
     db: Database,
     channels: tuple[str, str],
+    heard: tuple[Listener, list[tuple[str, uuid.UUID]]],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
+    _, witnessed = heard  # a live listener on the same channels, to know a notice went out
     kwargs = connect_kwargs_from_url(stack.env["DATABASE_URL"])
     name = unique("listener")
     dispatched: list[tuple[str, uuid.UUID]] = []
@@ -123,8 +125,6 @@ def test_a_stopped_listener_closes_its_connection_quietly_and_hears_nothing_more
         follow_channel=follow,
         thread_name=name,
     )
-    listener.start()
-    assert listener.listening.wait(20)
 
     def sessions() -> int:
         row = db.fetch_one(
@@ -133,13 +133,21 @@ def test_a_stopped_listener_closes_its_connection_quietly_and_hears_nothing_more
         assert row is not None
         return int(row["n"])
 
-    assert sessions() == 1
-    listener.stop()
+    try:
+        listener.start()
+        assert listener.listening.wait(20)
+        assert sessions() == 1
+        woken = listener.subscribe(uuid.uuid4())
+    finally:
+        listener.stop()
+    assert woken.is_set()  # its subscribers learn at once that it heard nothing more
     assert name not in {thread.name for thread in threading.enumerate()}
     assert not listener.listening.is_set()
     wait_for(lambda: sessions() == 0)
     listener.start()  # a stopped listener stays stopped
-    assert not listener.listening.wait(1.5)
-    notify(db, main, "s", uuid.uuid4())
+    assert name not in {thread.name for thread in threading.enumerate()}
+    key = uuid.uuid4()
+    notify(db, main, "s", key)
+    wait_for(lambda: ("s", key) in witnessed)
     assert dispatched == []
     assert not [r for r in caplog.records if r.name == "raven.notifications"]
