@@ -84,29 +84,7 @@ def start_baseline(env: dict[str, str], token: str) -> tuple[subprocess.Popen[by
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    url = f"http://127.0.0.1:{port}"
-    request = urllib.request.Request(
-        url + "/api/chats", headers={"Authorization": f"Bearer {token}"}
-    )
-    deadline = time.monotonic() + 30
-    try:
-        while True:
-            try:
-                with urllib.request.urlopen(request, timeout=5) as response:
-                    listed = json.load(response)
-                    if len(listed) != CHATS:
-                        raise RuntimeError(f"the baseline listed {len(listed)} chats, not {CHATS}")
-                    return process, url
-            except urllib.error.HTTPError as error:
-                raise RuntimeError(f"the baseline answered {error.code}") from error
-            except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("the baseline did not start") from None
-                time.sleep(0.05)
-    except BaseException:
-        process.terminate()
-        process.wait()
-        raise
+    return process, listing_all_chats(process, port, token, "the baseline")
 
 
 def start_floor(env: dict[str, str], folder: Path) -> tuple[subprocess.Popen[bytes], str]:
@@ -151,6 +129,11 @@ def start_asgi(env: dict[str, str], token: str) -> tuple[subprocess.Popen[bytes]
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+    return process, listing_all_chats(process, port, token, "chats_crud under the ASGI server")
+
+
+def listing_all_chats(process: subprocess.Popen[bytes], port: int, token: str, what: str) -> str:
+    """The server's URL once it lists the user's ``CHATS`` chats; stopped if it does not."""
     url = f"http://127.0.0.1:{port}"
     request = urllib.request.Request(
         url + "/api/chats", headers={"Authorization": f"Bearer {token}"}
@@ -160,16 +143,15 @@ def start_asgi(env: dict[str, str], token: str) -> tuple[subprocess.Popen[bytes]
         while True:
             try:
                 with urllib.request.urlopen(request, timeout=5) as response:
-                    if len(json.load(response)) != CHATS:
-                        raise RuntimeError("chats_crud under the ASGI server listed other chats")
-                    return process, url
+                    listed = json.load(response)
+                    if len(listed) != CHATS:
+                        raise RuntimeError(f"{what} listed {len(listed)} chats, not {CHATS}")
+                    return url
             except urllib.error.HTTPError as error:
-                raise RuntimeError(
-                    f"chats_crud under the ASGI server answered {error.code}"
-                ) from error
+                raise RuntimeError(f"{what} answered {error.code}") from error
             except OSError:
                 if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("chats_crud under the ASGI server did not start") from None
+                    raise RuntimeError(f"{what} did not start") from None
                 time.sleep(0.05)
     except BaseException:
         stop(process)
